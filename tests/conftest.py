@@ -1,0 +1,37 @@
+"""Shared fixtures: small timm models of each family, built offline with random weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qdeploy.models.sources import load_base_model
+
+# (timm name, constructor kwargs, input (C, H, W)): one per family the defaults cover.
+FAMILIES = {
+    "depthwise-cnn": ("mobilenetv3_small_050", {}, (3, 64, 64)),
+    "resnet": ("resnet18", {}, (3, 64, 64)),
+    "convnext": ("convnext_atto", {}, (3, 64, 64)),
+    "vit": ("vit_tiny_patch16_224", {"img_size": 32}, (3, 32, 32)),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def family_model(family: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """A random-weight base model of `family` in eval mode, and its input size."""
+    name, kwargs, size = FAMILIES[family]
+    return load_base_model(name, pretrained=False, **kwargs), size
+
+
+def randomize_quadratic_terms(model: torch.nn.Module, std: float = 0.05) -> None:
+    """Give every quadratic parameter non-zero values, as training would."""
+    from qdeploy.adaptation import quadratic_layers
+
+    with torch.no_grad():
+        for layer in quadratic_layers(model).values():
+            for param in layer.quad.parameters():
+                param.normal_(0.0, std)
