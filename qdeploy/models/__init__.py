@@ -1,0 +1,1 @@
+"""Model sources: pretrained backbones that qdeploy adapts into quadratic networks."""
