@@ -1,0 +1,12 @@
+"""Registry of CLI sub-commands, one module per stage, added to the `qdeploy` group."""
+
+from __future__ import annotations
+
+import click
+
+
+def register(group: click.Group) -> None:
+    """Attach every stage's commands to `group` (imported lazily to keep start-up fast)."""
+    from qdeploy.commands.demo import demo
+
+    group.add_command(demo)

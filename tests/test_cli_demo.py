@@ -1,0 +1,27 @@
+"""The README's main command on the built-in default, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from qdeploy.adaptation import load_adapted, read_adapted_config
+from qdeploy.cli import main
+
+
+def test_demo_runs_offline_and_writes_a_reloadable_model(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "tiger cat" in result.output and "reload bit-exact" in result.output
+    assert "0.0e+00" in result.output  # zero-start error
+    config = read_adapted_config(tmp_path / "demo")
+    assert config["base"]["name"] == "efficientnet_lite0" and len(config["targets"]) == 16
+    assert len(load_adapted(tmp_path / "demo").state_dict()) > 296
+
+
+def test_unknown_model_is_a_one_line_error(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--model", "efficientnet_lite00", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'efficientnet_lite00'")
+    assert "Did you mean efficientnet_lite0" in lines[0]
+    assert not (tmp_path / "x").exists()
