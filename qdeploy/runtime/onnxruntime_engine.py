@@ -1,0 +1,110 @@
+"""ONNX Runtime engine: CPU, CUDA and TensorRT execution providers behind Engine.
+
+ONNX Runtime silently falls back to the CPU when a requested provider cannot start; this
+engine checks the providers the session actually got and refuses a silent fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qdeploy.errors import QDeployError
+from qdeploy.runtime.engine import Engine, TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+# qdeploy backend name -> ONNX Runtime providers in priority order (later ones run what the
+# first cannot, e.g. ops TensorRT does not support).
+PROVIDER_CHAINS = {
+    "ort-cpu": ["CPUExecutionProvider"],
+    "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def _require_cuda_driver(provider: str) -> None:
+    """Fail fast, and quietly, where no NVIDIA driver exists: ORT would log pages and fall back."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        raise QDeployError(f"{provider} needs an NVIDIA GPU and driver (libcuda.so.1 not found); use ort-cpu") from exc
+
+
+def _spec(arg: Any) -> TensorSpec:
+    if arg.type not in _ORT_TYPES:
+        raise QDeployError(f"tensor {arg.name!r} has unsupported type {arg.type}")
+    return TensorSpec(arg.name, tuple(d if isinstance(d, int) else (d or None) for d in arg.shape), _ORT_TYPES[arg.type])
+
+
+class OrtEngine(Engine):
+    """An onnxruntime.InferenceSession with explicit threads, optimisation level and providers.
+
+    backend: a key of PROVIDER_CHAINS; its first provider must be the one the session really
+    runs on. provider_options: options for that first provider (e.g. trt_fp16_enable).
+    """
+
+    def __init__(self, path: str | Path, backend: str = "ort-cpu", provider_options: dict[str, Any] | None = None,
+                 intra_op_threads: int = 0, inter_op_threads: int = 0,
+                 optimization_level: str = "all", optimized_model_path: str | Path | None = None,
+                 check_finite: bool = False) -> None:
+        import onnxruntime as ort
+
+        super().__init__(check_finite)
+        path = Path(path)
+        if not path.is_file():
+            raise QDeployError(f"ONNX file {path} does not exist; run `qdeploy export` first")
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        if optimization_level not in levels:
+            raise QDeployError(f"unknown optimization level {optimization_level!r}; choose from {sorted(levels)}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = levels[optimization_level]
+        options.log_severity_level = 3
+        if optimized_model_path is not None:
+            options.optimized_model_filepath = str(optimized_model_path)
+        if backend not in PROVIDER_CHAINS:
+            raise QDeployError(f"unknown ONNX Runtime backend {backend!r}; choose from {sorted(PROVIDER_CHAINS)}")
+        wanted, *fallbacks = PROVIDER_CHAINS[backend]
+        providers: list[Any] = [(wanted, provider_options or {}), *fallbacks]
+        if wanted in _GPU_PROVIDERS:
+            _require_cuda_driver(wanted)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QDeployError(f"ONNX Runtime cannot load {path}: {first_line}") from exc
+        got = self.session.get_providers()
+        if got[0] != wanted:
+            raise QDeployError(
+                f"{wanted} is not usable here (ONNX Runtime fell back to {got[0]}); install its "
+                "GPU libraries or pick another backend"
+            )
+        self.backend = backend
+        self.path = path
+        self.inputs = [_spec(arg) for arg in self.session.get_inputs()]
+        self.outputs = [_spec(arg) for arg in self.session.get_outputs()]
+        self._output_names = [spec.name for spec in self.outputs]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
