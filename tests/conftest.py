@@ -35,3 +35,12 @@ def randomize_quadratic_terms(model: torch.nn.Module, std: float = 0.05) -> None
         for layer in quadratic_layers(model).values():
             for param in layer.quad.parameters():
                 param.normal_(0.0, std)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: a second OpenMP thread only adds synchronisation (see nqm.training.torch_threads)."""
+    from qdeploy.nqm.training import torch_threads
+
+    with torch_threads(1):
+        yield
