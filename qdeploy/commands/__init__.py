@@ -8,5 +8,8 @@ import click
 def register(group: click.Group) -> None:
     """Attach every stage's commands to `group` (imported lazily to keep start-up fast)."""
     from qdeploy.commands.demo import demo
+    from qdeploy.commands.nqm import catapult, lr_probe
 
     group.add_command(demo)
+    group.add_command(lr_probe)
+    group.add_command(catapult)
