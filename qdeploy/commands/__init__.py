@@ -9,7 +9,10 @@ def register(group: click.Group) -> None:
     """Attach every stage's commands to `group` (imported lazily to keep start-up fast)."""
     from qdeploy.commands.demo import demo
     from qdeploy.commands.nqm import catapult, lr_probe
+    from qdeploy.commands.serve import serve, triton_repo
 
     group.add_command(demo)
     group.add_command(lr_probe)
     group.add_command(catapult)
+    group.add_command(serve)
+    group.add_command(triton_repo)

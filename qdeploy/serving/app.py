@@ -1,0 +1,175 @@
+"""The HTTP API: Open Inference Protocol (KServe v2) endpoints on Starlette, plus /metrics.
+
+Endpoints, as Triton serves them (so `tritonclient.http` works unmodified):
+  GET  /v2                                   server metadata
+  GET  /v2/health/live, /v2/health/ready     liveness, readiness (200 or 503)
+  GET  /v2/models/{name}[/versions/{v}]      model metadata
+  GET  /v2/models/{name}[/versions/{v}]/ready
+  GET  /v2/models/{name}[/versions/{v}]/config   config.pbtxt as JSON
+  POST /v2/models/{name}[/versions/{v}]/infer    JSON or binary tensors
+  GET  /metrics                              Prometheus text format
+Every error is JSON `{"error": "..."}` with a 4xx/5xx status; one request's failure never
+touches another's (bad input is refused before it can join a batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import AsyncIterator, Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from qdeploy import __version__
+from qdeploy.errors import QDeployError
+from qdeploy.serving.metrics import ServingMetrics
+from qdeploy.serving.models import ServedModel
+from qdeploy.serving.protocol import (HEADER_LENGTH, RequestError, decode_infer_request, decompress_body,
+                                      encode_infer_response)
+from qdeploy.serving.repository import check_model_name, config_json
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class InferenceAPI:
+    """Routes over a fixed set of loaded models; the app's lifespan runs their batchers."""
+
+    def __init__(self, models: Sequence[ServedModel], max_body_bytes: int) -> None:
+        self.models = {model.name: model for model in models}
+        self.max_body_bytes = max_body_bytes
+        self.metrics = ServingMetrics()
+        self.ready = False
+        for model in models:
+            model.batcher.on_batch = self.metrics.batch_observer(model.name)
+            self.metrics.track_queue(model.name, lambda batcher=model.batcher: batcher.queue_depth)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Start batchers; at shutdown (after uvicorn let in-flight requests finish) drain them."""
+        for model in self.models.values():
+            model.batcher.start()
+        self.ready = True
+        try:
+            yield
+        finally:
+            self.ready = False
+            await asyncio.gather(*(model.batcher.close() for model in self.models.values()))
+
+    def model(self, request: Request) -> ServedModel:
+        """The model a URL names; 400 for names with path characters, 404 for unknown ones."""
+        name = request.path_params["name"]
+        try:
+            check_model_name(name)
+        except QDeployError as exc:
+            raise RequestError(str(exc)) from exc
+        if name not in self.models:
+            raise RequestError(f"unknown model {name!r}; this server has {sorted(self.models)}", 404)
+        model = self.models[name]
+        version = request.path_params.get("version")
+        if version is not None and version != model.version:
+            raise RequestError(f"model {name!r} has no version {version!r}; it serves version {model.version}", 404)
+        return model
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "qdeploy", "version": __version__, "extensions": EXTENSIONS})
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def server_ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def model_metadata(self, request: Request) -> Response:
+        return JSONResponse(self.model(request).metadata())
+
+    async def model_ready(self, request: Request) -> Response:
+        model = self.model(request)
+        return JSONResponse({"name": model.name, "ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def model_config(self, request: Request) -> Response:
+        return JSONResponse(config_json(self.model(request).config))
+
+    async def metrics_text(self, request: Request) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def _body(self, request: Request) -> bytes:
+        """The (decompressed) body, refused with 413 as soon as it passes the size limit."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise RequestError(f"request body of {declared} bytes exceeds the {self.max_body_bytes}-byte limit", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise RequestError(f"request body exceeds the {self.max_body_bytes}-byte limit", 413)
+            chunks.append(chunk)
+        return decompress_body(b"".join(chunks), request.headers.get("content-encoding"), self.max_body_bytes)
+
+    async def infer(self, request: Request) -> Response:
+        started = time.perf_counter()
+        label = ""
+        try:
+            model = self.model(request)
+            label = model.name
+            infer_request = decode_infer_request(await self._body(request), request.headers.get(HEADER_LENGTH))
+            selected = infer_request.selected_outputs(model.output_names)
+            outputs = await model.infer(infer_request)
+            body, headers = encode_infer_response(model.name, model.version, infer_request, outputs, selected)
+            response = Response(body, headers=headers)
+        except RequestError as exc:
+            response = error_response(exc.status, str(exc))
+        except QDeployError as exc:  # Engine.feeds: names, dtypes, shapes, NaN
+            response = error_response(400, str(exc))
+        self.metrics.record(label, response.status_code, time.perf_counter() - started)
+        return response
+
+    def routes(self) -> list[Route]:
+        model_routes = [
+            ("", self.model_metadata, ["GET"]),
+            ("/ready", self.model_ready, ["GET"]),
+            ("/config", self.model_config, ["GET"]),
+            ("/infer", self.infer, ["POST"]),
+        ]
+        routes = [
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.server_ready, methods=["GET"]),
+            Route("/metrics", self.metrics_text, methods=["GET"]),
+        ]
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            routes += [Route(prefix + suffix, handler, methods=methods) for suffix, handler, methods in model_routes]
+        return routes
+
+
+async def _request_error(request: Request, exc: RequestError) -> Response:
+    return error_response(exc.status, str(exc))
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404/405 (unknown paths, e.g. model names with '/'), as JSON errors."""
+    return error_response(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug, not a bad request: still a JSON answer (uvicorn logs the traceback)."""
+    return error_response(500, f"internal server error ({type(exc).__name__}); see the server log")
+
+
+def create_app(models: Sequence[ServedModel], max_body_bytes: int = 64 << 20) -> Starlette:
+    """The ASGI app for `models`; `app.state.api` exposes the routes' state (metrics, readiness)."""
+    api = InferenceAPI(models, max_body_bytes)
+    app = Starlette(routes=api.routes(), lifespan=api.lifespan,
+                    exception_handlers={RequestError: _request_error, HTTPException: _http_error,
+                                        Exception: _internal_error})
+    app.state.api = api
+    return app

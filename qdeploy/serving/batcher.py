@@ -1,0 +1,209 @@
+"""Dynamic batching: concurrent requests for one model share engine runs.
+
+Triton's scheme, on asyncio: requests wait in a bounded FIFO queue; when an engine instance
+is free, the scheduler takes the oldest request and waits at most `max_delay_s` (counted
+from that request's arrival) for more, up to `max_batch` rows, then runs them as one batch
+in a worker thread and hands each request its rows of the outputs. While every instance is
+busy the queue fills on its own, so batches grow with load without any added delay.
+
+All queue state lives on the event loop thread; only `Engine.infer` runs in the workers,
+one thread per engine instance, so an engine is never entered by two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from qdeploy.runtime import Engine
+from qdeploy.serving.protocol import RequestError
+
+BatchObserver = Callable[[int, float], None]  # (rows in the batch, seconds the engine ran)
+
+
+@dataclass(eq=False)
+class _Pending:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    key: tuple  # requests batch together only when every non-batch dim agrees
+    arrived: float
+    future: asyncio.Future = field(repr=False)
+
+
+class DynamicBatcher:
+    """Queue, batch and run requests for one model on one or more engine instances.
+
+    max_batch: most rows per engine run; 0 means the model has no batch axis and every
+    request runs alone. max_delay_s: how long the oldest request may wait for company.
+    max_queue: requests allowed to wait; more are refused with 503 at once.
+    """
+
+    def __init__(self, engines: Sequence[Engine], max_batch: int, max_delay_s: float, max_queue: int,
+                 on_batch: BatchObserver | None = None) -> None:
+        if not engines:
+            raise ValueError("a batcher needs at least one engine")
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._engines = list(engines)
+        self.on_batch = on_batch  # set by the server to feed its metrics
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._pool = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="qdeploy-engine")
+        self._idle: asyncio.Queue[Engine] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._scheduler: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._closing = False
+
+    @property
+    def instances(self) -> int:
+        return len(self._engines)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for an engine (not yet running)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start scheduling on the running event loop (the server's lifespan start-up)."""
+        self._idle = asyncio.Queue()
+        for engine in self._engines:
+            self._idle.put_nowait(engine)
+        self._wakeup = asyncio.Event()
+        self._scheduler = asyncio.get_running_loop().create_task(self._schedule(), name="qdeploy-batcher")
+
+    def _rows(self, feeds: dict[str, np.ndarray]) -> int:
+        if self.max_batch == 0:
+            return 1
+        rows = {array.shape[0] if array.ndim else 0 for array in feeds.values()}
+        if len(rows) != 1:
+            raise RequestError(f"inputs disagree on the batch size: {sorted(rows)}")
+        (count,) = rows
+        if not 1 <= count <= self.max_batch:
+            raise RequestError(f"batch of {count} is outside 1..{self.max_batch} (the model's max_batch_size)")
+        return count
+
+    async def submit(self, feeds: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        """Outputs for validated `feeds`; raises RequestError 503 (queue full, closing) or 504 (timeout)."""
+        if self._closing or self._scheduler is None:
+            raise RequestError("the server is shutting down; retry on another replica", 503)
+        rows = self._rows(feeds)
+        if len(self._queue) >= self.max_queue:
+            self._queue = collections.deque(p for p in self._queue if not p.future.done())
+            if len(self._queue) >= self.max_queue:
+                raise RequestError(f"the queue is full ({self.max_queue} waiting requests); retry later", 503)
+        key = tuple((name, array.shape[1:], array.dtype) for name, array in sorted(feeds.items()))
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(feeds, rows, key, time.monotonic(), future))
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"no result within the request timeout of {timeout_s:g} s", 504) from None
+
+    async def close(self) -> None:
+        """Refuse new requests, run every queued one, wait for running batches, free the workers."""
+        self._closing = True
+        if self._scheduler is not None:
+            self._wakeup.set()
+            await self._scheduler
+            if self._running:
+                await asyncio.wait(self._running)
+        self._pool.shutdown(wait=True)
+
+    async def _schedule(self) -> None:
+        while True:
+            engine = await self._idle.get()
+            batch = await self._next_batch()
+            if not batch:  # closing and drained
+                return
+            task = asyncio.get_running_loop().create_task(self._execute(engine, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _drop_abandoned(self) -> None:
+        """Forget requests whose caller stopped waiting (their timeout passed)."""
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
+
+    def _fits(self, first: _Pending) -> list[_Pending]:
+        """The oldest compatible requests that fit in one batch, in arrival order."""
+        if self.max_batch == 0:
+            return [first]
+        batch, rows = [], 0
+        for pending in self._queue:
+            if pending.future.done():
+                continue
+            if pending.key != first.key or rows + pending.rows > self.max_batch:
+                break
+            batch.append(pending)
+            rows += pending.rows
+        return batch
+
+    async def _arrival(self, timeout_s: float | None) -> bool:
+        """Sleep until a request arrives (or close() is called); False when `timeout_s` ran out."""
+        self._wakeup.clear()
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _can_grow(self, first: _Pending) -> bool:
+        """Whether waiting could add rows: room is left and nothing waiting is left out."""
+        if self.max_batch == 0 or self._closing:
+            return False
+        batch = self._fits(first)
+        waiting = sum(1 for p in self._queue if not p.future.done())
+        return len(batch) == waiting and sum(p.rows for p in batch) < self.max_batch
+
+    async def _next_batch(self) -> list[_Pending]:
+        """The next batch to run; [] once closing with nothing left to run."""
+        while True:
+            self._drop_abandoned()
+            if not self._queue:
+                if self._closing:
+                    return []
+                await self._arrival(None)
+                continue
+            first = self._queue[0]
+            deadline = first.arrived + self.max_delay_s
+            while self._can_grow(first):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not await self._arrival(remaining):
+                    break
+            if first.future.done():  # its caller gave up while it waited for company
+                continue
+            batch = self._fits(first)
+            taken = {id(p) for p in batch}
+            self._queue = collections.deque(p for p in self._queue if id(p) not in taken and not p.future.done())
+            return batch
+
+    async def _execute(self, engine: Engine, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        feeds = batch[0].feeds if len(batch) == 1 else {
+            name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+        started = time.monotonic()
+        try:
+            outputs = await loop.run_in_executor(self._pool, engine.infer, feeds)
+        except Exception as exc:  # an engine failure fails this batch, never the server
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(RequestError(f"inference failed: {exc}", 500))
+        else:
+            offset = 0
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_result(outputs if self.max_batch == 0 else
+                                              {k: v[offset: offset + pending.rows] for k, v in outputs.items()})
+                offset += pending.rows
+        finally:
+            if self.on_batch is not None:
+                self.on_batch(sum(p.rows for p in batch), time.monotonic() - started)
+            self._idle.put_nowait(engine)

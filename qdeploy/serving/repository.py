@@ -1,0 +1,332 @@
+"""Triton model repositories: write them, read them back, one layout for Triton and qdeploy.
+
+Layout (Triton's): `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/model.onnx`
+(platform `onnxruntime_onnx`) or `model.plan` (`tensorrt_plan`). config.pbtxt is protobuf
+text of Triton's `inference.ModelConfig`; it is written and parsed with the real message
+type that tritonclient ships, so a file qdeploy accepts is one Triton accepts, and the
+other way round.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Sequence
+
+from qdeploy import __version__
+from qdeploy.atomic import staged_directory, write_text
+from qdeploy.errors import QDeployError
+from qdeploy.runtime import TensorSpec, load_engine
+from qdeploy.serving.datatypes import config_datatype, dtype_from_config
+
+PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
+MODEL_FILES = {platform: "model" + suffix for suffix, platform in PLATFORMS.items()}
+CONFIG_FILE = "config.pbtxt"
+# ONNX domains ONNX Runtime implements itself; nodes of any other domain need a plugin
+# unless the model carries a local function of that name.
+_ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_model_name(name: str) -> str:
+    """A model name that is safe as a folder and a URL segment; refuses path characters."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise QDeployError(f"invalid model name {name!r}: use letters, digits, '_', '-', '.' "
+                           "(up to 128, no '..', no path separators)")
+    return name
+
+
+@functools.cache
+def model_config_pb2() -> ModuleType:
+    """Triton's model_config_pb2, loaded from tritonclient's files without importing grpc.
+
+    `import tritonclient.grpc.model_config_pb2` runs tritonclient/grpc/__init__.py, which
+    demands grpcio; the generated module itself needs only protobuf, so load it by path.
+    """
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        raise QDeployError("tritonclient is not installed; `pip install tritonclient` (it ships the model-config protos)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("qdeploy_triton_model_config_pb2", path)
+    if module_spec is None or module_spec.loader is None or not path.is_file():
+        raise QDeployError(f"tritonclient has no {path.name}; reinstall tritonclient>=2.40")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def parse_config(text: str, source: str = CONFIG_FILE):
+    """A ModelConfig message from protobuf text; errors name the file and line."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(text, model_config_pb2().ModelConfig())
+    except text_format.ParseError as exc:
+        raise QDeployError(f"{source}: {exc}") from exc
+
+
+def read_config(path: str | Path):
+    path = Path(path)
+    return parse_config(path.read_text(encoding="utf-8"), str(path))
+
+
+def _int64_fields_as_numbers(value: dict, descriptor) -> dict:
+    """Undo protobuf JSON's int64-as-string in place, as Triton does for its config JSON."""
+    for field in descriptor.fields:
+        if field.name not in value:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name["value"]
+            if entry.message_type is not None:
+                for item in value[field.name].values():
+                    _int64_fields_as_numbers(item, entry.message_type)
+        elif field.message_type is not None:
+            for item in value[field.name] if field.is_repeated else [value[field.name]]:
+                _int64_fields_as_numbers(item, field.message_type)
+        elif field.cpp_type in (field.CPPTYPE_INT64, field.CPPTYPE_UINT64):
+            value[field.name] = [int(v) for v in value[field.name]] if field.is_repeated else int(value[field.name])
+    return value
+
+
+def config_json(config) -> dict:
+    """A ModelConfig as Triton's /config endpoint returns it: proto field names, numbers as numbers."""
+    from google.protobuf import json_format
+
+    return _int64_fields_as_numbers(json_format.MessageToDict(config, preserving_proto_field_name=True),
+                                    config.DESCRIPTOR)
+
+
+def _load_onnx(path: Path):
+    """The ONNX graph without its weights' external files (only tensors and nodes are read)."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends for damaged files
+        raise QDeployError(f"cannot read ONNX file {path}: {exc}") from exc
+
+
+def _onnx_specs(values, dtype_of) -> list[TensorSpec]:
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+        specs.append(TensorSpec(value.name, shape, dtype_of(tensor.elem_type)))
+    return specs
+
+
+def onnx_signature(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Graph inputs (minus initializers) and outputs of an ONNX ModelProto, as TensorSpecs."""
+    import numpy as np
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    def dtype_of(elem_type: int) -> np.dtype:
+        return np.dtype(tensor_dtype_to_np_dtype(elem_type))
+
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in weights]
+    return _onnx_specs(inputs, dtype_of), _onnx_specs(model.graph.output, dtype_of)
+
+
+def _external_data_files(model, source: Path) -> list[str]:
+    """Relative paths of the weight files an ONNX model keeps beside itself."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    files = sorted({ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)})
+    for name in files:
+        if Path(name).is_absolute() or ".." in Path(name).parts or not (source.parent / name).is_file():
+            raise QDeployError(f"{source} refers to external data {name!r} that is not a file beside it")
+    return files
+
+
+def _check_runs_in_onnxruntime(model, source: Path) -> None:
+    """Refuse ONNX files whose custom nodes only a TensorRT plugin can run (e.g. trt.plugins)."""
+    local = {(f.domain, f.name) for f in model.functions}
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node
+                      if n.domain not in _ORT_DOMAINS and (n.domain, n.op_type) not in local})
+    if foreign:
+        raise QDeployError(f"{source.name} has nodes only a TensorRT plugin runs ({', '.join(foreign)}); "
+                           "use the decomposed model.onnx for onnxruntime_onnx or build a model.plan")
+
+
+def read_signature(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output tensors of a model file: ONNX from its graph, other files via an engine."""
+    path = Path(path)
+    if not path.is_file():
+        raise QDeployError(f"model file {path} does not exist; run `qdeploy export` first")
+    if path.suffix == ".onnx":
+        return onnx_signature(_load_onnx(path))
+    try:
+        engine = load_engine(path)
+    except QDeployError as exc:
+        raise QDeployError(f"cannot read the tensors of {path} ({exc}); pass the ONNX file it was built "
+                           "from as signature_from (--signature-from)") from exc
+    return engine.inputs, engine.outputs
+
+
+def _tensor_dims(spec: TensorSpec, max_batch: int) -> list[int]:
+    """Triton dims: without the batch axis when the model batches, -1 for dynamic axes."""
+    if max_batch > 0:
+        if not spec.shape or isinstance(spec.shape[0], int):
+            raise QDeployError(f"tensor {spec.name!r} has no dynamic batch axis (shape {spec.shape}); "
+                               "export with a dynamic batch or use max batch 0")
+        shape = spec.shape[1:]
+    else:
+        shape = spec.shape
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def build_config(name: str, platform: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                 max_batch: int = 8, instances: int = 1, max_queue_delay_us: int = 100):
+    """A Triton ModelConfig for a model with these tensors.
+
+    max_batch > 0 turns on Triton's (and qdeploy serve's) dynamic batching with the given
+    queue delay; 0 serves each request as sent, with no batch axis assumed.
+    """
+    if max_batch < 0 or instances < 1 or max_queue_delay_us < 0:
+        raise QDeployError("max batch and queue delay must be >= 0 and instances >= 1")
+    pb2 = model_config_pb2()
+    config = pb2.ModelConfig(name=check_model_name(name), platform=platform, max_batch_size=max_batch)
+    for field, specs in ((config.input, inputs), (config.output, outputs)):
+        for spec in specs:
+            field.add(name=spec.name, data_type=pb2.DataType.Value(config_datatype(spec.dtype)),
+                      dims=_tensor_dims(spec, max_batch))
+    if max_batch > 0:
+        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    kind = pb2.ModelInstanceGroup.KIND_GPU if platform == "tensorrt_plan" else pb2.ModelInstanceGroup.KIND_AUTO
+    config.instance_group.add(count=instances, kind=kind)
+    return config
+
+
+def check_config_matches(config, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], source: str) -> None:
+    """Fail when config.pbtxt and the model file disagree on tensor names, types or dims."""
+    pb2 = model_config_pb2()
+    for kind, entries, specs, exact in (("input", config.input, inputs, True), ("output", config.output, outputs, False)):
+        actual = {spec.name: spec for spec in specs}
+        declared = {entry.name for entry in entries}
+        if (exact and declared != set(actual)) or not declared <= set(actual):
+            raise QDeployError(f"{source} lists {kind}s {sorted(declared)} but the model has {sorted(actual)}")
+        for entry in entries:
+            spec = actual[entry.name]
+            want_dtype = dtype_from_config(pb2.DataType.Name(entry.data_type))
+            dims = _tensor_dims(spec, config.max_batch_size)
+            dims_agree = len(dims) == len(entry.dims) and all(
+                a == b or -1 in (a, b) for a, b in zip(dims, entry.dims))
+            if want_dtype != spec.dtype or not dims_agree:
+                raise QDeployError(f"{source}: {kind} {entry.name!r} is {pb2.DataType.Name(entry.data_type)} "
+                                   f"{list(entry.dims)} but the model has {spec.dtype} {dims} "
+                                   f"(max_batch_size {config.max_batch_size})")
+
+
+def plugin_notes(platform: str, plugin_lib: str | Path | None) -> list[str]:
+    """How Triton loads the TensorRT plugin library for this model, as lines of text."""
+    if plugin_lib is None:
+        return []
+    lib = str(plugin_lib)
+    if platform != "tensorrt_plan":
+        return [f"ONNX Runtime runs the quadratic nodes from their ONNX function bodies: {lib} is only "
+                "needed for TensorRT plans."]
+    return [f"This plan needs the TensorRT plugin library {lib}. Load it into Triton with either",
+            f'  tritonserver --model-repository=<repo> --backend-config=tensorrt,plugins="{lib}"',
+            f"  LD_PRELOAD={lib} tritonserver --model-repository=<repo>",
+            "The library must be built against the TensorRT version of the Triton image."]
+
+
+def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, max_batch: int = 8,
+                       instances: int = 1, max_queue_delay_us: int = 100,
+                       plugin_lib: str | Path | None = None, signature_from: str | Path | None = None,
+                       version: int = 1) -> Path:
+    """Write `<repo>/<name>/config.pbtxt` and `<repo>/<name>/<version>/model.{onnx,plan}`.
+
+    Tensor names, types and dims come from the model file (ONNX graph) or, for a TensorRT
+    plan this machine cannot open, from `signature_from` (the ONNX it was built from). The
+    version folder is replaced atomically; other versions are kept. Returns the model folder.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise QDeployError(f"model file {model_path} does not exist; run `qdeploy export` first")
+    platform = PLATFORMS.get(model_path.suffix)
+    if platform is None:
+        raise QDeployError(f"{model_path.name}: Triton serves .onnx (onnxruntime_onnx) or .plan (tensorrt_plan) files")
+    if version < 1:
+        raise QDeployError(f"model version must be >= 1, got {version}")
+    extra_files: list[str] = []
+    if platform == "onnxruntime_onnx":
+        if signature_from is not None:
+            raise QDeployError("signature_from is for TensorRT plans; an ONNX file names its own tensors")
+        model = _load_onnx(model_path)
+        _check_runs_in_onnxruntime(model, model_path)
+        inputs, outputs = onnx_signature(model)
+        extra_files = _external_data_files(model, model_path)
+    else:
+        inputs, outputs = read_signature(signature_from or model_path)
+    config = build_config(name, platform, inputs, outputs, max_batch, instances, max_queue_delay_us)
+
+    from google.protobuf import text_format
+
+    header = [f"Written by qdeploy {__version__} from {model_path.name}.", *plugin_notes(platform, plugin_lib)]
+    text = "".join(f"# {line}\n" for line in header) + text_format.MessageToString(config)
+    model_dir = Path(repo) / name
+    with staged_directory(model_dir / str(version)) as stage:
+        shutil.copyfile(model_path, stage / MODEL_FILES[platform])
+        for extra in extra_files:
+            (stage / extra).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model_path.parent / extra, stage / extra)
+    write_text(model_dir / CONFIG_FILE, text)
+    return model_dir
+
+
+@dataclass(frozen=True)
+class RepositoryModel:
+    """One servable model found in a repository: its newest version's file and its config."""
+
+    name: str
+    version: int
+    path: Path
+    config: object | None  # ModelConfig, or None when the folder has no config.pbtxt
+
+    @property
+    def platform(self) -> str:
+        return PLATFORMS[self.path.suffix]
+
+
+def _find_model(folder: Path) -> RepositoryModel:
+    config_path = folder / CONFIG_FILE
+    config = read_config(config_path) if config_path.is_file() else None
+    if config is not None and config.name and config.name != folder.name:
+        raise QDeployError(f"{config_path} names the model {config.name!r}, but its folder is {folder.name!r}")
+    if config is not None and config.platform and config.platform not in MODEL_FILES:
+        raise QDeployError(f"{config_path}: platform {config.platform!r} is not served; "
+                           f"use one of {sorted(MODEL_FILES)}")
+    if config is not None and config.default_model_filename:
+        candidates = [config.default_model_filename]
+    elif config is not None and config.platform:
+        candidates = [MODEL_FILES[config.platform]]
+    else:
+        candidates = list(MODEL_FILES.values())
+    versions = sorted((int(v.name) for v in folder.iterdir() if v.is_dir() and v.name.isdigit()), reverse=True)
+    for version in versions:
+        for candidate in candidates:
+            path = folder / str(version) / candidate
+            if path.is_file() and path.suffix in PLATFORMS:
+                return RepositoryModel(folder.name, version, path, config)
+    raise QDeployError(f"model folder {folder} has no <version>/{' or '.join(candidates)}; "
+                       "write one with `qdeploy triton-repo`")
+
+
+def scan_repository(repo: str | Path) -> list[RepositoryModel]:
+    """Every model folder of `repo`, newest version each (Triton's default version policy)."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise QDeployError(f"model repository {repo} is not a folder; write one with `qdeploy triton-repo`")
+    folders = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise QDeployError(f"model repository {repo} holds no models; add one with `qdeploy triton-repo`")
+    for folder in folders:
+        check_model_name(folder.name)
+    return [_find_model(folder) for folder in folders]
