@@ -7,11 +7,13 @@ here, so a crash or an error mid-write leaves the destination as it was.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -33,6 +35,22 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> None:
+    """Reports and configs: indented, keys in a stable order, newline-terminated."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Render a matplotlib figure to PNG in memory, then write it atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.nqm import defaults
 
@@ -31,11 +32,6 @@ def _digit_pair(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
         raise click.BadParameter(f"{value!r} is not two digits separated by a comma, e.g. 8,9")
     return int(parts[0]), int(parts[1])
-
-
-def _write_json(path: Path, payload: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 @click.command("lr-probe")
@@ -137,7 +133,7 @@ def lr_probe(
         f"recommended learning rate: {best.lr:.6g}  (= {best.lr_times_lambda0:g}/lambda0, {best.regime.value})"
     )
     if json_path is not None:
-        _write_json(json_path, probe.to_dict())
+        atomic.write_json(json_path, probe.to_dict())
 
 
 @click.command("catapult")
@@ -194,7 +190,7 @@ def catapult(
         result = run_catapult_experiment(config, on_run_done=lambda _run: progress.advance(task))
     png = plot_catapult(result, out_dir / "catapult.png")
     json_path = out_dir / "catapult.json"
-    _write_json(json_path, result.to_dict())
+    atomic.write_json(json_path, result.to_dict())
 
     console = Console()
     console.print(

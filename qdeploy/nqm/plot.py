@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qdeploy import atomic
 from qdeploy.nqm.experiment import MODEL_KINDS, CatapultResult
 
 TITLES = {"nn": "network", "nqm": "quadratic model (NQM)", "linear": "linearized model"}
@@ -40,7 +41,4 @@ def plot_catapult(result: CatapultResult, path: str | Path) -> Path:
         loss_axis.legend(fontsize=7)
     fig.suptitle(f"Catapult dynamics, full-batch GD on squared loss (lambda0 = {result.lambda0:.4g}; dashed: 2/eta)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=100)
