@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.layers import Conv2dSame
 from torch import nn
 
 from qdeploy.errors import QDeployError
-from qdeploy.layers import QuadConfig, quadratic_conv2d, quadratic_layer, quadratic_linear
+from qdeploy.layers.atrous_conv import live_taps
+from qdeploy.layers import AtrousConv2d, QuadConfig, quadratic_conv2d, quadratic_layer, quadratic_linear
 
 CONVS = {
     "3x3-stride2": lambda: nn.Conv2d(16, 32, 3, stride=2, padding=1),
@@ -149,3 +152,36 @@ def test_bad_settings_are_clear_errors() -> None:
         quadratic_layer(nn.BatchNorm2d(3))
     with pytest.raises(QDeployError, match="unknown quadratic-layer settings"):
         QuadConfig.from_dict({"rank": 4, "rnak": 2})
+
+
+def test_live_taps_are_exactly_the_taps_that_read_the_input() -> None:
+    rng = random.Random(0)
+    for _ in range(2000):
+        size, kernel, stride, dilation = rng.randint(1, 12), rng.randint(1, 5), rng.randint(1, 3), rng.randint(1, 4)
+        before, after = rng.randint(0, 8), rng.randint(0, 8)
+        outputs = (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+        if outputs < 1:
+            continue
+        reading = [tap for tap in range(kernel)
+                   if any(0 <= o * stride - before + tap * dilation < size for o in range(outputs))]
+        expected = range(reading[0], reading[-1] + 1) if reading else range(0)
+        assert live_taps(size, before, after, kernel, stride, dilation) == expected
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 9])
+@pytest.mark.parametrize("pads", ["same", (3, 3, 3, 3), (1, 5, 4, 2)])
+def test_cropped_atrous_conv_equals_the_full_kernel_on_small_maps(size: int, pads) -> None:
+    torch.manual_seed(size)
+    conv = AtrousConv2d(8, 8, 3, (2, 1), 3, 8, pads, True).double()
+    x = torch.randn(2, 8, size, size + 1, dtype=torch.float64, requires_grad=True)
+    top, bottom, left, right = conv.padding_for(size, size + 1)
+    reference = F.conv2d(F.pad(x, (left, right, top, bottom)), conv.weight, conv.bias, conv.stride, 0,
+                         conv.dilation, conv.groups)
+    if size <= 3 and pads != (1, 5, 4, 2):  # there, a 1-row map is read by no tap at all
+        assert conv.cropped(size, size + 1) is not None  # the fast path is really taken
+    output = conv(x)
+    torch.testing.assert_close(output, reference, rtol=0, atol=1e-12)
+    grads = torch.autograd.grad(output.square().sum(), (x, conv.weight))
+    expected = torch.autograd.grad(reference.square().sum(), (x, conv.weight))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)

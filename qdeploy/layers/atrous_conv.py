@@ -56,10 +56,30 @@ def matching_padding(primary: nn.Conv2d, kernel_size: int, dilation: int) -> Pad
     return tuple(pads)  # type: ignore[return-value]
 
 
+def live_taps(size: int, pad_before: int, pad_after: int, kernel: int, stride: int, dilation: int) -> range:
+    """The kernel taps (along one axis) that read at least one input pixel rather than padding.
+
+    On small feature maps most taps of a wide atrous kernel only ever see zero padding (a 3x3
+    kernel with dilation 3 on a 2x2 map reads real pixels with its centre tap alone). Dropping
+    those taps is exact, and it matters: CPU dilated depthwise kernels are tens of times slower
+    than the 1x1 convolution that remains. Interior taps are kept even if a stride skips them,
+    so the result is one contiguous range (empty only when no tap reads the input).
+    """
+    outputs = (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+    live = []
+    for tap in range(kernel):
+        offset = tap * dilation - pad_before  # input row read by output 0
+        first = 0 if offset >= 0 else (-offset + stride - 1) // stride  # first output inside the input
+        if first < outputs and first * stride + offset < size:
+            live.append(tap)
+    return range(live[0], live[-1] + 1) if live else range(0)
+
+
 class AtrousConv2d(nn.Conv2d):
     """A dilated conv that pads itself (symmetric, asymmetric or TF 'same') to a target grid.
 
     Symmetric pads go into the convolution itself so exported graphs stay a single Conv.
+    Taps that can only read padding for the input's size are skipped (`live_taps`).
     """
 
     def __init__(
@@ -97,8 +117,39 @@ class AtrousConv2d(nn.Conv2d):
             out += [total // 2, total - total // 2]
         return tuple(out)  # type: ignore[return-value]
 
+    def padding_for(self, height: int, width: int) -> Pads:
+        """(top, bottom, left, right) zero padding for this input size, wherever it is applied."""
+        if self.pad_inside:
+            return (self.padding[0], self.padding[0], self.padding[1], self.padding[1])
+        return self.explicit_pads(height, width)
+
+    def cropped(self, height: int, width: int) -> tuple[torch.Tensor, Pads] | None:
+        """The weight reduced to its live taps and the padding that goes with it, for this input size.
+
+        None when every tap is live (or none is): the layer then runs as built. The new pads
+        can be negative (F.pad then crops rows that only dead taps would have read).
+        """
+        pads = self.padding_for(height, width)
+        rows, cols = (live_taps(size, pads[2 * axis], pads[2 * axis + 1], self.kernel_size[axis],
+                                self.stride[axis], self.dilation[axis])
+                      for axis, size in enumerate((height, width)))
+        full = [range(k) for k in self.kernel_size]
+        if [rows, cols] == full or not rows or not cols:
+            return None
+        d_h, d_w = self.dilation
+        k_h, k_w = self.kernel_size
+        new_pads = (pads[0] - rows.start * d_h, pads[1] - (k_h - rows.stop) * d_h,
+                    pads[2] - cols.start * d_w, pads[3] - (k_w - cols.stop) * d_w)
+        return self.weight[:, :, rows.start:rows.stop, cols.start:cols.stop], new_pads
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        crop = self.cropped(height, width)
+        if crop is not None:
+            weight, (top, bottom, left, right) = crop
+            x = F.pad(x, (left, right, top, bottom))
+            return F.conv2d(x, weight, self.bias, self.stride, 0, self.dilation, self.groups)
         if not self.pad_inside:
-            top, bottom, left, right = self.explicit_pads(x.shape[-2], x.shape[-1])
+            top, bottom, left, right = self.explicit_pads(height, width)
             x = F.pad(x, (left, right, top, bottom))
         return super().forward(x)
