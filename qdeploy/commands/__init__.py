@@ -8,6 +8,7 @@ import click
 def register(group: click.Group) -> None:
     """Attach every stage's commands to `group` (imported lazily to keep start-up fast)."""
     from qdeploy.commands.demo import demo
+    from qdeploy.commands.export import export
     from qdeploy.commands.nqm import catapult, lr_probe
     from qdeploy.commands.serve import serve, triton_repo
 
@@ -16,3 +17,4 @@ def register(group: click.Group) -> None:
     group.add_command(catapult)
     group.add_command(serve)
     group.add_command(triton_repo)
+    group.add_command(export)

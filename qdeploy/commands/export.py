@@ -1,0 +1,92 @@
+"""`qdeploy export`: adapted model -> verified ONNX files (decomposed and/or fused) + report."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from qdeploy.errors import QDeployError
+from qdeploy.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_model
+from qdeploy.export.report import REPORT_FILE
+from qdeploy.export.source import load_source
+
+
+def _batch(value: str) -> int | None:
+    if value == "dynamic":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise QDeployError(f"--batch {value!r} is neither 'dynamic' nor a positive integer; e.g. --batch 8")
+    return int(value)
+
+
+def _input_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", value)
+    if not match:
+        raise QDeployError(f"--input-size {value!r} is not HxW; e.g. --input-size 224x224")
+    height = int(match.group(1))
+    return height, int(match.group(2) or height)
+
+
+@click.command("export")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (replaced atomically). [default: export/<source>-onnx]")
+@click.option("--mode", type=click.Choice(["decomposed", "fused", "both"]), default="both", show_default=True,
+              help="decomposed: standard ONNX ops only; fused: one TensorRT-plugin node per quadratic layer.")
+@click.option("--opset", default=DEFAULT_OPSET, show_default=True, help="Default-domain ONNX opset (18-23).")
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--input-size", default=None, help="Spatial size HxW (fixed in the graph). [default: the model's]")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: the graph computes in float16 with float32 input and output.")
+@click.option("--triton-repo", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write the verified model into this Triton model repository "
+                   "(decomposed.onnx when exported, else fused.onnx; platform onnxruntime_onnx).")
+@click.option("--triton-name", default=None, help="Model name in --triton-repo. [default: the --out folder's name]")
+def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, input_size: str | None,
+           precision: str, triton_repo: Path | None, triton_name: str | None) -> None:
+    """Export an adapted model folder (or a checkpoint inside one) to ONNX and verify it in ONNX Runtime."""
+    options = ExportOptions(
+        modes=("decomposed", "fused") if mode == "both" else (mode,),
+        opset=opset, batch=_batch(batch), input_size=_input_size(input_size), precision=precision,
+        source=str(source),
+    )
+    folder = source if source.is_dir() else source.parent
+    out = out or Path("export") / f"{folder.resolve().name}-onnx"
+    if triton_repo is not None:
+        from qdeploy.serving.repository import check_model_name
+
+        triton_name = check_model_name(triton_name or out.resolve().name)  # refuse before the long export
+    report = export_model(load_source(source), out, options)
+
+    table = Table(title=f"ONNX export of {report['base']['name']} ({precision}, batch {report['batch']})")
+    for column in ("file", "nodes", "plugin nodes", "MB", "max err / scale", "top-1 agree", "export s"):
+        table.add_column(column)
+    for info in report["files"].values():
+        worst = max(info["parity"].values(), key=lambda stats: stats["max_rel"])
+        top1 = min(stats["top1_agreement"] for stats in info["parity"].values())
+        table.add_row(info["file"], str(info["nodes_total"]), str(info["plugin_nodes"]),
+                      f"{info['file_bytes'] / 1e6:.1f}", f"{worst['max_rel']:.1e}", f"{top1:.0%}",
+                      f"{info['export_s']:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(f"parity passed (tolerance {report['tolerance_max_rel']:.0e}); report: {out / REPORT_FILE}")
+    if triton_repo is not None:
+        _write_triton(triton_repo, triton_name, out / report["files"][options.modes[0]]["file"], options.batch)
+
+
+def _write_triton(repo: Path, name: str, model_path: Path, batch: int | None) -> None:
+    """The exported file as `<repo>/<name>/1/model.onnx` + config.pbtxt (issue #7's layout).
+
+    A dynamic-batch export lets Triton batch requests (max_batch_size 8); a fixed --batch N
+    graph has no free batch axis, so it is served as is (max_batch_size 0).
+    """
+    from qdeploy.serving.repository import CONFIG_FILE, write_triton_model
+
+    folder = write_triton_model(repo, name, model_path, max_batch=8 if batch is None else 0)
+    Console().print(f"Triton model: {folder / CONFIG_FILE} and {folder / '1'}/")

@@ -1,0 +1,264 @@
+"""The export driver: adapted model -> verified ONNX files + export_report.json, all or nothing.
+
+One torch.onnx (dynamo) conversion serves both modes: the quadratic custom ops become plugin
+nodes (translations.py); the fused file gives them their model-local functions, the
+decomposed file inlines those functions. Every file is checked (onnx.checker, shape
+inference) and run by ONNX Runtime against PyTorch before the output folder is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from qdeploy import __version__, atomic
+from qdeploy.adaptation import quadratic_layers
+from qdeploy.adaptation.checkpoint import adapted_config
+from qdeploy.adaptation.report import model_input_size
+from qdeploy.errors import QDeployError
+from qdeploy.export import translations
+from qdeploy.export.fp16 import fp16_compute
+from qdeploy.export.rewrite import export_copy
+from qdeploy.export.parity import TOLERANCE, check_parity, random_batch, sample_batch
+from qdeploy.export.report import REPORT_FORMAT, files_bytes, node_counts, weights_sha256, write_report
+from qdeploy.export.validate import check_onnx_file
+
+MODES = ("decomposed", "fused")
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_OPSET = translations.MIN_OPSET
+# Protobuf messages stop at 2 GiB; keep headroom for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "input", "output", "batch"
+_KNOWN_NAMESPACES = {"aten", "prims", "qdeploy"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export. batch None = dynamic; input_size (H, W) None = the model's own size."""
+
+    modes: tuple[str, ...] = MODES
+    opset: int = DEFAULT_OPSET
+    batch: int | None = None
+    input_size: tuple[int, int] | None = None
+    precision: str = "fp32"
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.modes) - set(MODES))
+        if unknown or not self.modes:
+            raise QDeployError(f"unknown export mode(s) {unknown or 'none'}; use decomposed, fused or both")
+        if self.precision not in PRECISIONS:
+            raise QDeployError(f"unknown precision {self.precision!r}; use fp32 or fp16")
+        if not translations.MIN_OPSET <= self.opset <= translations.MAX_OPSET:
+            raise QDeployError(f"opset {self.opset} is not supported; use {translations.MIN_OPSET}..{translations.MAX_OPSET}")
+        if self.batch is not None and self.batch < 1:
+            raise QDeployError(f"batch must be >= 1 or dynamic, got {self.batch}")
+        if self.input_size is not None and min(self.input_size) < 1:
+            raise QDeployError(f"input size must be positive, got {self.input_size}; pass --input-size HxW")
+
+
+def _input_shape(model: nn.Module, options: ExportOptions) -> tuple[int, int, int]:
+    """(C, H, W): --input-size, else the model's own (ViT patch grid, timm pretrained_cfg)."""
+    patch_grid = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if options.input_size is None and patch_grid is None and "input_size" not in getattr(model, "pretrained_cfg", {}):
+        raise QDeployError(f"{type(model).__name__} has no default input size (no pretrained_cfg input_size); "
+                           "pass --input-size HxW")
+    channels, height, width = model_input_size(model)
+    return (channels, *(options.input_size or (height, width)))  # type: ignore[return-value]
+
+
+def run_reference(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """PyTorch outputs; a failure names the innermost module that raised (e.g. a fixed-size patch grid)."""
+    stack: list[str] = []  # modules entered and not yet left: on error, the last one raised
+    names = {module: name for name, module in model.named_modules() if name}
+    hooks = [m.register_forward_pre_hook(lambda m, a: stack.append(names[m])) for m in names]
+    hooks += [m.register_forward_hook(lambda m, a, o: stack.pop() and None) for m in names]
+    try:
+        with torch.no_grad():
+            return model(batch)
+    except Exception as exc:
+        where = stack[-1] if stack else "the model"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QDeployError(
+            f"module {where!r} fails at input size {tuple(batch.shape[1:])} ({first_line}); "
+            "pass an --input-size the model accepts"
+        ) from exc
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _module_of(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else "the model"
+
+
+def _check_ops(program: torch.export.ExportedProgram) -> None:
+    """Ops outside aten/prims/qdeploy have no ONNX translation: name the module that calls them."""
+    for node in program.graph.nodes:
+        target = node.target
+        if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
+            namespace = target.namespace
+            if namespace not in _KNOWN_NAMESPACES:
+                raise QDeployError(
+                    f"module {_module_of(node)!r} calls op {namespace}::{target._opname}, which has no ONNX "
+                    "translation; replace the module or exclude it before exporting"
+                )
+
+
+def _capture(model: nn.Module, example: torch.Tensor, dynamic: bool) -> torch.export.ExportedProgram:
+    shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise QDeployError(f"torch.export cannot capture the model ({first_line}); try a fixed --batch N") from exc
+    _check_ops(program)
+    return program
+
+
+def _convert(program: torch.export.ExportedProgram, opset: int) -> ir.Model:
+    try:
+        onnx_program = torch.onnx.export(
+            program, (), dynamo=True, opset_version=opset, custom_translation_table=translations.translation_table(),
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], optimize=True, verbose=False,
+        )
+    except Exception as exc:
+        summary = [line for line in str(exc).splitlines() if line.startswith("<class")]
+        detail = summary[-1] if summary else str(exc).strip().splitlines()[0]
+        raise QDeployError(f"torch.onnx cannot convert the model ({detail}); see the op named there") from exc
+    _name_batch_axis(onnx_program.model)
+    return onnx_program.model
+
+
+def _name_batch_axis(model: ir.Model) -> None:
+    """Call the dynamic batch dim `batch` everywhere (torch.export names it after a symbol, e.g. s77)."""
+    symbol = model.graph.inputs[0].shape[0] if model.graph.inputs[0].shape else None
+    if not isinstance(symbol, ir.SymbolicDim) or symbol.value is None:
+        return
+    values = [*model.graph.inputs, *(v for node in model.graph.all_nodes() for v in node.outputs)]
+    for value in values:
+        if value.shape is not None and symbol.value in (getattr(d, "value", None) for d in value.shape):
+            value.shape = ir.Shape([BATCH_AXIS if getattr(d, "value", None) == symbol.value else d for d in value.shape])
+
+
+def _name_plugin_nodes(model: ir.Model) -> None:
+    """Name each plugin node after its quadratic layer (from its weight's name), for runtime logs."""
+    for node in model.graph:
+        if node.domain == translations.PLUGIN_DOMAIN:
+            node.name = node.inputs[1].name.removesuffix(".quad.a.weight")
+
+
+def _finalize(base: ir.Model, mode: str) -> ir.Model:
+    model = base.clone()  # initializer tensors are shared, not copied: no second copy of a large model
+    translations.attach_functions(model)
+    if mode == "decomposed":
+        translations.decompose(model)
+    else:
+        _name_plugin_nodes(model)
+    return model
+
+
+def _save(model: ir.Model, path: Path, threshold: int) -> bool:
+    """Write `path`; weights go to `<name>.data` beside it when they would break the 2 GB limit."""
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    external = weight_bytes > threshold
+    ir.save(model, path, external_data=f"{path.name}.data" if external else None)
+    return external
+
+
+def _input_sets(model: nn.Module, shape: tuple[int, int, int], batch: int | None) -> dict[str, torch.Tensor]:
+    """Random inputs at batch 1 and 7 (dynamic) or at the fixed batch, and real photos."""
+    batches = (1, 7) if batch is None else (batch,)
+    sets = {f"random_b{b}": random_batch(shape, b, seed=b) for b in batches}
+    sets["samples"] = sample_batch(model, shape, 3 if batch is None else batch)
+    return sets
+
+
+def export_model(model: nn.Module, out: str | Path, options: ExportOptions = ExportOptions()) -> dict[str, Any]:
+    """Export an adapted model to `out` (replaced atomically); returns the report it writes.
+
+    Raises QDeployError (and leaves `out` untouched) when a layer cannot be exported, a file
+    fails the ONNX checks, or ONNX Runtime's outputs miss the precision's tolerance.
+    """
+    started = time.perf_counter()
+    model = model.eval()
+    shape = _input_shape(model, options)
+    layers = quadratic_layers(model)
+    inputs = _input_sets(model, shape, options.batch)
+    references = {name: run_reference(model, batch).float().numpy() for name, batch in inputs.items()}
+
+    exportable = export_copy(model, fused="fused" in options.modes)
+    if options.precision == "fp16":
+        exportable = fp16_compute(exportable)
+    example = random_batch(shape, options.batch or 2, seed=0)
+    convert_start = time.perf_counter()
+    base = _convert(_capture(exportable, example, options.batch is None), options.opset)
+    convert_s = time.perf_counter() - convert_start
+    metadata = {
+        "qdeploy.version": __version__,
+        "qdeploy.adapter": json.dumps(adapted_config(model), sort_keys=True),
+        "qdeploy.weights_sha256": weights_sha256(model),
+    }
+    tolerance = TOLERANCE[options.precision]
+    files: dict[str, Any] = {}
+    with atomic.staged_directory(out) as stage:
+        for mode in options.modes:
+            mode_start = time.perf_counter()
+            onnx_model = _finalize(base, mode)
+            export_info = {"mode": mode, "precision": options.precision, "opset": options.opset,
+                           "batch": options.batch or "dynamic", "input_shape": list(shape)}
+            onnx_model.metadata_props.update({**metadata, "qdeploy.export": json.dumps(export_info, sort_keys=True)})
+            path = stage / f"{mode}.onnx"
+            external = _save(onnx_model, path, options.external_data_threshold)
+            proto = check_onnx_file(path)
+            plugin_count = len(translations.plugin_nodes(proto))
+            expected = len(layers) if mode == "fused" else 0  # packed_copy refused RBF layers for fused
+            if plugin_count != expected:
+                raise QDeployError(f"{mode} graph has {plugin_count} plugin nodes, expected {expected}; please report this bug")
+            export_s = convert_s + time.perf_counter() - mode_start
+            parity = check_parity(path, inputs, references, tolerance)
+            files[mode] = {
+                "file": path.name,
+                "external_data": external,
+                "file_bytes": files_bytes(path),
+                "export_s": round(export_s, 3),
+                "nodes": node_counts(proto),
+                "nodes_total": len(proto.graph.node),
+                "plugin_nodes": plugin_count,
+                "parity": {name: stats.to_dict() for name, stats in parity.items()},
+                "passed": all(stats.passed for stats in parity.values()),
+            }
+            if not files[mode]["passed"]:
+                worst = max(parity.items(), key=lambda item: item[1].max_rel)
+                raise QDeployError(
+                    f"{mode} ONNX output differs from PyTorch on {worst[0]}: max error {worst[1].max_rel:.2e} of the "
+                    f"output scale > {tolerance:.0e} ({options.precision}); nothing was written to {out}"
+                )
+        report = {
+            "format": REPORT_FORMAT,
+            "qdeploy_version": __version__,
+            "source": options.source,
+            "base": adapted_config(model)["base"],
+            "quadratic_layers": len(layers),
+            "weights_sha256": metadata["qdeploy.weights_sha256"],
+            "precision": options.precision,
+            "opset": options.opset,
+            "batch": options.batch or "dynamic",
+            "input": {"name": INPUT_NAME, "shape": [BATCH_AXIS if options.batch is None else options.batch, *shape],
+                      "dtype": "float32"},
+            "tolerance_max_rel": tolerance,
+            "torch_to_onnx_s": round(convert_s, 3),
+            "total_s": round(time.perf_counter() - started, 3),
+            "files": files,
+        }
+        write_report(stage, report)
+    return report

@@ -1,0 +1,56 @@
+"""What an export produced, as numbers: `export_report.json` beside the ONNX files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from qdeploy.atomic import write_json
+
+REPORT_FILE = "export_report.json"
+REPORT_FORMAT = "qdeploy-export-report/1"
+
+
+def node_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Main-graph nodes by op type; custom-domain ops as `domain::Op` (function bodies not counted)."""
+    counts = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                     for n in model.graph.node)
+    return dict(sorted(counts.items()))
+
+
+def files_bytes(path: Path) -> int:
+    """Size of the .onnx file plus its external-data file, if any."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the state_dict (sorted names, dtype, shape, raw bytes): ties a file to its weights.
+
+    Computed on the adapted PyTorch model, so both modes and both precisions carry the same
+    hash as the checkpoint they came from.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> Path:
+    """Write `report` as is (it carries its own `format`), so reading it back gives the same dict."""
+    path = folder / REPORT_FILE
+    write_json(path, report)
+    return path
+
+
+def read_report(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / REPORT_FILE).read_text())
