@@ -11,6 +11,7 @@ def register(group: click.Group) -> None:
     from qdeploy.commands.export import export
     from qdeploy.commands.nqm import catapult, lr_probe
     from qdeploy.commands.serve import serve, triton_repo
+    from qdeploy.commands.train import train
 
     group.add_command(demo)
     group.add_command(lr_probe)
@@ -18,3 +19,4 @@ def register(group: click.Group) -> None:
     group.add_command(serve)
     group.add_command(triton_repo)
     group.add_command(export)
+    group.add_command(train)

@@ -1,0 +1,137 @@
+"""`qdeploy train`: adapt, scratch or finetune runs; the CLI face of qdeploy.training.train.
+
+Every option maps onto a TrainConfig field of the same name. With --resume the saved run's
+config is the base and only the options typed on this command line change it (budget and
+stability knobs; anything else is refused by TrainConfig.resumed_with).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from qdeploy.errors import QDeployError
+from qdeploy.models.sources import BUILTIN_DEFAULT
+from qdeploy.training.config import AMP_MODES, AUTO_LR, BUILTIN_DATA, DEVICES, MODES, OPTIMIZERS, SCHEDULERS, TrainConfig
+
+
+def _learning_rate(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
+    if value == AUTO_LR:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number (e.g. 2e-3) nor 'auto'") from None
+
+
+def _explicit(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """The options typed on the command line (not click defaults)."""
+    return {name: value for name, value in options.items()
+            if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+
+
+@click.command("train")
+@click.option("--model", default=BUILTIN_DEFAULT, show_default=True,
+              help="Built-in name, timm name (with --checkpoint for local weights), or a model/ folder "
+                   "written by qdeploy train.")
+@click.option("--checkpoint", default=None, help="Local .safetensors/.pth weights for the timm --model.")
+@click.option("--data", default=BUILTIN_DATA, show_default=True,
+              help=f"'{BUILTIN_DATA}' (scikit-learn digits under a nonlinear shift, offline) or an ImageFolder "
+                   "directory (class sub-folders, or train/ and val/ of them).")
+@click.option("--out", default=None, help="Run folder [default: runs/<mode>-<model>-<data>].")
+@click.option("--mode", type=click.Choice(MODES), default="adapt", show_default=True,
+              help="adapt: pretrained + zero-started quadratic terms; scratch: the same quadratic "
+                   "architecture from random weights; finetune: the plain pretrained model.")
+@click.option("--train-primary", is_flag=True, help="adapt: train the pretrained weights too (frozen by default).")
+@click.option("--rank", type=click.IntRange(1), default=8, show_default=True, help="Quadratic rank of dense layers.")
+@click.option("--depthwise-rank", type=click.IntRange(1), default=1, show_default=True,
+              help="Per-channel quadratic rank of depthwise layers.")
+@click.option("--dilation", type=click.IntRange(1), default=3, show_default=True,
+              help="Dilation of the atrous factor convs.")
+@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimizer steps.")
+@click.option("--max-minutes", type=float, default=None, help="Stop after this much wall time (checkpoint kept).")
+@click.option("--target-acc", type=float, default=None, help="Stop once val accuracy reaches this fraction (0.9).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Global batch (split over torchrun processes).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
+@click.option("--lr", default="2e-3", show_default=True, callback=_learning_rate,
+              help="Peak learning rate, or 'auto': measured from the loss sharpness (lambda0 and a short "
+                   "scan, qdeploy.nqm.lr_probe), for SGD (implied unless --optimizer is given).")
+@click.option("--lr-probe-steps", type=click.IntRange(1), default=40, show_default=True,
+              help="--lr auto: full-batch steps per scanned learning rate.")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD (Nesterov) momentum.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="cosine", show_default=True,
+              help="After the linear warmup.")
+@click.option("--warmup-steps", type=click.IntRange(0), default=None, help="[default: 5% of the steps]")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping (0: off).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="Held-out share when the data has no val/ folder.")
+@click.option("--image-size", type=click.IntRange(8), default=None,
+              help=f"[default: 64 for {BUILTIN_DATA}, the model's input size for an ImageFolder]")
+@click.option("--max-samples", type=click.IntRange(1), default=None, help="Use at most N train and N val images.")
+@click.option("--eval-every", type=click.IntRange(1), default=None, help="Also evaluate every N steps.")
+@click.option("--save-every", type=click.IntRange(1), default=None, help="Also checkpoint every N steps.")
+@click.option("--sharpness-every", type=click.IntRange(1), default=None,
+              help="Log the top Gauss-Newton eigenvalue every N steps (catapult events then carry it).")
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Image-decoding processes.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
+              help="CUDA mixed precision (auto: bf16 where supported, else fp16 with loss scaling).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress bar.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def train(resume: bool, **options: Any) -> None:
+    """Train a quadratic network by adaptation (or the scratch / finetune baselines).
+
+    Writes to the run folder: model/ (safetensors + config; qdeploy.adaptation.load_adapted
+    reads quadratic models), checkpoint/ (for --resume), metrics.jsonl, curves.png and
+    summary.json. Multi-GPU / multi-node: torchrun --nproc_per_node N --no-python qdeploy train ...
+    """
+    from qdeploy.training import saved_config
+    from qdeploy.training import train as run_training
+
+    ctx = click.get_current_context()
+    if options["max_grad_norm"] == 0:
+        options["max_grad_norm"] = None
+    if resume:
+        if options["out"] is None:
+            raise QDeployError("--resume needs --out: the folder of the run to continue")
+        config = saved_config(options["out"]).resumed_with(_explicit(ctx, options))
+    else:
+        if options["lr"] == AUTO_LR and "optimizer" not in _explicit(ctx, options):
+            options["optimizer"] = "sgd"
+        config = TrainConfig(**options)
+    result = run_training(config, resume=resume)
+    if result.is_main:
+        _print_summary(result.summary)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"qdeploy train: {summary['mode']} {summary['model']} on {summary['data']}")
+    table.add_column("")
+    table.add_column("value")
+    initial = summary["initial_val_acc"]
+    rows = [
+        ("stopped by", summary["stop_reason"]),
+        ("steps (epochs)", f"{summary['steps']} ({summary['epochs']:g})"),
+        ("val accuracy: start -> final (best)",
+         f"{100 * initial:.2f}% -> {100 * summary['final_val_acc']:.2f}% ({100 * summary['best_val_acc']:.2f}%)"),
+        ("trainable / total params", f"{summary['trainable_params']:,} / {summary['total_params']:,}"),
+        ("device, precision", f"{summary['device']} x{summary['world_size']}, {summary['precision']}"),
+        ("wall time, device hours", f"{summary['wall_seconds']:.1f} s, {summary['device_hours']:.4f} h"),
+        ("throughput", f"{summary['samples_per_s']:.1f} images/s"),
+        ("catapult events", str(summary["catapult_events"])),
+        ("skipped images", str(summary["skipped_images"])),
+        ("run folder", summary["out"]),
+    ]
+    if summary["lr_probe"]:
+        rows.insert(1, ("--lr auto", f"{summary['config']['lr']:.4g} (lambda0 {summary['lr_probe']['lambda0']:.4g})"))
+    for label, value in rows:
+        table.add_row(label, value)
+    Console().print(table)

@@ -1,0 +1,77 @@
+"""The model each mode trains, and which of its weights train.
+
+    adapt     pretrained weights + zero-started quadratic terms; trains the quadratic terms
+              and the classifier head (the primary too with `train_primary`)
+    scratch   the same quadratic architecture from random weights, everything trains
+    finetune  the pretrained model as is, everything trains (no quadratic term)
+
+`--model` is the built-in name, a timm name (with `--checkpoint` for local weights), or a
+folder `qdeploy train` wrote (its model/ folder): training continues from those weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from qdeploy.adaptation import AdaptReport, adapt, freeze_primary, quadratic_layers
+from qdeploy.errors import QDeployError
+from qdeploy.layers import QuadConfig
+from qdeploy.models.sources import base_spec_of, load_base_model
+from qdeploy.training.checkpointing import load_trained
+from qdeploy.training.config import TrainConfig
+
+
+def load_source(config: TrainConfig) -> nn.Module:
+    """The starting weights named by --model / --checkpoint, before any head or adapter change."""
+    path = Path(config.model)
+    if path.is_dir():
+        if config.mode == "scratch":
+            raise QDeployError(f"--mode scratch starts from random weights; --model {path} is a trained folder")
+        if config.checkpoint:
+            raise QDeployError(f"--model {path} is a trained folder with its own weights; drop --checkpoint")
+        model = load_trained(path)
+        if config.mode == "finetune" and quadratic_layers(model):
+            raise QDeployError(f"--mode finetune trains a plain model, but {path} is quadratic; use --mode adapt")
+        return model
+    if path.is_file():
+        raise QDeployError(
+            f"--model {path} is a file; name the architecture and pass the weights separately: "
+            f"--model <timm name> --checkpoint {path}"
+        )
+    return load_base_model(config.model, checkpoint=config.checkpoint, pretrained=config.mode != "scratch")
+
+
+def fit_head(model: nn.Module, num_classes: int) -> bool:
+    """Re-initialise the classifier when the data has another class count; True if it did."""
+    if model.num_classes == num_classes:
+        return False
+    model.reset_classifier(num_classes)
+    model.qdeploy_base = replace(base_spec_of(model), num_classes=num_classes)
+    return True
+
+
+def set_trainable(model: nn.Module, config: TrainConfig) -> None:
+    """adapt: quadratic terms + head (+ primary with train_primary); other modes: everything."""
+    if config.mode == "adapt" and not config.train_primary:
+        freeze_primary(model)
+        for param in model.get_classifier().parameters():
+            param.requires_grad_(True)
+    else:
+        for param in model.parameters():
+            param.requires_grad_(True)
+
+
+def prepare_model(model: nn.Module, config: TrainConfig, num_classes: int,
+                  image_size: int) -> tuple[nn.Module, AdaptReport | None]:
+    """`model` (from load_source) with a head of `num_classes`, adapted if the mode needs it and
+    not already, and its trainable set; returns the adapt report when it adapted now."""
+    fit_head(model, num_classes)
+    report = None
+    if config.quadratic and not quadratic_layers(model):
+        quad = QuadConfig(rank=config.rank, depthwise_rank=config.depthwise_rank, dilation=config.dilation)
+        model, report = adapt(model, config=quad, input_size=(3, image_size, image_size))
+    set_trainable(model, config)
+    return model, report
