@@ -1,0 +1,178 @@
+"""The Triton kernel of the fused quadratic branch against PyTorch, on the CPU (TRITON_INTERPRET=1).
+
+Random layers (kernel sizes, strides, dilations, asymmetric pads, dense/grouped/depthwise,
+ranks, with and without U) in float32 and float16; the reference is the decomposed branch in
+float64 from the same rounded inputs. Also: QuadLinear as a 1x1 convolution, the launcher's
+argument errors, and the ahead-of-time PTX that TensorRT's Python plugin bakes into engines.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+# |y - ref| <= atol * max|ref| + rtol * |ref|: float32 accumulation in both; float16 adds the
+# output's rounding (2^-11 relative).
+TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.float16: (2e-3, 2e-3)}
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """atrous_quad_triton.py loaded fresh with the interpreter on (triton.jit reads it at decoration)."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    spec = importlib.util.spec_from_file_location("atrous_quad_triton_interp", PLUGINS / "triton" / "atrous_quad_triton.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    if previous is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = previous
+
+
+def reference(x, wa, ba, wb, bb, wu, bu, stride, dilation, pads, groups):
+    """The decomposed branch (what the exporter's ONNX function computes) in float64."""
+    x, wa, ba, wb, bb = (t.double() if t is not None else None for t in (x, wa, ba, wb, bb))
+    top, left, bottom, right = pads
+    x = F.pad(x, (left, right, top, bottom))
+    product = F.conv2d(x, wa, ba, stride, 0, dilation, groups) * F.conv2d(x, wb, bb, stride, 0, dilation, groups)
+    if wu is None:
+        return product
+    return F.conv2d(product, wu.double(), None if bu is None else bu.double(), groups=groups)
+
+
+def random_layer(rng: random.Random) -> dict:
+    kind = rng.choice(["dense", "grouped", "depthwise", "depthwise-u", "product"])
+    kernel = (rng.randint(1, 3), rng.randint(1, 3))
+    if kind == "dense":
+        groups, cin, rank, cout = 1, rng.randint(1, 6), rng.randint(1, 9), rng.randint(1, 5)
+    elif kind == "grouped":
+        groups = rng.randint(2, 3)
+        cin, rank, cout = groups * rng.randint(1, 3), groups * rng.randint(1, 4), groups * rng.randint(1, 3)
+    elif kind == "product":
+        groups = rng.randint(1, 3)
+        cin, rank = groups * rng.randint(1, 3), groups * rng.randint(1, 3)
+        cout = rank
+    else:  # depthwise: one group per channel, r ranks each
+        groups = cin = cout = rng.randint(1, 6)
+        rank = cin * (1 if kind == "depthwise" else rng.randint(1, 3))
+    stride = (rng.randint(1, 3), rng.randint(1, 3))
+    dilation = (rng.randint(1, 4), rng.randint(1, 4))
+    pads = tuple(rng.randint(0, 4) for _ in range(4))
+    height, width = rng.randint(3, 12), rng.randint(3, 12)
+    span = [dilation[i] * (kernel[i] - 1) + 1 for i in range(2)]
+    if height + pads[0] + pads[2] < span[0] or width + pads[1] + pads[3] < span[1]:
+        return random_layer(rng)
+    return dict(batch=rng.randint(1, 2), cin=cin, height=height, width=width, rank=rank, cout=cout, groups=groups,
+                kernel=kernel, stride=stride, dilation=dilation, pads=pads, has_u=kind != "product",
+                biases=rng.random() < 0.8)
+
+
+def make_tensors(layer: dict, dtype: torch.dtype, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    cin_g, rg = layer["cin"] // layer["groups"], layer["rank"] // layer["groups"]
+    fan_in = cin_g * layer["kernel"][0] * layer["kernel"][1]
+
+    def randn(*size, scale=1.0):
+        return (torch.randn(*size, generator=gen) * scale).to(dtype)
+
+    w_size = (layer["rank"], cin_g, *layer["kernel"])
+    bias = layer["biases"]
+    return {
+        "x": randn(layer["batch"], layer["cin"], layer["height"], layer["width"]),
+        "wa": randn(*w_size, scale=fan_in ** -0.5), "ba": randn(layer["rank"], scale=0.5) if bias else None,
+        "wb": randn(*w_size, scale=fan_in ** -0.5), "bb": randn(layer["rank"], scale=0.5) if bias else None,
+        "wu": randn(layer["cout"], rg, 1, 1, scale=rg ** -0.5) if layer["has_u"] else None,
+        "bu": randn(layer["cout"], scale=0.5) if bias and layer["has_u"] else None,
+    }
+
+
+def assert_close(y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, label: str) -> None:
+    atol, rtol = TOLERANCE[dtype]
+    assert y.shape == ref.shape and y.dtype == dtype, label
+    bound = atol * ref.abs().max() + rtol * ref.abs()
+    excess = ((y.double() - ref).abs() - bound).max().item()
+    assert excess <= 0, f"{label}: error exceeds tolerance by {excess:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_random_layers_match_pytorch(kernels, dtype: torch.dtype) -> None:
+    rng = random.Random(7)
+    for index in range(10):
+        layer = random_layer(rng)
+        t = make_tensors(layer, dtype, seed=index)
+        args = (layer["stride"], layer["dilation"], layer["pads"], layer["groups"])
+        y = kernels.atrous_quad_triton(*t.values(), *args, block_pixels=16)
+        assert_close(y, reference(*t.values(), *args), dtype, f"layer {index}: {layer}")
+
+
+def test_efficientnet_depthwise_layer_stride_two(kernels) -> None:
+    """A real layer kind: depthwise 3x3, dilation 3, stride 2 with TF-'same' asymmetric pads."""
+    layer = dict(batch=2, cin=8, height=14, width=14, rank=8, cout=8, groups=8, kernel=(3, 3), stride=(2, 2),
+                 dilation=(3, 3), pads=(2, 2, 3, 3), has_u=False, biases=True)
+    t = make_tensors(layer, torch.float32, seed=1)
+    y = kernels.atrous_quad_triton(*t.values(), (2, 2), (3, 3), (2, 2, 3, 3), 8)
+    assert y.shape == (2, 8, 7, 7)
+    assert_close(y, reference(*t.values(), (2, 2), (3, 3), (2, 2, 3, 3), 8), torch.float32, "depthwise s2")
+
+
+def test_quad_linear_as_one_by_one_convolution(kernels) -> None:
+    """QuadLinear's mapping in both plugins: rows of X are 1x1 images, A/B/U 1x1 convolutions."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 12, generator=gen)
+    wa, wb = torch.randn(4, 12, generator=gen), torch.randn(4, 12, generator=gen)
+    ba, bb = torch.randn(4, generator=gen), torch.randn(4, generator=gen)
+    wu, bu = torch.randn(7, 4, generator=gen), torch.randn(7, generator=gen)
+    expected = ((x @ wa.T + ba) * (x @ wb.T + bb)) @ wu.T + bu
+    y = kernels.atrous_quad_triton(x.reshape(-1, 12, 1, 1), wa[..., None, None], ba, wb[..., None, None], bb,
+                                   wu[..., None, None], bu, 1, 1, (0, 0, 0, 0), 1)
+    torch.testing.assert_close(y.reshape(2, 5, 7), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_launcher_refuses_bad_arguments(kernels) -> None:
+    x, w, b = torch.zeros(1, 4, 6, 6), torch.zeros(4, 2, 3, 3), torch.zeros(4)
+    with pytest.raises(ValueError, match="bu needs wu"):
+        kernels.atrous_quad_triton(x, w, b, w, b, None, b, 1, 1, (1, 1, 1, 1), 2)
+    with pytest.raises(ValueError, match="groups=3"):
+        kernels.atrous_quad_triton(x, w, b, w, b, None, None, 1, 1, (1, 1, 1, 1), 3)
+    big = torch.zeros(2 * 65, 2, 3, 3)
+    with pytest.raises(ValueError, match="rank per group 65 exceeds 64"):
+        kernels.atrous_quad_triton(x, big, None, big, None, None, None, 1, 1, (1, 1, 1, 1), 2)
+    with pytest.raises(ValueError, match="smaller than the receptive field"):
+        kernels.atrous_quad_triton(x, w, b, w, b, None, None, 1, 4, (0, 0, 0, 0), 2)
+
+
+def test_aot_ptx_parameter_order_matches_tensorrt() -> None:
+    """TensorRT's AOT plugins pass (inputs..., extra int32 scalars..., outputs): the PTX must take them so."""
+    from triton.backends.compiler import GPUTarget
+
+    spec = importlib.util.spec_from_file_location("atrous_quad_triton_ptx", PLUGINS / "triton" / "atrous_quad_triton.py")
+    module = importlib.util.module_from_spec(spec)
+    previous = os.environ.pop("TRITON_INTERPRET", None)  # a real compilation, not the interpreter
+    try:
+        spec.loader.exec_module(module)
+        cases = [(module.atrous_quad_conv_kernel, "fp16", 7, True), (module.atrous_quad_product_kernel, "fp32", 5, None)]
+        for kernel, element, pointers, has_bu in cases:
+            constants = module.layer_constants(16, 16, 16, 16, (3, 3), (2, 2), (3, 3), (2, 2), has_bu=has_bu)
+            compiled = module.compile_ptx(kernel, element, constants, target=GPUTarget("cuda", 90, 32))
+            entry = re.search(r"\.entry\s+(\w+)\s*\(([^)]*)\)", compiled.asm["ptx"])
+            assert entry and entry.group(1) == compiled.metadata.name
+            params = [p.split()[1] for p in entry.group(2).split(",")]  # .u64 / .u32 per parameter
+            assert params[:pointers + 5] == [".u64"] * pointers + [".u32"] * 4 + [".u64"], params
+            assert getattr(compiled.metadata, "global_scratch_size", 0) == 0
+    finally:
+        if previous is not None:
+            os.environ["TRITON_INTERPRET"] = previous
+        sys.modules.pop("atrous_quad_triton_ptx", None)
