@@ -28,11 +28,12 @@ RESULTS = Path(__file__).parent / "results" / "serve_load.json"
 START = "from qdeploy.cli import main; main()"
 
 
-def export_quadratic_mobilenet(path: Path, size: int) -> None:
-    """A quadratic MobileNetV3-small (random weights, non-zero quadratic terms) as ONNX."""
+def export_quadratic_mobilenet(folder: Path, size: int) -> Path:
+    """A quadratic MobileNetV3-small (random weights, non-zero quadratic terms) through `qdeploy export`."""
     import torch
 
     from qdeploy.adaptation import adapt, quadratic_layers
+    from qdeploy.export import ExportOptions, export_model
     from qdeploy.models.sources import load_base_model
 
     torch.manual_seed(0)
@@ -42,9 +43,8 @@ def export_quadratic_mobilenet(path: Path, size: int) -> None:
         for layer in quadratic_layers(model).values():
             for param in layer.quad.parameters():
                 param.normal_(0.0, 0.05)
-    batch = torch.export.Dim("batch", min=1, max=64)
-    torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(path), input_names=["input"],
-                      output_names=["logits"], dynamic_shapes={"x": {0: batch}}, dynamo=True, verbose=False)
+    export_model(model, folder, ExportOptions(modes=("decomposed",), input_size=(size, size)))
+    return folder / "decomposed.onnx"
 
 
 class ServeProcess:
@@ -99,14 +99,13 @@ def main() -> None:
     from qdeploy.serving.loadgen import batch_size_histogram, run_load
 
     with tempfile.TemporaryDirectory(prefix="qdeploy-serve-load-") as tmp:
-        onnx_path = Path(tmp) / "quad_mobilenet.onnx"
         started = time.perf_counter()
-        export_quadratic_mobilenet(onnx_path, args.size)
+        onnx_path = export_quadratic_mobilenet(Path(tmp) / "export", args.size)
         print(f"exported {onnx_path.name} in {time.perf_counter() - started:.0f} s")
         engine = load_engine(onnx_path, "ort-cpu", threads=args.threads)
         rng = np.random.default_rng(0)
         batches = [rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32) for _ in range(32)]
-        expected = [engine.infer(b)["logits"] for b in batches]
+        expected = [engine.infer(b)["output"] for b in batches]
 
         rows = {}
         for label, max_batch, delay_us in (("dynamic batching (max 8, 2 ms)", 8, 2000), ("no batching", 1, 0)):
@@ -114,7 +113,7 @@ def main() -> None:
             write_triton_model(repo, "quad", onnx_path, max_batch=max_batch, max_queue_delay_us=delay_us)
             server = ServeProcess(repo, args.threads)
             try:
-                reports = [run_load(server.address, "quad", "input", "logits", batches, expected,
+                reports = [run_load(server.address, "quad", "input", "output", batches, expected,
                                     clients=args.clients, requests_per_client=args.requests, atol=1e-4)
                            for _ in range(args.repeats)]
                 histogram = batch_size_histogram(server.metrics(), "quad")

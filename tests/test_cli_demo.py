@@ -1,4 +1,4 @@
-"""The README's main command on the built-in default, and the CLI's one-line errors."""
+"""`qdeploy demo` (adaptation alone) on the built-in default, and the CLI's one-line errors."""
 
 from __future__ import annotations
 

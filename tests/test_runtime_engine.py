@@ -56,3 +56,143 @@ def test_bad_inputs_are_clear_errors(tiny_onnx, tmp_path) -> None:
     corrupt.write_bytes(open(path, "rb").read()[:100])
     with pytest.raises(QDeployError, match="cannot load"):
         load_engine(corrupt, "ort-cpu")
+
+
+# ---- torch backend, torch tensors, auto's report, TensorRT options and the native TensorRT engine ----
+
+from qdeploy.runtime import Engine, TensorSpec, tensorrt_provider_options  # noqa: E402
+from qdeploy.runtime.tensorrt_engine import explain_deserialize_failure  # noqa: E402
+from tests.runtime_fixtures import INPUT_SIZE, tiny_export  # noqa: E402,F401
+
+
+def test_torch_backend_and_ort_agree_with_the_model(tiny_export) -> None:
+    x = np.random.default_rng(0).standard_normal((3, 3, *INPUT_SIZE)).astype(np.float32)
+    with torch.no_grad():
+        expected = tiny_export.model(torch.from_numpy(x)).numpy()
+    torch_engine = load_engine(tiny_export.folder, "auto", input_size=INPUT_SIZE)
+    assert torch_engine.backend == "torch" and torch_engine.describe() == "torch"
+    assert torch_engine.inputs[0].shape == (None, 3, *INPUT_SIZE)
+    np.testing.assert_array_equal(torch_engine.infer(x)["output"], expected)
+    for mode in ("decomposed", "fused"):
+        engine = load_engine(tiny_export.onnx / f"{mode}.onnx", "auto")
+        assert engine.backend == "ort-cpu"
+        assert "auto; not available: ort-trt:" in engine.describe() and "ort-cuda:" in engine.describe()
+        out = engine.infer(torch.from_numpy(x))["output"]  # torch in -> torch out
+        assert isinstance(out, torch.Tensor)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    with pytest.raises(QDeployError, match="has shape 1x3x8x8, expected Nx3x32x32"):
+        torch_engine.infer(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(QDeployError, match="has dtype float16, expected float32"):
+        torch_engine.infer(torch.zeros(1, 3, *INPUT_SIZE, dtype=torch.float16))
+    with pytest.raises(QDeployError, match="bfloat16 has no numpy equivalent"):
+        torch_engine.infer(torch.zeros(1, 3, *INPUT_SIZE, dtype=torch.bfloat16))
+    checked = load_engine(tiny_export.onnx / "decomposed.onnx", "ort-cpu", check_finite=True)
+    with pytest.raises(QDeployError, match="'input' contains NaN or Inf"):
+        checked.infer(torch.full((1, 3, *INPUT_SIZE), float("inf")))
+    with pytest.raises(QDeployError, match="is a model folder, which ort-cpu cannot run"):
+        load_engine(tiny_export.folder, "ort-cpu")
+
+
+class _Adder(Engine):
+    """Two inputs, one output (their sum): the smallest engine with more than one input."""
+
+    backend = "test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs = [TensorSpec(name, (None, 2), np.dtype(np.float32)) for name in ("a", "b")]
+        self.outputs = [TensorSpec("sum", (None, 2), np.dtype(np.float32))]
+
+    def _run(self, feeds):
+        return {"sum": feeds["a"] + feeds["b"]}
+
+
+def test_numpy_and_torch_inputs_through_the_base_engine() -> None:
+    engine = _Adder()
+    a = np.ones((3, 2), np.float32)
+    np.testing.assert_array_equal(engine.infer({"a": a, "b": 2 * a})["sum"], 3 * a)
+    out = engine.infer({"a": torch.from_numpy(a), "b": torch.from_numpy(2 * a)})["sum"]
+    assert isinstance(out, torch.Tensor) and torch.equal(out, torch.full((3, 2), 3.0))
+    with pytest.raises(QDeployError, match="mix numpy arrays and torch tensors"):
+        engine.infer({"a": a, "b": torch.from_numpy(a)})
+    with pytest.raises(QDeployError, match="the model has 2 inputs; pass a dict"):
+        engine.infer(a)
+
+
+def test_tensorrt_provider_options(tmp_path) -> None:
+    library = tmp_path / "libplugins.so"
+    library.write_bytes(b"\x7fELF")
+    options = tensorrt_provider_options(fp16=True, cache_dir=tmp_path / "cache", plugin_libs=(library,))
+    assert options == {
+        "trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path / "cache"),
+        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(tmp_path / "cache"),
+        "trt_extra_plugin_lib_paths": str(library.resolve()),
+    }
+    assert (tmp_path / "cache").is_dir()
+    with pytest.raises(QDeployError, match="plugin library .*missing.so does not exist"):
+        tensorrt_provider_options(plugin_libs=(tmp_path / "missing.so",))
+
+
+def test_backend_option_errors(tiny_onnx) -> None:
+    path, _ = tiny_onnx
+    with pytest.raises(QDeployError, match=r"option\(s\) fp16 apply to ort-trt only, not ort-cpu"):
+        load_engine(path, "ort-cpu", fp16=True)
+    with pytest.raises(QDeployError, match="backend ort-cpu does not accept these options"):
+        load_engine(path, "ort-cpu", colour="red")
+
+
+def test_tensorrt_errors_are_one_line(tmp_path) -> None:
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not a plan")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(QDeployError, match="TensorRT is not installed"):
+            load_engine(plan, "tensorrt")
+        with pytest.raises(QDeployError, match="tensorrt: TensorRT is not installed"):
+            load_engine(plan)  # auto on a .plan means the native engine
+    message = explain_deserialize_failure(plan, ["IPluginRegistry::getCreator: Error Code 4: Cannot find plugin: "
+                                                 "AtrousQuadConv, version: 1, namespace:qdeploy"])
+    assert "uses a TensorRT plugin that is not loaded" in message and "AtrousQuadConv" in message
+    message = explain_deserialize_failure(plan, ["The engine plan file is not compatible with this version of "
+                                                 "TensorRT, expecting library version 10.9.0 got 10.3.0"])
+    assert "another TensorRT version or on another GPU" in message
+    assert "cannot deserialize" in explain_deserialize_failure(plan, [])
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs an NVIDIA GPU with CUDA (IO binding binds device memory)")
+def test_ort_cuda_io_binding_keeps_tensors_on_the_gpu(tiny_export) -> None:
+    engine = load_engine(tiny_export.onnx / "decomposed.onnx", "ort-cuda")
+    x = torch.randn(4, 3, *INPUT_SIZE, device="cuda")
+    out = engine.infer(x)["output"]
+    assert out.is_cuda
+    with torch.no_grad():
+        expected = tiny_export.model.cuda()(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-3 * float(expected.abs().max()))
+
+
+def _tensorrt_usable() -> bool:
+    from qdeploy.runtime.tensorrt_support import import_tensorrt
+
+    try:
+        import_tensorrt()
+    except QDeployError:
+        return False
+    return _cuda()
+
+
+@pytest.mark.skipif(not _tensorrt_usable(), reason="needs TensorRT and an NVIDIA GPU (TensorRT cannot be installed "
+                                                   "on this machine); runs wherever `import tensorrt` works")
+def test_native_tensorrt_plan_matches_torch(tiny_export, tmp_path) -> None:
+    from qdeploy.runtime.tensorrt_build import BuildOptions, build_engine
+
+    build_engine(BuildOptions(onnx_path=tiny_export.onnx / "decomposed.onnx", out_dir=tmp_path))
+    engine = load_engine(tmp_path / "model.plan", "tensorrt")
+    x = torch.randn(2, 3, *INPUT_SIZE, device="cuda")
+    with torch.no_grad():
+        expected = tiny_export.model.cuda()(x)
+    torch.testing.assert_close(engine.infer(x)["output"], expected, rtol=0, atol=1e-3 * float(expected.abs().max()))

@@ -2,6 +2,8 @@
 
 ONNX Runtime silently falls back to the CPU when a requested provider cannot start; this
 engine checks the providers the session actually got and refuses a silent fallback.
+On the GPU providers, torch CUDA tensors are bound in place (IO binding): inputs are read
+and outputs written in device memory, with no copy through the host.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from qdeploy.errors import QDeployError
-from qdeploy.runtime.engine import Engine, TensorSpec
+from qdeploy.runtime.engine import Engine, TensorSpec, numpy_dtype
 
 _ORT_TYPES = {
     "tensor(float)": np.dtype(np.float32),
@@ -35,6 +37,27 @@ PROVIDER_CHAINS = {
     "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def tensorrt_provider_options(fp16: bool = False, cache_dir: str | Path | None = None,
+                              plugin_libs: tuple[str | Path, ...] = ()) -> dict[str, Any]:
+    """TensorRT execution-provider options: precision, engine/timing caches, plugin libraries.
+
+    Building a TensorRT engine takes seconds to minutes; with `cache_dir` the built engine
+    and the kernel timing cache are kept there and the next session loads them instead.
+    `plugin_libs` are the shared libraries that implement the fused file's plugin nodes.
+    """
+    options: dict[str, Any] = {"trt_fp16_enable": fp16}
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
+                       trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir))
+    missing = [str(lib) for lib in plugin_libs if not Path(lib).is_file()]
+    if missing:
+        raise QDeployError(f"plugin library {missing[0]} does not exist; build the plugins (plugins/cuda) or fix the path")
+    if plugin_libs:
+        options["trt_extra_plugin_lib_paths"] = ";".join(str(Path(lib).resolve()) for lib in plugin_libs)
+    return options
 
 
 def _require_cuda_driver(provider: str) -> None:
@@ -105,6 +128,43 @@ class OrtEngine(Engine):
         self.inputs = [_spec(arg) for arg in self.session.get_inputs()]
         self.outputs = [_spec(arg) for arg in self.session.get_outputs()]
         self._output_names = [spec.name for spec in self.outputs]
+        self.on_gpu = wanted in _GPU_PROVIDERS
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
+
+    def _run_torch(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """CUDA tensors on a GPU provider: IO binding, no host copy; otherwise through numpy."""
+        first = next(iter(feeds.values()))
+        if not (self.on_gpu and first.is_cuda):
+            return super()._run_torch(feeds)
+        import torch
+
+        device_id = first.device.index or 0
+        binding = self.session.io_binding()
+        for name, tensor in feeds.items():
+            binding.bind_input(name, "cuda", device_id, numpy_dtype(tensor), tuple(tensor.shape), tensor.data_ptr())
+        batch = first.shape[0]
+        outputs: dict[str, torch.Tensor] = {}
+        for spec in self.outputs:
+            if all(isinstance(d, int) for d in spec.shape[1:]):  # only the batch is dynamic: preallocate
+                shape = (batch, *spec.shape[1:]) if spec.shape and not isinstance(spec.shape[0], int) else spec.shape
+                tensor = torch.empty(shape, dtype=_torch_type(spec.dtype), device=first.device)
+                binding.bind_output(spec.name, "cuda", device_id, spec.dtype, tuple(shape), tensor.data_ptr())
+                outputs[spec.name] = tensor
+            else:
+                binding.bind_output(spec.name, "cuda", device_id)
+        torch.cuda.current_stream(first.device).synchronize()  # inputs written by torch kernels are ready
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        if len(outputs) < len(self.outputs):  # shapes known only after the run: ORT allocated them
+            for spec, value in zip(self.outputs, binding.get_outputs()):
+                if spec.name not in outputs:
+                    outputs[spec.name] = torch.from_numpy(value.numpy()).to(first.device)
+        return outputs
+
+
+def _torch_type(dtype: np.dtype) -> Any:
+    import torch
+
+    return torch.from_numpy(np.empty(0, dtype)).dtype

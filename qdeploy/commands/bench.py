@@ -1,0 +1,130 @@
+"""`qdeploy bench`: latency and throughput of exported models, backends side by side, vs the base model.
+
+Targets are ONNX files (or export folders: both modes), TensorRT plans and model folders
+(run by PyTorch). With an adapted model among them (or named by an export report), its
+unadapted base model runs beside each backend, so the quadratic overhead is a ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from qdeploy.errors import QDeployError
+from qdeploy.runtime import BACKENDS, load_engine
+from qdeploy.runtime.base_model import base_of, export_plain_onnx
+from qdeploy.runtime.benchmark import Measurement, Target, run_benchmark, write_results
+from qdeploy.runtime.loader import PLAN_SUFFIXES
+from qdeploy.runtime.torch_engine import TorchEngine, load_model_source
+
+EXPORT_MODES = ("decomposed", "fused")
+
+
+def _engine_factory(path: Path, backend: str, **options):
+    return lambda threads: load_engine(path, backend, threads, **options)
+
+
+def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list[Target], Path | None, tuple[int, ...] | None]:
+    """Targets for the given paths; also the adapted model folder found (for --base) and the image size."""
+    targets: list[Target] = []
+    model_folder: Path | None = None
+    size: tuple[int, ...] | None = None
+    for path in paths:
+        if not path.exists():
+            raise QDeployError(f"{path} does not exist; pass ONNX files, export folders, plans or model folders")
+        if path.is_dir() and (path / "export_report.json").is_file():
+            from qdeploy.export import read_report
+
+            report = read_report(path)
+            source = report.get("source")
+            if model_folder is None and source and Path(source).is_dir():
+                model_folder = Path(source)
+            size = size or tuple(report["input"]["shape"][2:])
+            files = [path / f"{mode}.onnx" for mode in EXPORT_MODES if (path / f"{mode}.onnx").is_file()]
+        elif path.is_dir():
+            label = "adapted torch" if model_folder is None else f"{path.name} torch"
+            model_folder = model_folder or path
+            targets.append(Target(label, _engine_factory(path, "torch"), base="base torch"))
+            continue
+        else:
+            files = [path]
+        for file in files:
+            for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
+                targets.append(Target(f"{file.stem} {backend}", _engine_factory(file, backend), base=f"base {backend}"))
+    return targets, model_folder, size
+
+
+def base_targets(model_folder: Path, targets: Sequence[Target], backends: Sequence[str], out: Path,
+                 size: tuple[int, ...] | None) -> list[Target]:
+    """The unadapted model on every backend the targets use (its ONNX file written to `out`)."""
+    model, trained_size = load_model_source(model_folder)
+    base = base_of(model)
+    input_size = tuple(size) if size else ((trained_size,) * 2 if trained_size else None)
+    engine = TorchEngine(base, input_size=input_size)
+    wanted = {t.base for t in targets}
+    extra: list[Target] = []
+    if "base torch" in wanted:
+        extra.append(Target("base torch", lambda threads: TorchEngine(base, threads=threads, input_size=input_size)))
+    onnx_backends = [b for b in backends if f"base {b}" in wanted]
+    if onnx_backends:
+        path = export_plain_onnx(base, out / "base.onnx", tuple(engine.inputs[0].shape[1:]))
+        extra += [Target(f"base {b}", _engine_factory(path, b)) for b in onnx_backends]
+    return extra
+
+
+def print_results(results: Sequence[Measurement], console: Console, title: str = "latency") -> None:
+    table = Table(title=f"{title} (ms; ratios of p50)")
+    for column in ("target", "batch", "thr", "p50", "p90", "p99", "mean", "img/s", "vs first", "vs base"):
+        table.add_column(column, no_wrap=column == "target")
+    ratio = lambda value: "-" if value is None else f"{value:.2f}x"  # noqa: E731
+    for m in results:
+        table.add_row(m.label, str(m.batch), str(m.threads), f"{m.p50_ms:.1f}", f"{m.p90_ms:.1f}", f"{m.p99_ms:.1f}",
+                      f"{m.mean_ms:.1f}", f"{m.throughput:.1f}", ratio(m.vs_first), ratio(m.vs_base))
+    console.print(table)
+
+
+def machine() -> dict[str, object]:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
+
+
+@click.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--backend", "backends", multiple=True, type=click.Choice([b for b in BACKENDS if b.startswith("ort-")]),
+              default=("ort-cpu",), show_default=True, help="ONNX Runtime backends for ONNX files (repeatable).")
+@click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--threads", default=None, help="Thread counts, comma-separated. [default: this machine's CPU count]")
+@click.option("--warmup", default=5, show_default=True, help="Untimed runs before timing.")
+@click.option("--iterations", default=100, show_default=True, help="Timed runs (at most).")
+@click.option("--time-budget", type=float, default=None, help="Seconds per measurement (stops early).")
+@click.option("--base/--no-base", default=True, show_default=True,
+              help="Also run the unadapted base model (needs the adapted model folder or an export report naming it).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench"), show_default=True,
+              help="Folder for bench.json, bench.csv, bench.png.")
+def bench(models: tuple[Path, ...], backends: tuple[str, ...], batches: str, threads: str | None, warmup: int,
+          iterations: int, time_budget: float | None, base: bool, out: Path) -> None:
+    """Measure latency (p50/p90/p99/mean) and throughput of MODELS side by side."""
+    from qdeploy.commands.verify import parse_ints
+
+    batch_sizes = parse_ints(batches, "--batch")
+    thread_counts = parse_ints(threads, "--threads") if threads else (os.cpu_count() or 1,)
+    if min(batch_sizes) < 1:
+        raise QDeployError(f"--batch sizes must be >= 1, got {batches}")
+    targets, model_folder, size = expand_targets(models, backends)
+    out.mkdir(parents=True, exist_ok=True)
+    if base:
+        if model_folder is None:
+            raise QDeployError("--base needs the adapted model: pass its folder too, or use --no-base")
+        targets += base_targets(model_folder, targets, backends, out, size)
+    console = Console()
+    with console.status("benchmarking") as status:
+        results = run_benchmark(targets, batch_sizes, thread_counts, warmup, iterations, time_budget,
+                                progress=lambda text: status.update(f"benchmarking {text}"))
+    paths = write_results(results, out, {"machine": machine(), "models": [str(m) for m in models]})
+    print_results(results, console)
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))

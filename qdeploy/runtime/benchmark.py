@@ -1,0 +1,150 @@
+"""Latency and throughput of engines side by side: percentiles, ratios, JSON/CSV/PNG outputs.
+
+Each target is measured at every batch size and thread count after a warm-up, for a number
+of iterations or until a time budget runs out (whichever first). Targets run one after
+another in the same process on the same inputs, so ratios between them are fair on a
+shared machine: `vs_first` compares with the first target, `vs_base` with the base-model
+target on the same backend (the quadratic overhead).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from qdeploy import atomic
+from qdeploy.errors import QDeployError
+from qdeploy.runtime.engine import Engine
+
+EngineFactory = Callable[[int], Engine]  # threads -> a loaded engine
+
+
+@dataclass(frozen=True)
+class Target:
+    """One column of a benchmark: a label, how to load it, and which base target it is compared with."""
+
+    label: str
+    load: EngineFactory
+    base: str | None = None  # label of the unadapted model's target on the same backend
+
+
+@dataclass
+class Measurement:
+    label: str
+    backend: str
+    batch: int
+    threads: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # images per second at the mean latency
+    vs_first: float | None = None  # p50 / first target's p50 (same batch and threads)
+    vs_base: float | None = None  # p50 / base target's p50
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure(engine: Engine, label: str, batch: int, threads: int, warmup: int = 5, iterations: int = 100,
+            time_budget_s: float | None = None, seed: int = 0) -> Measurement:
+    """Time `engine.infer` on one random batch: `warmup` untimed runs, then up to `iterations` timed."""
+    if iterations < 1 or warmup < 0:
+        raise QDeployError(f"--iterations must be >= 1 and --warmup >= 0, got {iterations} and {warmup}")
+    rng = np.random.default_rng(seed)
+    feeds = {spec.name: rng.standard_normal(spec.example_shape(batch)).astype(spec.dtype) for spec in engine.inputs}
+    for spec in engine.inputs:
+        if isinstance(spec.shape[0], int) and spec.shape[0] != batch:
+            raise QDeployError(f"{label} has a fixed batch of {spec.shape[0]}; bench it at --batch {spec.shape[0]}")
+    for _ in range(warmup):
+        engine.infer(feeds)
+    times: list[float] = []
+    deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
+    while len(times) < iterations and (deadline is None or time.perf_counter() < deadline or not times):
+        start = time.perf_counter()
+        engine.infer(feeds)
+        times.append(time.perf_counter() - start)
+    ms = np.array(times) * 1e3
+    mean = float(ms.mean())
+    return Measurement(label, engine.backend, batch, threads, len(times), float(np.percentile(ms, 50)),
+                       float(np.percentile(ms, 90)), float(np.percentile(ms, 99)), mean, batch * 1e3 / mean)
+
+
+def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Sequence[int], warmup: int = 5,
+                  iterations: int = 100, time_budget_s: float | None = None,
+                  progress: Callable[[str], None] | None = None) -> list[Measurement]:
+    """Every target x thread count x batch size; ratios filled in against the first and the base targets."""
+    if not targets:
+        raise QDeployError("nothing to benchmark; pass at least one model")
+    labels = [target.label for target in targets]
+    if len(set(labels)) != len(labels):
+        raise QDeployError(f"benchmark targets need distinct labels, got {labels}")
+    results: list[Measurement] = []
+    for count in threads:
+        for target in targets:
+            engine = target.load(count)
+            for batch in batches:
+                if progress:
+                    progress(f"{target.label} batch {batch} threads {count}")
+                results.append(measure(engine, target.label, batch, count, warmup, iterations, time_budget_s))
+    by_key = {(m.label, m.batch, m.threads): m for m in results}
+    base_of = {target.label: target.base for target in targets}
+    for m in results:
+        first = by_key[(labels[0], m.batch, m.threads)]
+        m.vs_first = m.p50_ms / first.p50_ms
+        base = by_key.get((base_of[m.label], m.batch, m.threads))
+        m.vs_base = m.p50_ms / base.p50_ms if base is not None else None
+    return results
+
+
+def to_csv(results: Sequence[Measurement]) -> str:
+    buffer = io.StringIO()
+    fields = list(Measurement.__dataclass_fields__)
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for m in results:
+        writer.writerow(m.to_dict())
+    return buffer.getvalue()
+
+
+def plot(results: Sequence[Measurement], path: Path, title: str) -> Path:
+    """Median latency against batch size, one line per target (one panel per thread count)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thread_counts = sorted({m.threads for m in results})
+    fig, axes = plt.subplots(1, len(thread_counts), figsize=(5.5 * len(thread_counts), 4), squeeze=False)
+    for ax, count in zip(axes[0], thread_counts):
+        for label in dict.fromkeys(m.label for m in results):
+            points = sorted((m.batch, m.p50_ms) for m in results if m.label == label and m.threads == count)
+            ax.plot([b for b, _ in points], [t for _, t in points], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("p50 latency (ms)")
+        ax.set_title(f"{title} - {count} thread(s)" if count else f"{title} - default threads")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic.save_figure(fig, path)
+
+
+def write_results(results: Sequence[Measurement], out: str | Path, meta: dict[str, Any],
+                  title: str = "qdeploy bench") -> dict[str, Path]:
+    """bench.json (meta + rows), bench.csv and bench.png in `out`, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "csv": out / "bench.csv", "png": out / "bench.png"}
+    atomic.write_json(paths["json"], {**meta, "results": [m.to_dict() for m in results]})
+    atomic.write_text(paths["csv"], to_csv(results))
+    plot(results, paths["png"], title)
+    return paths

@@ -1,0 +1,63 @@
+"""Real labelled images for parity checks: the built-in digits-shift val split or an ImageFolder.
+
+Random inputs find numeric differences; only real images show whether they change answers
+(top-1 agreement, accuracy). The images are normalised with the model's own mean/std and
+brought to the size the engine takes, through the same dataset code training uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from qdeploy.errors import QDeployError
+
+BUILTIN = "digits-shift"
+
+
+@dataclass
+class EvalSet:
+    name: str
+    images: np.ndarray  # (N, C, H, W) float32, normalised
+    labels: np.ndarray  # (N,) int64
+
+    def batches(self, size: int):
+        for start in range(0, len(self.labels), size):
+            yield self.images[start:start + size], self.labels[start:start + size]
+
+
+def load_eval_set(spec: str, model: nn.Module, image_size: tuple[int, int], limit: int | None = None,
+                  seed: int = 0) -> EvalSet:
+    """The val split of `spec` ("digits-shift" or an ImageFolder path), at most `limit` images."""
+    from timm.data import resolve_model_data_config
+
+    from qdeploy.data.image_folder import collate_skipping_bad, image_folder_datasets
+
+    config = resolve_model_data_config(model)
+    mean, std = tuple(config["mean"]), tuple(config["std"])
+    height, width = image_size
+    if spec == BUILTIN:
+        from qdeploy.data.digits_shift import digits_shift_datasets
+
+        if height != width:
+            raise QDeployError(f"the digits-shift images are square; the engine takes {height}x{width}")
+        _, val, _ = digits_shift_datasets(mean, std, size=height, seed=seed)
+    else:
+        if height != width:
+            raise QDeployError(f"ImageFolder evaluation needs a square input; the engine takes {height}x{width}")
+        _, val, _ = image_folder_datasets(spec, height, mean, std, seed=seed)
+    if limit is not None and limit < len(val):
+        keep = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))[:limit]
+        val = Subset(val, sorted(keep.tolist()))
+    images, labels = [], []
+    for batch, target, _ in DataLoader(val, batch_size=64, collate_fn=collate_skipping_bad):
+        if batch is not None:
+            images.append(batch.numpy().astype(np.float32))
+            labels.append(target.numpy())
+    if not images:
+        raise QDeployError(f"no image of {spec} could be decoded; check the files named in the warnings")
+    return EvalSet(spec, np.concatenate(images), np.concatenate(labels).astype(np.int64))

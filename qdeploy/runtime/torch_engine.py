@@ -1,0 +1,88 @@
+"""The `torch` backend: an adapted (or plain trained) model run by PyTorch behind Engine.
+
+It is the reference `qdeploy verify` compares every other backend against, and the eager
+baseline `qdeploy bench` measures ONNX Runtime against, so it takes the same inputs and
+gives the same outputs (names `input` / `output`) as the exported ONNX files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qdeploy.adaptation.report import model_input_size
+from qdeploy.errors import QDeployError
+from qdeploy.nqm.training import torch_threads
+from qdeploy.runtime.engine import Engine, TensorSpec
+
+INPUT_NAME, OUTPUT_NAME = "input", "output"  # the exporter's names, so engines are interchangeable
+_CONFIG_FILES = ("adapter.json", "base.json")
+
+
+def training_info(folder: Path) -> dict[str, Any]:
+    """What `qdeploy train` recorded in a model folder (data, classes, image_size...), or {}."""
+    for name in _CONFIG_FILES:
+        path = folder / name
+        if path.is_file():
+            return json.loads(path.read_text()).get("training", {})
+    return {}
+
+
+def load_model_source(path: str | Path) -> tuple[nn.Module, int | None]:
+    """(model in eval mode, trained image size or None) from a model folder or a checkpoint in one."""
+    from qdeploy.export.source import load_source
+    from qdeploy.training.checkpointing import load_trained
+
+    path = Path(path)
+    if path.is_dir():
+        if not any((path / name).is_file() for name in _CONFIG_FILES):
+            raise QDeployError(f"{path} holds no model ({' or '.join(_CONFIG_FILES)}); pass a folder that "
+                               "`qdeploy train` or `qdeploy adapt` wrote, or an ONNX file")
+        return load_trained(path), training_info(path).get("image_size")
+    return load_source(path), training_info(path.parent).get("image_size")
+
+
+class TorchEngine(Engine):
+    """PyTorch eager inference of a model folder, a checkpoint in one, or an in-memory module.
+
+    input_size: (H, W); default the size it was trained at, else the model's own.
+    threads: intra-op threads while this engine runs (0 = PyTorch's current setting).
+    """
+
+    def __init__(self, source: str | Path | nn.Module, device: str = "cpu", threads: int = 0,
+                 input_size: tuple[int, int] | None = None, check_finite: bool = False) -> None:
+        super().__init__(check_finite)
+        if isinstance(source, nn.Module):
+            model, trained_size = source, None
+        else:
+            model, trained_size = load_model_source(source)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise QDeployError(f"device {device!r} needs a CUDA GPU, and PyTorch sees none; use --device cpu")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.threads = threads
+        channels, height, width = model_input_size(model)
+        if input_size is None and trained_size is not None:
+            input_size = (trained_size, trained_size)
+        height, width = input_size or (height, width)
+        self.backend = "torch"
+        self.path = None if isinstance(source, nn.Module) else Path(source)
+        self.inputs = [TensorSpec(INPUT_NAME, (None, channels, height, width), np.dtype(np.float32))]
+        num_classes = getattr(model, "num_classes", None)
+        self.outputs = [TensorSpec(OUTPUT_NAME, (None, num_classes), np.dtype(np.float32))]
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch_threads(self.threads or torch.get_num_threads()):
+            return self.model(batch.to(self.device))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {OUTPUT_NAME: self._forward(torch.from_numpy(feeds[INPUT_NAME])).float().cpu().numpy()}
+
+    def _run_torch(self, feeds: dict[str, Any]) -> dict[str, torch.Tensor]:
+        batch = feeds[INPUT_NAME]
+        return {OUTPUT_NAME: self._forward(batch).to(batch.device)}

@@ -1,0 +1,29 @@
+"""The README's main command, `qdeploy pipeline`: train -> export -> verify -> bench, one summary."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from qdeploy.cli import main
+
+
+def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
+    out = tmp_path / "pipeline"
+    result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--max-samples", "64", "--train-minutes", "0.5",
+                                       "--batch", "1,2", "--bench-seconds", "0.2"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "pipeline_summary.json").read_text())
+    assert set(summary["parity"]) == {"decomposed", "fused"}
+    assert all(p["passed"] and p["eval_top1_agreement"] == 1.0 for p in summary["parity"].values())
+    accuracy = summary["accuracy"]
+    assert accuracy["onnx_decomposed"] == accuracy["onnx_fused"]
+    assert 0.0 <= accuracy["adapted_without_quadratic_terms"] <= 1.0
+    labels = {m["label"] for m in summary["latency"]}
+    assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch"}
+    assert all(m["vs_base"] > 0 for m in summary["latency"] if not m["label"].startswith("base"))
+    for name in ("train/model/adapter.json", "onnx/decomposed.onnx", "onnx/fused.onnx", "bench/bench.csv",
+                 "bench/bench.png", "verify_fused.json"):
+        assert (out / name).is_file(), name
+    assert "accuracy after adaptation" in result.output and "latency fused ort-cpu, batch 2" in result.output

@@ -1,0 +1,83 @@
+"""qdeploy bench: measurements, ratios, and the JSON/CSV/PNG files it writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qdeploy.cli import main
+from qdeploy.errors import QDeployError
+from qdeploy.runtime import load_engine
+from qdeploy.runtime.benchmark import Target, measure, run_benchmark
+from tests.runtime_fixtures import tiny_export  # noqa: F401
+
+
+def test_measure_respects_iterations_and_time_budget(tiny_export) -> None:
+    engine = load_engine(tiny_export.onnx / "decomposed.onnx", "ort-cpu", 1)
+    counted = measure(engine, "d", batch=2, threads=1, warmup=1, iterations=7)
+    assert counted.iterations == 7 and counted.batch == 2
+    assert counted.p50_ms <= counted.p90_ms <= counted.p99_ms and counted.mean_ms > 0
+    assert counted.throughput == pytest.approx(2 * 1e3 / counted.mean_ms)
+    budgeted = measure(engine, "d", batch=1, threads=1, warmup=0, iterations=100_000, time_budget_s=0.05)
+    assert 1 <= budgeted.iterations < 100_000
+    with pytest.raises(QDeployError, match="--iterations must be >= 1"):
+        measure(engine, "d", batch=1, threads=1, iterations=0)
+
+
+def test_ratios_against_first_and_base(tiny_export) -> None:
+    path = tiny_export.onnx / "decomposed.onnx"
+    load = lambda threads: load_engine(path, "ort-cpu", threads)  # noqa: E731
+    results = run_benchmark([Target("a", load, base="b"), Target("b", load)], batches=(1, 2), threads=(1,),
+                            warmup=0, iterations=3)
+    assert [(m.label, m.batch) for m in results] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    by = {(m.label, m.batch): m for m in results}
+    for batch in (1, 2):
+        assert by[("a", batch)].vs_first == 1.0
+        assert by[("b", batch)].vs_first == pytest.approx(by[("b", batch)].p50_ms / by[("a", batch)].p50_ms)
+        assert by[("a", batch)].vs_base == pytest.approx(by[("a", batch)].p50_ms / by[("b", batch)].p50_ms)
+        assert by[("b", batch)].vs_base is None
+    with pytest.raises(QDeployError, match="distinct labels"):
+        run_benchmark([Target("a", load), Target("a", load)], (1,), (1,))
+
+
+def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(main, ["bench", str(tiny_export.onnx), "--batch", "1,2", "--threads", "1",
+                                       "--warmup", "1", "--iterations", "3", "--out", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    labels = ["decomposed ort-cpu", "fused ort-cpu", "base ort-cpu"]
+    assert [(r["label"], r["batch"]) for r in report["results"]] == [(label, b) for label in labels for b in (1, 2)]
+    assert all(r["iterations"] == 3 and r["threads"] == 1 for r in report["results"])
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert [row["label"] for row in rows] == [r["label"] for r in report["results"]]
+    for row, entry in zip(rows, report["results"]):
+        assert float(row["p50_ms"]) == pytest.approx(entry["p50_ms"])
+        if entry["label"] != "base ort-cpu":
+            base = next(r for r in report["results"] if r["label"] == "base ort-cpu" and r["batch"] == entry["batch"])
+            assert entry["vs_base"] == pytest.approx(entry["p50_ms"] / base["p50_ms"])
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the base ONNX file is the unadapted model: same outputs as the PyTorch base
+    from qdeploy.runtime.base_model import base_of
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        expected = base_of(tiny_export.model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(load_engine(out / "base.onnx", "ort-cpu").infer(x)["output"], expected,
+                               rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_bench_cli_errors(tiny_export, tmp_path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["bench", str(tiny_export.onnx / "decomposed.onnx"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--base needs the adapted model" in result.output
+    result = runner.invoke(main, ["bench", str(tiny_export.onnx), "--batch", "0", "--no-base", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--batch sizes must be >= 1" in result.output
+    result = runner.invoke(main, ["bench", str(tmp_path / "nope.onnx"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "nope.onnx does not exist" in result.output

@@ -1,0 +1,111 @@
+"""qdeploy verify: backends against PyTorch, tolerances, the eval set, and the drift localizer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from qdeploy.cli import main
+from qdeploy.errors import QDeployError
+from qdeploy.runtime import load_engine
+from qdeploy.runtime.drift import block_of, localize_drift
+from qdeploy.runtime.eval_set import load_eval_set
+from qdeploy.runtime.parity import Tolerance, compare_outputs, resolve_tolerance, verify
+from qdeploy.runtime.torch_engine import TorchEngine
+from tests.runtime_fixtures import INPUT_SIZE, tiny_export  # noqa: F401
+
+CORRUPTED_LAYER = "layer3.0.conv2"
+
+
+@pytest.fixture(scope="module")
+def corrupted(tiny_export, tmp_path_factory):
+    """The decomposed file with one quadratic layer's primary weights scaled by 1.5."""
+    proto = onnx.load(str(tiny_export.onnx / "decomposed.onnx"))
+    (weight,) = [t for t in proto.graph.initializer if t.name == f"{CORRUPTED_LAYER}.primary.weight"]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
+    path = tmp_path_factory.mktemp("corrupt") / "decomposed.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_compare_outputs_statistics() -> None:
+    reference = np.array([[1.0, 2.0, 4.0, 0.0, -1.0, 3.0], [0.0, 5.0, 1.0, 2.0, 3.0, 4.0]])
+    output = reference.copy()
+    output[0, 2] = 4.4  # +0.4: same ranking
+    output[1, 0] = 6.0  # class 0 jumps to the top of sample 1
+    stats = compare_outputs("s", reference, output, Tolerance(atol=0.0, rtol=0.1), labels=np.array([2, 0]))
+    assert stats.max_abs == pytest.approx(6.0) and stats.max_rel == pytest.approx(6.0 / 5.0)
+    assert stats.mean_abs == pytest.approx(6.4 / 12)
+    assert stats.top1_agreement == 0.5 and stats.top5_agreement == 0.5  # sample 1's top-5 set changed
+    assert stats.reference_accuracy == 0.5 and stats.backend_accuracy == 1.0
+    assert not stats.passed
+    assert compare_outputs("s", reference, reference + 0.4, Tolerance(atol=0.0, rtol=0.1)).passed  # 0.4 <= 0.1 * 5
+    assert not compare_outputs("s", reference, reference + 0.6, Tolerance(atol=0.0, rtol=0.1)).passed
+
+
+def test_tolerance_presets_and_overrides() -> None:
+    assert resolve_tolerance("fp32") == Tolerance(1e-5, 1e-4)
+    assert resolve_tolerance("fp16", atol=0.5) == Tolerance(0.5, 2e-2)
+    assert resolve_tolerance("int8", rtol=0.3).rtol == 0.3
+    with pytest.raises(QDeployError, match="unknown tolerance preset 'bf8'"):
+        resolve_tolerance("bf8")
+    with pytest.raises(QDeployError, match="--atol must be >= 0"):
+        resolve_tolerance("fp32", atol=-1.0)
+
+
+def test_every_local_backend_matches_pytorch_on_random_and_real_images(tiny_export) -> None:
+    reference = TorchEngine(tiny_export.folder, input_size=INPUT_SIZE)
+    eval_set = load_eval_set("digits-shift", reference.model, INPUT_SIZE, limit=24)
+    assert eval_set.images.shape == (24, 3, *INPUT_SIZE) and set(eval_set.labels) <= set(range(10))
+    engines = [load_engine(tiny_export.onnx / f"{mode}.onnx", "ort-cpu") for mode in ("decomposed", "fused")]
+    engines.append(load_engine(tiny_export.folder, "torch", input_size=INPUT_SIZE))
+    for engine in engines:
+        report = verify(engine, reference, resolve_tolerance("fp32"), eval_set, random_batches=(1, 3), batch_size=10)
+        assert report["passed"], report
+        assert [s["name"] for s in report["sets"]] == ["random_b1", "random_b3", "digits-shift"]
+        real = report["sets"][-1]
+        assert real["top1_agreement"] == 1.0 and real["reference_accuracy"] == real["backend_accuracy"]
+        assert real["max_rel"] < 1e-4 and real["cosine"] > 0.999999
+
+
+def test_drift_localizer_names_the_corrupted_layer(tiny_export, corrupted) -> None:
+    images = np.random.default_rng(1).standard_normal((2, 3, *INPUT_SIZE)).astype(np.float32)
+    tolerance = resolve_tolerance("fp32")
+    clean = localize_drift(tiny_export.onnx / "decomposed.onnx", tiny_export.model, images, tolerance)
+    assert clean["first_layer"] is None and clean["missing"] == []
+    assert len(clean["sites"]) == 8 and all(site["passed"] for site in clean["sites"])
+    drift = localize_drift(corrupted, tiny_export.model, images, tolerance)
+    assert drift["first_layer"] == CORRUPTED_LAYER and drift["first_block"] == block_of(CORRUPTED_LAYER) == "layer3.0"
+    passed = {site["module"]: site["passed"] for site in drift["sites"]}
+    assert passed["layer1.0.conv2"] and passed["layer2.0.conv2"] and not passed["layer4.0.conv2"]
+
+
+def test_verify_cli_passes_then_fails_with_the_layer_named(tiny_export, corrupted, tmp_path) -> None:
+    runner = CliRunner()
+    good = runner.invoke(main, ["verify", str(tiny_export.onnx / "fused.onnx"), "--data", "digits-shift",
+                                "--limit", "16", "--random-batches", "2", "--out", str(tmp_path / "good.json")])
+    assert good.exit_code == 0, good.output
+    report = json.loads((tmp_path / "good.json").read_text())  # reference found via export_report.json
+    assert report["passed"] and report["backend"] == "ort-cpu" and report["sets"][-1]["images"] == 16
+    bad = runner.invoke(main, ["verify", str(corrupted), "--reference", str(tiny_export.folder), "--backend", "ort-cpu",
+                               "--data", "none", "--out", str(tmp_path / "bad.json")], terminal_width=200)
+    assert bad.exit_code == 1, bad.output
+    assert f"drift starts at quadratic layer {CORRUPTED_LAYER}" in bad.output and "out of tolerance" in bad.output
+    assert json.loads((tmp_path / "bad.json").read_text())["drift"]["first_layer"] == CORRUPTED_LAYER
+    # a loose explicit tolerance accepts the same file
+    loose = runner.invoke(main, ["verify", str(corrupted), "--reference", str(tiny_export.folder), "--data", "none",
+                                 "--rtol", "10", "--out", str(tmp_path / "loose.json")])
+    assert loose.exit_code == 0, loose.output
+
+
+def test_verify_cli_errors(corrupted, tiny_export) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["verify", str(corrupted)])
+    assert result.exit_code == 2 and "cannot tell which PyTorch model" in result.output
+    result = runner.invoke(main, ["verify", str(tiny_export.onnx / "decomposed.onnx"), "--random-batches", "x"])
+    assert result.exit_code == 2 and "--random-batches 'x' is not a comma-separated list" in result.output
