@@ -7,11 +7,18 @@ import sys
 import click
 
 from qdeploy import __version__
+from qdeploy.commands import COMMANDS, load_command
 from qdeploy.errors import QDeployError
 
 
 class _Group(click.Group):
-    """Turns QDeployError into a one-line message and exit status 2 instead of a traceback."""
+    """Loads sub-commands on demand, and turns QDeployError into one line and exit status 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -25,13 +32,3 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="qdeploy")
 def main() -> None:
     """Adapt pretrained models into quadratic networks, export, verify, bench and serve them."""
-
-
-def _register_subcommands() -> None:
-    """Each stage owns its commands; the group only collects them."""
-    from qdeploy.commands import register
-
-    register(main)
-
-
-_register_subcommands()

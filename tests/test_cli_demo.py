@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from click.testing import CliRunner
 
 from qdeploy.adaptation import load_adapted, read_adapted_config
@@ -25,3 +28,21 @@ def test_unknown_model_is_a_one_line_error(tmp_path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: unknown model 'efficientnet_lite00'")
     assert "Did you mean efficientnet_lite0" in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_commands_load_only_their_own_stage() -> None:
+    """`qdeploy serve --help` must not import torch: each stage's module loads on demand."""
+    code = ("import sys; from click.testing import CliRunner; from qdeploy.cli import main; "
+            "result = CliRunner().invoke(main, ['serve', '--help']); "
+            "print(result.exit_code, 'torch' in sys.modules, '--repo' in result.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "False", "True"]
+
+
+def test_every_listed_command_loads() -> None:
+    from qdeploy.commands import COMMANDS, load_command
+
+    for name in COMMANDS:
+        assert load_command(name).name == name
+    result = CliRunner().invoke(main, ["no-such-command"])
+    assert result.exit_code == 2 and "No such command 'no-such-command'" in result.output

@@ -1,32 +1,36 @@
-"""Registry of CLI sub-commands, one module per stage, added to the `qdeploy` group."""
+"""Registry of CLI sub-commands: one module per stage, imported only when its command runs.
+
+The stages import torch, timm, ONNX or uvicorn at module level; loading just the module a
+command needs keeps `qdeploy serve` or `qdeploy plugins path` from paying for the others.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
+# command name -> "module:attribute"
+COMMANDS: dict[str, str] = {
+    "pipeline": "qdeploy.commands.pipeline:pipeline",
+    "demo": "qdeploy.commands.demo:demo",
+    "train": "qdeploy.commands.train:train",
+    "export": "qdeploy.commands.export:export",
+    "verify": "qdeploy.commands.verify:verify_command",
+    "bench": "qdeploy.commands.bench:bench",
+    "build": "qdeploy.commands.build:build",
+    "plugins": "qdeploy.commands.plugins:plugins",
+    "serve": "qdeploy.commands.serve:serve",
+    "triton-repo": "qdeploy.commands.serve:triton_repo",
+    "lr-probe": "qdeploy.commands.nqm:lr_probe",
+    "catapult": "qdeploy.commands.nqm:catapult",
+}
 
-def register(group: click.Group) -> None:
-    """Attach every stage's commands to `group` (imported lazily to keep start-up fast)."""
-    from qdeploy.commands.bench import bench
-    from qdeploy.commands.build import build
-    from qdeploy.commands.demo import demo
-    from qdeploy.commands.export import export
-    from qdeploy.commands.nqm import catapult, lr_probe
-    from qdeploy.commands.plugins import plugins
-    from qdeploy.commands.pipeline import pipeline
-    from qdeploy.commands.serve import serve, triton_repo
-    from qdeploy.commands.train import train
-    from qdeploy.commands.verify import verify_command
 
-    group.add_command(demo)
-    group.add_command(lr_probe)
-    group.add_command(catapult)
-    group.add_command(serve)
-    group.add_command(triton_repo)
-    group.add_command(export)
-    group.add_command(train)
-    group.add_command(verify_command)
-    group.add_command(bench)
-    group.add_command(pipeline)
-    group.add_command(plugins)
-    group.add_command(build)
+def load_command(name: str) -> click.Command | None:
+    """Import the module that defines `name` and return its click command (None if unknown)."""
+    target = COMMANDS.get(name)
+    if target is None:
+        return None
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
