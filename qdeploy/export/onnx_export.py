@@ -22,7 +22,7 @@ from qdeploy import __version__, atomic
 from qdeploy.adaptation import quadratic_layers
 from qdeploy.adaptation.checkpoint import adapted_config
 from qdeploy.adaptation.report import model_input_size
-from qdeploy.errors import QDeployError
+from qdeploy.errors import QDeployError, first_line
 from qdeploy.export import translations
 from qdeploy.export.fp16 import fp16_compute
 from qdeploy.export.rewrite import export_copy
@@ -86,9 +86,8 @@ def run_reference(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
             return model(batch)
     except Exception as exc:
         where = stack[-1] if stack else "the model"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QDeployError(
-            f"module {where!r} fails at input size {tuple(batch.shape[1:])} ({first_line}); "
+            f"module {where!r} fails at input size {tuple(batch.shape[1:])} ({first_line(exc)}); "
             "pass an --input-size the model accepts"
         ) from exc
     finally:
@@ -119,8 +118,7 @@ def _capture(model: nn.Module, example: torch.Tensor, dynamic: bool) -> torch.ex
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise QDeployError(f"torch.export cannot capture the model ({first_line}); try a fixed --batch N") from exc
+        raise QDeployError(f"torch.export cannot capture the model ({first_line(exc)}); try a fixed --batch N") from exc
     _check_ops(program)
     return program
 
@@ -133,7 +131,7 @@ def _convert(program: torch.export.ExportedProgram, opset: int) -> ir.Model:
         )
     except Exception as exc:
         summary = [line for line in str(exc).splitlines() if line.startswith("<class")]
-        detail = summary[-1] if summary else str(exc).strip().splitlines()[0]
+        detail = summary[-1] if summary else first_line(exc)
         raise QDeployError(f"torch.onnx cannot convert the model ({detail}); see the op named there") from exc
     _name_batch_axis(onnx_program.model)
     return onnx_program.model

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qdeploy.errors import QDeployError
+from qdeploy.errors import QDeployError, first_line
 from qdeploy.export.validate import load_onnx
 
 # max |ort - torch| / max |torch| allowed per precision.
@@ -47,8 +47,7 @@ def ort_session(path: str | Path):
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-        first_line = str(exc).strip().splitlines()[0]
-        raise QDeployError(f"ONNX Runtime cannot load {path} ({first_line}); re-export it with `qdeploy export`") from exc
+        raise QDeployError(f"ONNX Runtime cannot load {path} ({first_line(exc)}); re-export it with `qdeploy export`") from exc
 
 
 def sample_batch(model: nn.Module, input_size: tuple[int, int, int], count: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from qdeploy.errors import QDeployError
+from qdeploy.errors import QDeployError, first_line
 
 _REEXPORT = "re-export it with `qdeploy export`"
 
@@ -40,8 +40,7 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
         onnx.checker.check_model(str(path), full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise QDeployError(f"{path} fails the ONNX checker ({first_line}); {_REEXPORT}") from exc
+        raise QDeployError(f"{path} fails the ONNX checker ({first_line(exc)}); {_REEXPORT}") from exc
     for output in inferred.graph.output:
         if not output.type.tensor_type.HasField("shape"):
             raise QDeployError(f"{path}: shape inference does not reach output {output.name!r}; {_REEXPORT}")

@@ -32,7 +32,7 @@ import timm
 import torch
 from timm.data import create_transform
 
-from qdeploy.errors import QDeployError
+from qdeploy.errors import QDeployError, first_line
 
 ARCHITECTURE = "tf_efficientnet_lite0"
 
@@ -131,9 +131,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise QDeployError(
-            f"Cannot read EfficientNet-Lite0 weights {path} ({reason}): {_REINSTALL_FIX}"
+            f"Cannot read EfficientNet-Lite0 weights {path} ({first_line(exc)}): {_REINSTALL_FIX}"
         ) from exc
     if not isinstance(state, Mapping):
         raise QDeployError(

@@ -16,7 +16,7 @@ from torch import nn
 
 from qdeploy import atomic
 from qdeploy.adaptation import quadratic_layers, unadapt
-from qdeploy.errors import QDeployError
+from qdeploy.errors import QDeployError, first_line
 from qdeploy.runtime.torch_engine import INPUT_NAME, OUTPUT_NAME
 
 
@@ -35,7 +35,6 @@ def export_plain_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int
         program = torch.onnx.export(model.eval(), (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes=({0: batch},), dynamo=True, optimize=True, verbose=False)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QDeployError(f"torch.onnx cannot export the base model ({first_line})") from exc
+        raise QDeployError(f"torch.onnx cannot export the base model ({first_line(exc)})") from exc
     atomic.write_bytes(path, program.model_proto.SerializeToString())
     return Path(path)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qdeploy.errors import QDeployError
+from qdeploy.errors import QDeployError, first_line
 from qdeploy.runtime.engine import Engine, TensorSpec, numpy_dtype
 
 _ORT_TYPES = {
@@ -115,8 +115,7 @@ class OrtEngine(Engine):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise QDeployError(f"ONNX Runtime cannot load {path}: {first_line}") from exc
+            raise QDeployError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc
         got = self.session.get_providers()
         if got[0] != wanted:
             raise QDeployError(
