@@ -13,7 +13,6 @@ spent in training steps (no evaluation, no checkpoint writes): the time-to-accur
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from pathlib import Path
@@ -77,8 +76,4 @@ def plot_curves(metrics_path: Path, png_path: Path, title: str) -> Path | None:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic.write_bytes(png_path, buffer.getvalue())
-    return png_path
+    return atomic.save_figure(fig, png_path)

@@ -13,7 +13,6 @@ built-in `CatapultHook` (probing.py) logs catapults that way in every run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -146,6 +145,7 @@ class Trainer:
         self.lr_probe = checkpoint.state.get("lr_probe") if checkpoint is not None else None
         if config.lr == AUTO_LR:
             self.config = config = self._probe_learning_rate()
+        self.loss_fn = training_loss(config.label_smoothing)  # the one loss the probes measure too
         self.catapults = self._catapult_hook()
         self.hooks.insert(0, self.catapults)
         self.optimizer = build_optimizer(self.model, config)
@@ -204,7 +204,7 @@ class Trainer:
         every = self.config.sharpness_every
         if not every:
             return CatapultHook()
-        return CatapultHook(loss_fn=training_loss(self.config.label_smoothing), batch=self._probe_batch(),
+        return CatapultHook(loss_fn=self.loss_fn, batch=self._probe_batch(),
                             sharpness_every=every)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
@@ -288,7 +288,7 @@ class Trainer:
             labels = labels.to(device, non_blocking=True)
             with autocast(device, self.precision):
                 logits = self.ddp(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            loss = self.loss_fn(logits, labels)
             stats[0], stats[1] = loss.detach() * len(labels), len(labels)
         stats[2], stats[3], stats[4] = float(images is None), skipped, float(over_time)
         totals = all_reduce_sum(stats, self.context).tolist()
@@ -411,7 +411,7 @@ class Trainer:
                 "mode", "data", "classes", "image_size", "steps", "final_val_acc")}})
             plot_curves(self.out / METRICS_FILE, self.out / PLOT_FILE,
                         f"{self.config.mode}: {self.config.model} on {self.config.data}")
-            atomic.write_text(self.out / SUMMARY_FILE, json.dumps(summary, indent=2))
+            atomic.write_json(self.out / SUMMARY_FILE, summary)
         barrier(self.context)
         return TrainResult(self.out, model_dir, summary, self.context.is_main)
 
