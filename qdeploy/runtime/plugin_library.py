@@ -23,6 +23,7 @@ from types import ModuleType
 
 from qdeploy.atomic import write_bytes
 from qdeploy.errors import QDeployError
+from qdeploy.plugin_contract import PLUGIN_NAMESPACE, PLUGIN_OPS, PLUGIN_VERSION
 from qdeploy.runtime.tensorrt_support import (
     PYTHON_AOT_PLUGINS,
     format_version,
@@ -32,9 +33,6 @@ from qdeploy.runtime.tensorrt_support import (
 )
 
 PLUGIN_KINDS = ("auto", "cpp", "python", "none")
-PLUGIN_NAMESPACE = "qdeploy"
-PLUGIN_VERSION = "1"
-PLUGIN_OPS = ("AtrousQuadConv", "AtrousQuadProduct", "QuadLinear")
 LIBRARY_NAME = "libqdeploy_plugins.so"
 PYTHON_PLUGIN_FILE = Path("triton") / "atrous_quad_trt.py"
 LIBRARY_ENV = "QDEPLOY_PLUGIN_LIBRARY"

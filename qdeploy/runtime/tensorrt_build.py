@@ -23,7 +23,8 @@ import onnx
 from qdeploy.atomic import staged_directory, write_bytes
 from qdeploy.errors import QDeployError
 from qdeploy.runtime.plan_info import PLAN_FILE, EngineInfo
-from qdeploy.runtime.plugin_library import PLUGIN_KINDS, PLUGIN_NAMESPACE, LoadedPlugins, load_plugins
+from qdeploy.plugin_contract import PLUGIN_DOMAIN, PLUGIN_NAMESPACE
+from qdeploy.runtime.plugin_library import PLUGIN_KINDS, LoadedPlugins, load_plugins
 from qdeploy.runtime.tensorrt_support import (
     Version,
     always_strongly_typed,
@@ -36,7 +37,6 @@ from qdeploy.runtime.tensorrt_support import (
 )
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
-PLUGIN_DOMAIN = "trt.plugins"
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
