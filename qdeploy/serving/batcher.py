@@ -6,7 +6,7 @@ from that request's arrival) for more, up to `max_batch` rows, then runs them as
 in a worker thread and hands each request its rows of the outputs. While every instance is
 busy the queue fills on its own, so batches grow with load without any added delay.
 
-All queue state lives on the event loop thread; only `Engine.infer` runs in the workers,
+All queue state lives on the event loop thread; only `Engine.run_checked` runs in the workers,
 one thread per engine instance, so an engine is never entered by two threads at once.
 """
 
@@ -191,7 +191,7 @@ class DynamicBatcher:
             name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
         started = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(self._pool, engine.infer, feeds)
+            outputs = await loop.run_in_executor(self._pool, engine.run_checked, feeds)
         except Exception as exc:  # an engine failure fails this batch, never the server
             for pending in batch:
                 if not pending.future.done():
