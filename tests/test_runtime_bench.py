@@ -75,8 +75,9 @@ def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
 
 def test_bench_cli_errors(tiny_export, tmp_path) -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["bench", str(tiny_export.onnx / "decomposed.onnx"), "--out", str(tmp_path)])
+    result = runner.invoke(main, ["bench", str(tiny_export.onnx / "decomposed.onnx"), "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "--base needs the adapted model" in result.output
+    assert not (tmp_path / "b").exists()  # a refused run leaves nothing behind
     result = runner.invoke(main, ["bench", str(tiny_export.onnx), "--batch", "0", "--no-base", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--batch sizes must be >= 1" in result.output
     result = runner.invoke(main, ["bench", str(tmp_path / "nope.onnx"), "--out", str(tmp_path)])

@@ -116,7 +116,6 @@ def bench(models: tuple[Path, ...], backends: tuple[str, ...], batches: str, thr
     if min(batch_sizes) < 1:
         raise QDeployError(f"--batch sizes must be >= 1, got {batches}")
     targets, model_folder, size = expand_targets(models, backends)
-    out.mkdir(parents=True, exist_ok=True)
     if base:
         if model_folder is None:
             raise QDeployError("--base needs the adapted model: pass its folder too, or use --no-base")
