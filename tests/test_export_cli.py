@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from dataclasses import asdict
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from onnx import TensorProto
 from qdeploy.adaptation import save_adapted
 from qdeploy.cli import main
 from qdeploy.export import read_report
-from qdeploy.export.parity import TOLERANCE
+from qdeploy.export.parity import PRESETS
 from qdeploy.export.translations import PLUGIN_DOMAIN
 from qdeploy.serving.repository import read_config
 from tests.test_export import polygraphy_cli_runs, run_onnx, tiny_model
@@ -42,7 +43,8 @@ def test_cli_fp16_export_from_a_checkpoint_writes_files_and_a_true_report(tmp_pa
 
     report = read_report(out)
     assert report["precision"] == "fp16" and report["opset"] == 20 and report["source"] == str(checkpoint)
-    assert report["tolerance_max_rel"] == TOLERANCE["fp16"] > TOLERANCE["fp32"]
+    assert report["tolerance"] == asdict(PRESETS["fp16"])
+    assert PRESETS["fp16"].rtol > PRESETS["fp32"].rtol
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = model(x).numpy()
@@ -56,7 +58,7 @@ def test_cli_fp16_export_from_a_checkpoint_writes_files_and_a_true_report(tmp_pa
         assert info["plugin_nodes"] == (4 if mode == "fused" else 0) == info["nodes"].get(f"{PLUGIN_DOMAIN}::AtrousQuadConv", 0)
         assert info["export_s"] > 0 and report["total_s"] >= info["export_s"]
         for stats in info["parity"].values():
-            assert stats["passed"] and 0 <= stats["max_rel"] <= TOLERANCE["fp16"]
+            assert stats["passed"] and 0 <= stats["max_abs"] <= PRESETS["fp16"].bound(stats["output_scale"])
             assert stats["max_rel"] == stats["max_abs"] / stats["output_scale"]
             assert stats["cosine"] > 0.999 and stats["top1_agreement"] == 1.0
         # fp16 compute, fp32 interface, opset 20 everywhere (functions included).
@@ -67,6 +69,6 @@ def test_cli_fp16_export_from_a_checkpoint_writes_files_and_a_true_report(tmp_pa
         assert all({o.version for o in f.opset_import if o.domain == ""} == {20} for f in proto.functions)
         output = run_onnx(path, x)
         assert output.dtype == np.float32
-        assert np.abs(output - expected).max() <= TOLERANCE["fp16"] * np.abs(expected).max()
+        assert np.abs(output - expected).max() <= PRESETS["fp16"].bound(np.abs(expected).max())
     assert "parity passed" in result.output
     polygraphy_cli_runs([out / "decomposed.onnx", out / "fused.onnx"], (2, 3, 32, 32))

@@ -13,7 +13,7 @@ from qdeploy.adaptation import quadratic_layers, save_adapted
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session
-from qdeploy.export.parity import TOLERANCE
+from qdeploy.export.parity import PRESETS, Tolerance
 from qdeploy.layers import QuadConfig
 from tests.conftest import family_model
 from tests.test_export import adapted, assert_parity, tiny_model
@@ -30,7 +30,7 @@ def test_failed_export_leaves_out_as_it_was(tmp_path, monkeypatch) -> None:
     save_adapted(tiny_model(), tmp_path / "model")
     (tmp_path / "previous").mkdir()
     (tmp_path / "previous" / "keep.txt").write_text("old artifact")
-    monkeypatch.setitem(TOLERANCE, "fp32", -1.0)  # parity fails after the file was written and checked
+    monkeypatch.setitem(PRESETS, "fp32", Tolerance(atol=-1.0, rtol=0.0))  # parity fails after the file was written and checked
     result = CliRunner().invoke(main, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "previous"),
                                        "--input-size", "32x32", "--mode", "decomposed", "--batch", "1",
                                        "--triton-repo", str(tmp_path / "repo")])

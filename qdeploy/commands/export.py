@@ -75,7 +75,9 @@ def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, in
                       f"{info['export_s']:.1f}")
     console = Console()
     console.print(table)
-    console.print(f"parity passed (tolerance {report['tolerance_max_rel']:.0e}); report: {out / REPORT_FILE}")
+    tolerance = report["tolerance"]
+    console.print(f"parity passed (tolerance atol {tolerance['atol']:.0e} + rtol {tolerance['rtol']:.0e} of the "
+                  f"output scale); report: {out / REPORT_FILE}")
     if triton_repo is not None:
         _write_triton(triton_repo, triton_name, out / report["files"][options.modes[0]]["file"], options.batch)
 

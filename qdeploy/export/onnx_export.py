@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from qdeploy.errors import QDeployError, first_line
 from qdeploy.export import translations
 from qdeploy.export.fp16 import fp16_compute
 from qdeploy.export.rewrite import export_copy
-from qdeploy.export.parity import TOLERANCE, check_parity, random_batch, sample_batch
+from qdeploy.export.parity import PRESETS, check_parity, random_batch, sample_batch
 from qdeploy.export.report import REPORT_FORMAT, files_bytes, node_counts, weights_sha256, write_report
 from qdeploy.export.validate import check_onnx_file
 
@@ -206,7 +206,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
         "qdeploy.adapter": json.dumps(adapted_config(model), sort_keys=True),
         "qdeploy.weights_sha256": weights_sha256(model),
     }
-    tolerance = TOLERANCE[options.precision]
+    tolerance = PRESETS[options.precision]
     files: dict[str, Any] = {}
     with atomic.staged_directory(out) as stage:
         for mode in options.modes:
@@ -239,7 +239,8 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
                 worst = max(parity.items(), key=lambda item: item[1].max_rel)
                 raise QDeployError(
                     f"{mode} ONNX output differs from PyTorch on {worst[0]}: max error {worst[1].max_rel:.2e} of the "
-                    f"output scale > {tolerance:.0e} ({options.precision}); nothing was written to {out}"
+                    f"output scale, past the {options.precision} tolerance (atol {tolerance.atol:.0e} + rtol "
+                    f"{tolerance.rtol:.0e} of the scale); nothing was written to {out}"
                 )
         report = {
             "format": REPORT_FORMAT,
@@ -253,7 +254,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
             "batch": options.batch or "dynamic",
             "input": {"name": INPUT_NAME, "shape": [BATCH_AXIS if options.batch is None else options.batch, *shape],
                       "dtype": "float32"},
-            "tolerance_max_rel": tolerance,
+            "tolerance": asdict(tolerance),
             "torch_to_onnx_s": round(convert_s, 3),
             "total_s": round(time.perf_counter() - started, 3),
             "files": files,

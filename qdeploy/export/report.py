@@ -15,7 +15,7 @@ from torch import nn
 from qdeploy.atomic import write_json
 
 REPORT_FILE = "export_report.json"
-REPORT_FORMAT = "qdeploy-export-report/1"
+REPORT_FORMAT = "qdeploy-export-report/2"  # 2: "tolerance" {atol, rtol} replaced "tolerance_max_rel"
 
 
 def node_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from qdeploy.adaptation import quadratic_layers
-from qdeploy.export.parity import compare
-from qdeploy.runtime.parity import Tolerance
+from qdeploy.export.parity import Tolerance, compare
+from qdeploy.export.validate import load_onnx
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _EXTERNAL_THRESHOLD = 2**30  # above this, the temporary copy keeps its weights in a side file
@@ -103,7 +103,7 @@ def localize_drift(onnx_path: str | Path, model: nn.Module, images: np.ndarray, 
     """Per-site errors of the ONNX file (run on `backend`) against `model`, and the first past tolerance."""
     from qdeploy.runtime.loader import load_engine
 
-    proto = onnx.load(str(onnx_path))
+    proto = load_onnx(onnx_path, load_external_data=True)
     sites = drift_sites(model)
     tensors = module_outputs(proto, set(sites))
     reference = _reference_outputs(model.eval(), list(tensors), images)
@@ -117,10 +117,9 @@ def localize_drift(onnx_path: str | Path, model: nn.Module, images: np.ndarray, 
         if got.shape != expected.shape:
             rows.append({**row, "comparable": False, "passed": True})
             continue
-        stats = compare(expected, got.astype(np.float32), tolerance=0.0)
-        passed = bool(np.isfinite(stats.max_abs) and stats.max_abs <= tolerance.bound(stats.output_scale))
+        stats = compare(expected, got, tolerance)
         rows.append({**row, "comparable": True, "max_abs": stats.max_abs, "max_rel": stats.max_rel,
-                     "cosine": stats.cosine, "passed": passed})
+                     "cosine": stats.cosine, "passed": stats.passed})
     first = {kind: next((r["module"] for r in rows if r["kind"] == kind and not r["passed"]), None)
              for kind in ("quadratic", "block")}
     return {"sites": rows, "first_layer": first["quadratic"], "first_block": first["block"],

@@ -1,12 +1,10 @@
-"""Does a backend give the PyTorch answers? Output statistics, tolerances and the verify run.
+"""Does a backend give the PyTorch answers? The verify run over random and labelled inputs.
 
-Errors are measured against the output scale (max |reference|), the exporter's convention
-(logits of different models differ by orders of magnitude): an output passes when
-    max |backend - reference| <= atol + rtol * max |reference|.
-Presets per precision: fp32 graphs differ from PyTorch only by summation order; fp16
-rounds every layer; int8 quantises weights and activations. Answers matter more than
-digits, so every set also reports top-1/top-5 agreement and, on labelled images, the
-accuracy of each side.
+The pass rule and its per-precision presets are the exporter's (`export.parity`: error
+against the output scale, max |backend - reference| <= atol + rtol * max |reference|), so
+an exported file that passed its export check is judged the same way here. Answers matter
+more than digits, so every set also reports top-1/top-5 agreement and, on labelled images,
+the accuracy of each side.
 """
 
 from __future__ import annotations
@@ -17,25 +15,11 @@ from typing import Any
 import numpy as np
 
 from qdeploy.errors import QDeployError
-from qdeploy.export.parity import compare, random_batch
+from qdeploy.export.parity import PRESETS, Tolerance, compare, random_batch
 from qdeploy.runtime.engine import Engine
 from qdeploy.runtime.eval_set import EvalSet
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float  # of the output scale, max |reference|
-
-    def bound(self, scale: float) -> float:
-        return self.atol + self.rtol * scale
-
-
-PRESETS = {
-    "fp32": Tolerance(atol=1e-5, rtol=1e-4),
-    "fp16": Tolerance(atol=1e-3, rtol=2e-2),
-    "int8": Tolerance(atol=1e-2, rtol=1e-1),
-}
+__all__ = ["PRESETS", "Comparison", "Tolerance", "compare_outputs", "resolve_tolerance", "run_all", "verify"]
 
 
 def resolve_tolerance(preset: str = "fp32", atol: float | None = None, rtol: float | None = None) -> Tolerance:
@@ -78,16 +62,15 @@ def compare_outputs(name: str, reference: np.ndarray, output: np.ndarray, tolera
     """Statistics of `output` against `reference` (N, classes); accuracies when labels are given."""
     if reference.shape != output.shape:
         raise QDeployError(f"{name}: backend output shape {output.shape} differs from the reference's {reference.shape}")
-    stats = compare(reference, output, tolerance=0.0)  # export's stats; the pass rule is ours
+    stats = compare(reference, output, tolerance)
     flat_ref, flat_out = reference.reshape(len(reference), -1), output.reshape(len(output), -1)
     k = min(5, flat_ref.shape[1])
     top5 = float(np.mean(np.all(_top_k(flat_ref, k) == _top_k(flat_out, k), axis=1)))
     accuracy = (lambda logits: float(np.mean(logits.argmax(axis=1) == labels))) if labels is not None else None
     mean_abs = float(np.abs(output.astype(np.float64) - reference).mean())
-    passed = bool(np.isfinite(stats.max_abs) and stats.max_abs <= tolerance.bound(stats.output_scale))
     return Comparison(name, len(reference), stats.max_abs, stats.max_rel, mean_abs, stats.cosine,
                       stats.top1_agreement, top5, accuracy(flat_ref) if accuracy else None,
-                      accuracy(flat_out) if accuracy else None, passed)
+                      accuracy(flat_out) if accuracy else None, stats.passed)
 
 
 def run_all(engine: Engine, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import onnx
 
 from qdeploy.atomic import staged_directory, write_bytes
 from qdeploy.errors import QDeployError
+from qdeploy.export.validate import load_onnx
 from qdeploy.runtime.plan_info import PLAN_FILE, EngineInfo
 from qdeploy.plugin_contract import PLUGIN_DOMAIN, PLUGIN_NAMESPACE
 from qdeploy.runtime.plugin_library import PLUGIN_KINDS, LoadedPlugins, load_plugins
@@ -93,10 +94,7 @@ def _file_digest(paths: list[Path]) -> str:
 
 def summarize_onnx(path: Path) -> GraphSummary:
     """Inputs (None for symbolic dims), graph precision, plugin nodes and the file's hash."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for damaged files
-        raise QDeployError(f"{path} is not a readable ONNX file ({exc}); re-export it") from exc
+    model = load_onnx(path)
     initializers = {init.name for init in model.graph.initializer}
     inputs = {}
     for value in model.graph.input:

@@ -21,6 +21,7 @@ from typing import Sequence
 from qdeploy import __version__
 from qdeploy.atomic import staged_directory, write_text
 from qdeploy.errors import QDeployError
+from qdeploy.export.validate import load_onnx
 from qdeploy.runtime import TensorSpec, load_engine
 from qdeploy.serving.datatypes import config_datatype, dtype_from_config
 
@@ -101,16 +102,6 @@ def config_json(config) -> dict:
                                     config.DESCRIPTOR)
 
 
-def _load_onnx(path: Path):
-    """The ONNX graph without its weights' external files (only tensors and nodes are read)."""
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends for damaged files
-        raise QDeployError(f"cannot read ONNX file {path}: {exc}") from exc
-
-
 def _onnx_specs(values, dtype_of) -> list[TensorSpec]:
     specs = []
     for value in values:
@@ -160,7 +151,7 @@ def read_signature(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]
     if not path.is_file():
         raise QDeployError(f"model file {path} does not exist; run `qdeploy export` first")
     if path.suffix == ".onnx":
-        return onnx_signature(_load_onnx(path))
+        return onnx_signature(load_onnx(path))
     try:
         engine = load_engine(path)
     except QDeployError as exc:
@@ -259,7 +250,7 @@ def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, m
     if platform == "onnxruntime_onnx":
         if signature_from is not None:
             raise QDeployError("signature_from is for TensorRT plans; an ONNX file names its own tensors")
-        model = _load_onnx(model_path)
+        model = load_onnx(model_path)
         _check_runs_in_onnxruntime(model, model_path)
         inputs, outputs = onnx_signature(model)
         extra_files = _external_data_files(model, model_path)
