@@ -7,7 +7,6 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 

@@ -27,7 +27,6 @@ from onnxscript.values import Op, Opset
 
 from qdeploy.export.simplify import simplify
 from qdeploy.plugin_contract import CONV_OP, LINEAR_OP, PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, PRODUCT_OP
-from qdeploy.plugin_contract import PLUGIN_OPS  # noqa: F401  (re-exported: the exporter's op list)
 
 # Split(num_outputs) needs opset 18, the exporter's own opset; torch.onnx goes up to 23.
 MIN_OPSET, MAX_OPSET = 18, 23
