@@ -36,6 +36,7 @@ DEFAULT_OPSET = translations.MIN_OPSET
 # Protobuf messages stop at 2 GiB; keep headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "input", "output", "batch"
+MAX_DYNAMIC_BATCH = 65536  # torch.export needs a bound; no runtime batch comes near it
 _KNOWN_NAMESPACES = {"aten", "prims", "qdeploy"}
 
 
@@ -114,7 +115,7 @@ def _check_ops(program: torch.export.ExportedProgram) -> None:
 
 
 def _capture(model: nn.Module, example: torch.Tensor, dynamic: bool) -> torch.export.ExportedProgram:
-    shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
+    shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},) if dynamic else None
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as exc:
@@ -135,6 +136,11 @@ def _convert(program: torch.export.ExportedProgram, opset: int) -> ir.Model:
         raise QDeployError(f"torch.onnx cannot convert the model ({detail}); see the op named there") from exc
     _name_batch_axis(onnx_program.model)
     return onnx_program.model
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, opset: int = DEFAULT_OPSET) -> ir.Model:
+    """`model` as one ONNX graph (plugin nodes where quadratic layers are), named `input` -> `output`."""
+    return _convert(_capture(model, example, dynamic_batch), opset)
 
 
 def _name_batch_axis(model: ir.Model) -> None:
@@ -165,7 +171,7 @@ def _finalize(base: ir.Model, mode: str) -> ir.Model:
     return model
 
 
-def _save(model: ir.Model, path: Path, threshold: int) -> bool:
+def save_onnx(model: ir.Model, path: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> bool:
     """Write `path`; weights go to `<name>.data` beside it when they would break the 2 GB limit."""
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     external = weight_bytes > threshold
@@ -199,7 +205,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
         exportable = fp16_compute(exportable)
     example = random_batch(shape, options.batch or 2, seed=0)
     convert_start = time.perf_counter()
-    base = _convert(_capture(exportable, example, options.batch is None), options.opset)
+    base = to_onnx(exportable, example, options.batch is None, options.opset)
     convert_s = time.perf_counter() - convert_start
     metadata = {
         "qdeploy.version": __version__,
@@ -216,7 +222,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
                            "batch": options.batch or "dynamic", "input_shape": list(shape)}
             onnx_model.metadata_props.update({**metadata, "qdeploy.export": json.dumps(export_info, sort_keys=True)})
             path = stage / f"{mode}.onnx"
-            external = _save(onnx_model, path, options.external_data_threshold)
+            external = save_onnx(onnx_model, path, options.external_data_threshold)
             proto = check_onnx_file(path)
             plugin_count = len(translations.plugin_nodes(proto))
             expected = len(layers) if mode == "fused" else 0  # packed_copy refused RBF layers for fused

@@ -2,22 +2,24 @@
 
 The quadratic overhead is only a number when the same weights without the quadratic terms
 run on the same backend beside the adapted model. `qdeploy export` refuses plain models
-(it exports quadratic layers), so the base ONNX file is written here with torch.onnx's
-standard exporter, with the same input/output names and dynamic batch.
+(it exports quadratic layers), so the base ONNX file is written here, through the
+exporter's own conversion and writer: same input/output names, dynamic batch and
+external-data rule (weights past 2 GB go to `<name>.data`).
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from qdeploy import atomic
 from qdeploy.adaptation import quadratic_layers, unadapt
-from qdeploy.errors import QDeployError, first_line
-from qdeploy.runtime.torch_engine import INPUT_NAME, OUTPUT_NAME
+from qdeploy.errors import QDeployError
+from qdeploy.export.onnx_export import save_onnx, to_onnx
+from qdeploy.export.parity import random_batch
 
 
 def base_of(model: nn.Module) -> nn.Module:
@@ -28,13 +30,16 @@ def base_of(model: nn.Module) -> nn.Module:
 
 
 def export_plain_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int]) -> Path:
-    """`model` (no custom ops) as an ONNX file with a dynamic batch, written atomically."""
-    example = torch.randn(2, *input_shape)
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    try:
-        program = torch.onnx.export(model.eval(), (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: batch},), dynamo=True, optimize=True, verbose=False)
-    except Exception as exc:
-        raise QDeployError(f"torch.onnx cannot export the base model ({first_line(exc)})") from exc
-    atomic.write_bytes(path, program.model_proto.SerializeToString())
-    return Path(path)
+    """`model` (no quadratic layers) as an ONNX file with a dynamic batch.
+
+    Written in a hidden staging folder beside `path` and moved in weights first, graph last,
+    so an interrupted export never leaves a readable but incomplete `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_model = to_onnx(model.eval(), random_batch(input_shape, 2, seed=0), dynamic_batch=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as stage:
+        save_onnx(onnx_model, Path(stage) / path.name)
+        for staged in sorted(Path(stage).iterdir(), key=lambda file: file.name == path.name):
+            os.replace(staged, path.parent / staged.name)
+    return path

@@ -17,10 +17,9 @@ from torch import nn
 
 from qdeploy.adaptation.report import model_input_size
 from qdeploy.errors import QDeployError
+from qdeploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME  # the same names: engines are interchangeable
 from qdeploy.nqm.training import torch_threads
 from qdeploy.runtime.engine import Engine, TensorSpec
-
-INPUT_NAME, OUTPUT_NAME = "input", "output"  # the exporter's names, so engines are interchangeable
 _CONFIG_FILES = ("adapter.json", "base.json")
 
 
