@@ -59,10 +59,10 @@ def ort_session(path: str | Path):
     """A CPU InferenceSession for `path`, or one clear error when the file cannot be loaded."""
     import onnxruntime as ort
 
-    load_onnx(path)  # names truncated/corrupt files before ORT's longer message
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+        load_onnx(path)  # a missing, truncated or corrupt file gets its own message; parsed only on failure
         raise QDeployError(f"ONNX Runtime cannot load {path} ({first_line(exc)}); re-export it with `qdeploy export`") from exc
 
 

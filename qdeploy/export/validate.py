@@ -31,13 +31,15 @@ def load_onnx(path: str | Path, load_external_data: bool = False) -> onnx.ModelP
 
 
 def check_onnx_file(path: str | Path) -> onnx.ModelProto:
-    """Run onnx.checker (full check, strict shape inference) and make sure shapes reach every output.
+    """Run onnx.checker and strict shape inference, and make sure shapes reach every output.
 
-    Returns the model without external data, for inspection (node counts, metadata).
+    The file is parsed once more by the checker (it must see external data through the
+    path); shape inference runs once, on the parsed graph (checker's full_check would run
+    it a second time). Returns the model without external data, for inspection.
     """
     model = load_onnx(path)
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(str(path))
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise QDeployError(f"{path} fails the ONNX checker ({first_line(exc)}); {_REEXPORT}") from exc
