@@ -51,6 +51,18 @@ def test_lr_probe_on_an_image_folder(tmp_path) -> None:
     assert json.loads(path.read_text())["lambda0"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_image_folder_batch_skips_undecodable_images_with_a_warning(tmp_path) -> None:
+    from qdeploy.data.image_folder import SkippedImageWarning
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        Image.fromarray(np.full((6, 6, 3), 200 if label == "a" else 10, np.uint8)).save(tmp_path / label / "ok.png")
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    with pytest.warns(SkippedImageWarning, match="broken.png"):
+        x, y = image_folder_batch(tmp_path, image_size=4)
+    assert x.shape == (2, 3 * 4 * 4) and sorted(y[:, 0].tolist()) == [-1.0, 1.0]  # one image per class left
+
+
 def test_catapult_experiment_writes_figure_and_table(tmp_path) -> None:
     args = ["--out", str(tmp_path / "out"), "--width", "512", "--n-train", "32", "--steps", "80"]
     result = _invoke(catapult, [*args, "--multiples", "0.75,1.5,2.25"])

@@ -79,7 +79,8 @@ def collate_skipping_bad(samples: list[Sample | None]) -> tuple[torch.Tensor | N
     return images, labels, skipped
 
 
-def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def scan_image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, (path, label) pairs) of one ImageFolder tree; >= 2 classes, none empty."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     try:
@@ -122,8 +123,8 @@ def image_folder_datasets(root: str | Path, image_size: int, mean: tuple[float, 
     train_tf, val_tf = _transforms(image_size, mean, std)
     val_dir = next((root / name for name in VAL_FOLDERS if (root / name).is_dir()), None)
     if (root / "train").is_dir() and val_dir is not None:
-        classes, train_samples = _scan(root / "train")
-        val_classes, val_samples = _scan(val_dir)
+        classes, train_samples = scan_image_folder(root / "train")
+        val_classes, val_samples = scan_image_folder(val_dir)
         if val_classes != classes:
             raise QDeployError(
                 f"class mismatch: {root / 'train'} has {len(classes)} classes, {val_dir} has {len(val_classes)}; "
@@ -131,7 +132,7 @@ def image_folder_datasets(root: str | Path, image_size: int, mean: tuple[float, 
                 f"only in val: {sorted(set(val_classes) - set(classes))}"
             )
     else:
-        classes, samples = _scan(root / "train" if (root / "train").is_dir() else root)
+        classes, samples = scan_image_folder(root / "train" if (root / "train").is_dir() else root)
         train_idx, val_idx = stratified_split(torch.tensor([label for _, label in samples]), val_fraction, seed)
         train_samples, val_samples = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
     return ImageFiles(train_samples, train_tf), ImageFiles(val_samples, val_tf), tuple(classes)

@@ -7,6 +7,7 @@ not on the pixel range. Targets suit squared loss: +-1 for two classes, one-hot 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,27 +78,28 @@ def image_folder_batch(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
-    """A seeded batch of up to `max_samples` images from a torchvision `ImageFolder`.
+    """A seeded batch of up to `max_samples` images from an ImageFolder tree.
 
     Images are resized to `image_size` squared (the probe's cost grows with the input size)
-    and normalized like the digits; targets follow `squared_loss_targets`.
+    and normalized like the digits; targets follow `squared_loss_targets`. The tree is read
+    by the training data code, so an undecodable image is skipped with a warning naming it.
     """
-    from torchvision import datasets, transforms
+    from torchvision import transforms
+
+    from qdeploy.data.image_folder import ImageFiles, scan_image_folder
 
     root = Path(root)
     if not root.is_dir():
         raise QDeployError(f"no such directory {root}: pass an ImageFolder root (one sub-folder per class) or 'digits'")
-    transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
-    try:
-        dataset = datasets.ImageFolder(str(root), transform=transform)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise QDeployError(f"{root} is not an ImageFolder ({exc}): put images in one sub-folder per class") from exc
-    if len(dataset.classes) < 2:
-        raise QDeployError(f"{root} has {len(dataset.classes)} class folder(s): squared-loss probing needs at least 2")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_samples]
-    images, labels = zip(*(dataset[int(i)] for i in order))
+    classes, samples = scan_image_folder(root)
+    dataset = ImageFiles(samples, transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()]))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    decoded = list(itertools.islice(filter(None, (dataset[i] for i in order)), max_samples))
+    if not decoded:
+        raise QDeployError(f"no image under {root} could be decoded; check the files named in the warnings")
+    images, labels = zip(*decoded)
     x = normalize_inputs(torch.stack(images).to(dtype))
-    return x, squared_loss_targets(torch.as_tensor(labels), len(dataset.classes), dtype)
+    return x, squared_loss_targets(torch.as_tensor(labels), len(classes), dtype)
 
 
 def accuracy(output: Tensor, target: Tensor) -> float:

@@ -10,13 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from qdeploy.errors import QDeployError
-
-BUILTIN = "digits-shift"
 
 
 @dataclass
@@ -33,28 +30,15 @@ class EvalSet:
 def load_eval_set(spec: str, model: nn.Module, image_size: tuple[int, int], limit: int | None = None,
                   seed: int = 0) -> EvalSet:
     """The val split of `spec` ("digits-shift" or an ImageFolder path), at most `limit` images."""
-    from timm.data import resolve_model_data_config
+    from qdeploy.data.image_folder import collate_skipping_bad
+    from qdeploy.data.splits import capped, labelled_splits
 
-    from qdeploy.data.image_folder import collate_skipping_bad, image_folder_datasets
-
-    config = resolve_model_data_config(model)
-    mean, std = tuple(config["mean"]), tuple(config["std"])
     height, width = image_size
-    if spec == BUILTIN:
-        from qdeploy.data.digits_shift import digits_shift_datasets
-
-        if height != width:
-            raise QDeployError(f"the digits-shift images are square; the engine takes {height}x{width}")
-        _, val, _ = digits_shift_datasets(mean, std, size=height, seed=seed)
-    else:
-        if height != width:
-            raise QDeployError(f"ImageFolder evaluation needs a square input; the engine takes {height}x{width}")
-        _, val, _ = image_folder_datasets(spec, height, mean, std, seed=seed)
-    if limit is not None and limit < len(val):
-        keep = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))[:limit]
-        val = Subset(val, sorted(keep.tolist()))
+    if height != width:
+        raise QDeployError(f"{spec} images are evaluated square; the engine takes {height}x{width}")
+    _, val, _ = labelled_splits(spec, model, height, seed=seed)
     images, labels = [], []
-    for batch, target, _ in DataLoader(val, batch_size=64, collate_fn=collate_skipping_bad):
+    for batch, target, _ in DataLoader(capped(val, limit, seed), batch_size=64, collate_fn=collate_skipping_bad):
         if batch is not None:
             images.append(batch.numpy().astype(np.float32))
             labels.append(target.numpy())

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from qdeploy.data import BUILTIN_DATA
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BUILTIN_DEFAULT
 
@@ -19,7 +20,6 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cuda", "cpu")
-BUILTIN_DATA = "digits-shift"
 AUTO_LR = "auto"
 
 # Budget, run-time and stability knobs a resumed run may change (lower --lr after a NaN);

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from qdeploy.data.digits_shift import DEFAULT_SIZE, digits_shift_datasets
-from qdeploy.data.image_folder import collate_skipping_bad, image_folder_datasets
-from qdeploy.training.config import BUILTIN_DATA, TrainConfig
+from qdeploy.data import BUILTIN_DATA
+from qdeploy.data.image_folder import collate_skipping_bad
+from qdeploy.data.splits import capped, default_image_size, labelled_splits
+from qdeploy.training.config import TrainConfig
 from qdeploy.training.distributed import DistContext
 
 
@@ -29,28 +30,12 @@ class DataBundle:
     in_memory: bool  # tensor-backed: loader workers would cost more to start than they save
 
 
-def _capped(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    if limit is None or limit >= len(dataset):
-        return dataset
-    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
-    return Subset(dataset, sorted(keep.tolist()))
-
-
 def build_data(config: TrainConfig, model: nn.Module) -> DataBundle:
     """Train/val sets normalised with the model's own mean/std, at the run's image size."""
-    from timm.data import resolve_model_data_config
-
-    data_config = resolve_model_data_config(model)
-    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
-    if config.data == BUILTIN_DATA:
-        size = config.image_size or DEFAULT_SIZE
-        train, val, classes = digits_shift_datasets(mean, std, size, val_fraction=config.val_fraction, seed=config.seed)
-    else:
-        size = config.image_size or int(data_config["input_size"][-1])
-        train, val, classes = image_folder_datasets(config.data, size, mean, std, config.val_fraction, config.seed)
-    return DataBundle(_capped(train, config.max_samples, config.seed),
-                      _capped(val, config.max_samples, config.seed + 1), classes, size,
-                      in_memory=config.data == BUILTIN_DATA)
+    size = config.image_size or default_image_size(config.data, model)
+    train, val, classes = labelled_splits(config.data, model, size, config.val_fraction, config.seed)
+    return DataBundle(capped(train, config.max_samples, config.seed), capped(val, config.max_samples, config.seed + 1),
+                      classes, size, in_memory=config.data == BUILTIN_DATA)
 
 
 def train_loader(bundle: DataBundle, context: DistContext, batch_per_rank: int, epoch: int,
