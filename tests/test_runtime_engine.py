@@ -196,3 +196,10 @@ def test_native_tensorrt_plan_matches_torch(tiny_export, tmp_path) -> None:
     with torch.no_grad():
         expected = tiny_export.model.cuda()(x)
     torch.testing.assert_close(engine.infer(x)["output"], expected, rtol=0, atol=1e-3 * float(expected.abs().max()))
+
+
+def test_tensor_spec_batched_means_a_dynamic_first_axis() -> None:
+    f32 = np.dtype(np.float32)
+    assert TensorSpec("x", ("batch", 3, 8, 8), f32).batched and TensorSpec("x", (None, 10), f32).batched
+    assert not TensorSpec("x", (4, 3, 8, 8), f32).batched and not TensorSpec("x", (), f32).batched
+    assert not TensorSpec("x", (1, None), f32).batched  # dynamic, but not on the batch axis

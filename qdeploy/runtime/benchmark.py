@@ -61,7 +61,7 @@ def measure(engine: Engine, label: str, batch: int, threads: int, warmup: int = 
     rng = np.random.default_rng(seed)
     feeds = {spec.name: rng.standard_normal(spec.example_shape(batch)).astype(spec.dtype) for spec in engine.inputs}
     for spec in engine.inputs:
-        if isinstance(spec.shape[0], int) and spec.shape[0] != batch:
+        if not spec.batched and spec.shape[0] != batch:
             raise QDeployError(f"{label} has a fixed batch of {spec.shape[0]}; bench it at --batch {spec.shape[0]}")
     for _ in range(warmup):
         engine.infer(feeds)

@@ -35,6 +35,11 @@ class TensorSpec:
     def dynamic_axes(self) -> tuple[int, ...]:
         return tuple(i for i, d in enumerate(self.shape) if not isinstance(d, int))
 
+    @property
+    def batched(self) -> bool:
+        """Whether the first axis is a dynamic batch (what batching servers and preallocation need)."""
+        return bool(self.shape) and not isinstance(self.shape[0], int)
+
     def example_shape(self, batch: int = 1) -> tuple[int, ...]:
         """A concrete shape: dynamic dims become `batch` (first axis) or 1."""
         return tuple(d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(self.shape))

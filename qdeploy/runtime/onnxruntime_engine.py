@@ -147,7 +147,7 @@ class OrtEngine(Engine):
         outputs: dict[str, torch.Tensor] = {}
         for spec in self.outputs:
             if all(isinstance(d, int) for d in spec.shape[1:]):  # only the batch is dynamic: preallocate
-                shape = (batch, *spec.shape[1:]) if spec.shape and not isinstance(spec.shape[0], int) else spec.shape
+                shape = (batch, *spec.shape[1:]) if spec.batched else spec.shape
                 tensor = torch.empty(shape, dtype=_torch_type(spec.dtype), device=first.device)
                 binding.bind_output(spec.name, "cuda", device_id, spec.dtype, tuple(shape), tensor.data_ptr())
                 outputs[spec.name] = tensor

@@ -36,7 +36,7 @@ class ServeOptions:
 
 
 def _batchable(specs: Sequence[TensorSpec]) -> bool:
-    return all(spec.shape and not isinstance(spec.shape[0], int) for spec in specs)
+    return all(spec.batched for spec in specs)
 
 
 def _static_dims(specs: Sequence[TensorSpec]) -> bool:

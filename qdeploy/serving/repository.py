@@ -163,7 +163,7 @@ def read_signature(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]
 def _tensor_dims(spec: TensorSpec, max_batch: int) -> list[int]:
     """Triton dims: without the batch axis when the model batches, -1 for dynamic axes."""
     if max_batch > 0:
-        if not spec.shape or isinstance(spec.shape[0], int):
+        if not spec.batched:
             raise QDeployError(f"tensor {spec.name!r} has no dynamic batch axis (shape {spec.shape}); "
                                "export with a dynamic batch or use max batch 0")
         shape = spec.shape[1:]
