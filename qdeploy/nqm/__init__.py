@@ -22,7 +22,6 @@ _EXPORTS = {
     "LrProbe": "lr_probe",
     "ScanPoint": "lr_probe",
     "probe_learning_rates": "lr_probe",
-    "recommend_learning_rate": "lr_probe",
     "LinearizedModel": "models",
     "QuadraticModel": "models",
     "TaylorModel": "models",

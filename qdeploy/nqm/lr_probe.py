@@ -95,19 +95,6 @@ def probe_learning_rates(
     return LrProbe(lambda0, tuple(scan), _recommend(scan))
 
 
-def recommend_learning_rate(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    loss_fn: LossFn = half_mse,
-    *,
-    multiples: Sequence[float] = SCAN_MULTIPLES,
-    steps: int = SCAN_STEPS,
-) -> float:
-    """The learning rate `probe_learning_rates` recommends (for `train --lr auto`)."""
-    return probe_learning_rates(model, x, y, loss_fn, multiples=multiples, steps=steps).recommended.lr
-
-
 def _recommend(scan: Sequence[ScanPoint]) -> ScanPoint:
     """The catapulting rate nearest `TARGET / lambda0`, else the largest monotone one."""
     catapults = [p for p in scan if p.regime is Regime.CATAPULT]
