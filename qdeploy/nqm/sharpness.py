@@ -129,6 +129,8 @@ def top_gauss_newton_eigenvalue(
     def gauss_newton_times(u: Tensor, x: Tensor, y: Tensor) -> Tensor:
         output, ju = jvp(lambda w: f(w, x), (theta,), (u,))
         _, hju = jvp(grad(lambda o: loss_fn(o, y)), (output,), (ju,))
+        # The pullback is rebuilt per product on purpose: keeping one per batch across the
+        # Lanczos loop saves a forward each time but holds every batch's graph at once.
         _, pullback = vjp(lambda w: f(w, x), theta)
         return pullback(hju)[0]
 
