@@ -148,6 +148,22 @@ def test_bad_inputs_fail_with_one_clear_error(tmp_path) -> None:
         tiny_config(tmp_path, lr="auto")
 
 
+def test_damaged_checkpoints_are_named_not_loaded(tmp_path) -> None:
+    from qdeploy.training.checkpointing import OPTIMIZER_FILE, STATE_FILE, read_checkpoint, read_checkpoint_state
+
+    (tmp_path / STATE_FILE).write_text('{"format": "qdeploy-train-checkpoint/1", "step": 3')  # cut short
+    with pytest.raises(QDeployError, match="checkpoint .* is unreadable"):
+        read_checkpoint_state(tmp_path)
+    (tmp_path / STATE_FILE).write_text('["not", "a", "state"]')
+    with pytest.raises(QDeployError, match="has format 'list', expected 'qdeploy-train-checkpoint/1'"):
+        read_checkpoint_state(tmp_path)
+    (tmp_path / STATE_FILE).write_text('{"format": "qdeploy-train-checkpoint/1", "optimizer": {}}')
+    (tmp_path / OPTIMIZER_FILE).write_bytes(b"\x00" * 16)
+    assert read_checkpoint_state(tmp_path)["format"] == "qdeploy-train-checkpoint/1"  # the JSON alone is fine
+    with pytest.raises(QDeployError, match="checkpoint .* is unreadable"):
+        read_checkpoint(tmp_path)
+
+
 def test_nan_loss_stops_with_the_last_good_checkpoint_named(tmp_path) -> None:
     config = tiny_config(tmp_path, optimizer="sgd", lr=1e12, momentum=0.0, max_grad_norm=None, epochs=20,
                          save_every=1, label_smoothing=0.0)

@@ -132,9 +132,9 @@ class Checkpoint:
         return load_trained(self.folder)
 
 
-def read_checkpoint(folder: str | Path) -> Checkpoint:
-    folder = Path(folder)
-    state_path = folder / STATE_FILE
+def read_checkpoint_state(folder: str | Path) -> dict[str, Any]:
+    """The checkpoint's JSON state (config, step, ...) without reading the optimizer tensors."""
+    state_path = Path(folder) / STATE_FILE
     if not state_path.is_file():
         raise QDeployError(
             f"nothing to resume: {state_path} does not exist (a run writes its first checkpoint at the "
@@ -142,10 +142,20 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
         )
     try:
         state = json.loads(state_path.read_text())
-        tensors = safetensors_load((folder / OPTIMIZER_FILE).read_bytes())
-    except Exception as exc:  # OSError, JSONDecodeError, SafetensorError on a damaged file
+    except (OSError, ValueError) as exc:
         raise QDeployError(f"checkpoint {folder} is unreadable ({exc}); it was not written by qdeploy train") from exc
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise QDeployError(f"{state_path} has format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise QDeployError(f"{state_path} has format {found!r}, expected {CHECKPOINT_FORMAT!r}")
+    return state
+
+
+def read_checkpoint(folder: str | Path) -> Checkpoint:
+    folder = Path(folder)
+    state = read_checkpoint_state(folder)
+    try:
+        tensors = safetensors_load((folder / OPTIMIZER_FILE).read_bytes())
+    except Exception as exc:  # OSError, SafetensorError on a damaged file
+        raise QDeployError(f"checkpoint {folder} is unreadable ({exc}); it was not written by qdeploy train") from exc
     rng = {name.removeprefix("rng."): value for name, value in tensors.items() if name.startswith("rng.")}
     return Checkpoint(folder, state, _optimizer_join(tensors, state.pop("optimizer")), rng)

@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
-from qdeploy.training.checkpointing import Checkpoint, read_checkpoint, save_checkpoint, save_trained
+from qdeploy.training.checkpointing import (Checkpoint, read_checkpoint, read_checkpoint_state, save_checkpoint,
+                                           save_trained)
 from qdeploy.training.config import AUTO_LR, TrainConfig
 from qdeploy.training.data import build_data, steps_per_epoch, train_loader, val_loader
 from qdeploy.training.device import autocast, memory_format, resolve_device, resolve_precision
@@ -95,7 +96,7 @@ def resolve_out(config: TrainConfig, resume: bool) -> Path:
 
 def saved_config(out: str | Path) -> TrainConfig:
     """The config a run folder's checkpoint was written with (the base of a resumed run)."""
-    return TrainConfig.from_dict(read_checkpoint(Path(out) / CHECKPOINT_DIR).state["config"])
+    return TrainConfig.from_dict(read_checkpoint_state(Path(out) / CHECKPOINT_DIR)["config"])
 
 
 def train(config: TrainConfig, resume: bool = False, hooks: Sequence[StepHook] = (),
