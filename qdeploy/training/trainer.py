@@ -13,6 +13,7 @@ built-in `CatapultHook` (probing.py) logs catapults that way in every run.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, replace
@@ -183,7 +184,9 @@ class Trainer:
         pin = self.device.type == "cuda"
         self.val_loader = val_loader(self.data, self.context, self.batch_per_rank, config, pin)
 
+    @functools.cached_property
     def _probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed batch the LR probe and the sharpness share (built once)."""
         return probe_batch(self.data.train, self.config.batch_size, self.config.seed, self.device)
 
     def _probe_learning_rate(self) -> TrainConfig:
@@ -192,7 +195,7 @@ class Trainer:
         if self.context.is_main:
             self.console.print(f"--lr auto: measuring lambda0 and scanning learning rates "
                                f"({self.config.lr_probe_steps} full-batch steps each)...")
-            value, probe = auto_learning_rate(self.model, self._probe_batch(), self.config)
+            value, probe = auto_learning_rate(self.model, self._probe_batch, self.config)
             self.lr_probe = {**probe.to_dict(), "sgd_lr": value}
             self.console.print(f"--lr auto: lambda0 {probe.lambda0:.4g}, 2/lambda0 {probe.critical_lr:.4g}, "
                                f"recommended {probe.recommended.lr:.4g} ({probe.recommended.regime.value}); "
@@ -205,7 +208,7 @@ class Trainer:
         every = self.config.sharpness_every
         if not every:
             return CatapultHook()
-        return CatapultHook(loss_fn=self.loss_fn, batch=self._probe_batch(),
+        return CatapultHook(loss_fn=self.loss_fn, batch=self._probe_batch,
                             sharpness_every=every)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
