@@ -27,7 +27,7 @@ SIZE = 64  # the digits-shift training size the pipeline uses
 
 
 def adapted_model(model_dir: str | None) -> tuple[torch.nn.Module, int]:
-    from qdeploy.adaptation import adapt, quadratic_layers
+    from qdeploy.adaptation import adapt, randomize_quadratic_terms
     from qdeploy.models.sources import load_base_model
     from qdeploy.runtime.torch_engine import load_model_source
 
@@ -38,10 +38,7 @@ def adapted_model(model_dir: str | None) -> tuple[torch.nn.Module, int]:
     model = load_base_model()
     model.reset_classifier(10)
     adapt(model, count_model_flops=False)
-    with torch.no_grad():
-        for layer in quadratic_layers(model).values():
-            for param in layer.quad.parameters():
-                param.normal_(0.0, 0.05)
+    randomize_quadratic_terms(model)  # as after training: the quadratic terms contribute
     return model.eval(), SIZE
 
 

@@ -32,17 +32,14 @@ def export_quadratic_mobilenet(folder: Path, size: int) -> Path:
     """A quadratic MobileNetV3-small (random weights, non-zero quadratic terms) through `qdeploy export`."""
     import torch
 
-    from qdeploy.adaptation import adapt, quadratic_layers
+    from qdeploy.adaptation import adapt, randomize_quadratic_terms
     from qdeploy.export import ExportOptions, export_model
     from qdeploy.models.sources import load_base_model
 
     torch.manual_seed(0)
     model = load_base_model("mobilenetv3_small_050", pretrained=False, num_classes=100).eval()
     model, _ = adapt(model, input_size=(3, size, size))
-    with torch.no_grad():  # as after training: the quadratic terms contribute
-        for layer in quadratic_layers(model).values():
-            for param in layer.quad.parameters():
-                param.normal_(0.0, 0.05)
+    randomize_quadratic_terms(model)  # as after training: the quadratic terms contribute
     export_model(model, folder, ExportOptions(modes=("decomposed",), input_size=(size, size)))
     return folder / "decomposed.onnx"
 

@@ -27,16 +27,6 @@ def family_model(family: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     return load_base_model(name, pretrained=False, **kwargs), size
 
 
-def randomize_quadratic_terms(model: torch.nn.Module, std: float = 0.05) -> None:
-    """Give every quadratic parameter non-zero values, as training would."""
-    from qdeploy.adaptation import quadratic_layers
-
-    with torch.no_grad():
-        for layer in quadratic_layers(model).values():
-            for param in layer.quad.parameters():
-                param.normal_(0.0, std)
-
-
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: a second OpenMP thread only adds synchronisation (see nqm.training.torch_threads)."""

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qdeploy.adaptation import adapt, save_adapted
+from qdeploy.adaptation import adapt, randomize_quadratic_terms, save_adapted
 from qdeploy.export import ExportOptions, export_model
 from qdeploy.models.sources import load_base_model
-from tests.conftest import randomize_quadratic_terms
 
 INPUT_SIZE = (32, 32)
 

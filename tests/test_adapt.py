@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qdeploy.adaptation import adapt, load_adapted, quadratic_layers, save_adapted, unadapt
+from qdeploy.adaptation import adapt, load_adapted, quadratic_layers, randomize_quadratic_terms, save_adapted, unadapt
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import load_base_model
-from tests.conftest import FAMILIES, family_model, randomize_quadratic_terms
+from tests.conftest import FAMILIES, family_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -16,12 +16,12 @@ import torch
 from onnx import numpy_helper
 
 from qdeploy import __version__
-from qdeploy.adaptation import adapt, quadratic_layers
+from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms
 from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session, read_report
 from qdeploy.export.report import weights_sha256
 from qdeploy.export.translations import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, plugin_nodes
 from qdeploy.models.sources import load_base_model
-from tests.conftest import FAMILIES, family_model, randomize_quadratic_terms
+from tests.conftest import FAMILIES, family_model
 
 FP32_TOLERANCE = 1e-4  # max |ort - torch| <= 1e-4 * max |torch|
 

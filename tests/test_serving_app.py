@@ -24,10 +24,9 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
-from qdeploy.adaptation import adapt
+from qdeploy.adaptation import adapt, randomize_quadratic_terms
 from qdeploy.serving import BackgroundServer, ServeOptions, create_app, load_models, serve_engines, write_triton_model
 from qdeploy.serving.loadgen import batch_size_histogram, run_load
-from tests.conftest import randomize_quadratic_terms
 from tests.test_serving_batcher import SlowDoubler
 
 SHAPE = (3, 16, 16)

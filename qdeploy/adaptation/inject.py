@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from qdeploy.adaptation.report import AdaptReport, count_flops, model_input_size
@@ -39,6 +40,19 @@ def freeze_primary(model: nn.Module) -> None:
     quad_params = {id(p) for layer in quadratic_layers(model).values() for p in layer.quad.parameters()}
     for param in model.parameters():
         param.requires_grad_(id(param) in quad_params)
+
+
+def randomize_quadratic_terms(model: nn.Module, std: float = 0.05) -> nn.Module:
+    """Draw every quadratic parameter from N(0, std), in place: a stand-in for trained terms.
+
+    Zero-started terms compute nothing, so timing, export and parity checks of a fresh
+    adaptation would not exercise them; benchmarks and tests use this instead of a run.
+    """
+    with torch.no_grad():
+        for layer in quadratic_layers(model).values():
+            for param in layer.quad.parameters():
+                param.normal_(0.0, std)
+    return model
 
 
 def adapt(model: nn.Module, targets: Sequence[str] | None = None, config: QuadConfig | None = None,
