@@ -123,6 +123,13 @@ def reference(t: dict[str, torch.Tensor | None], shape: Shape) -> torch.Tensor:
     return torch_branch({k: v.double() if v is not None else None for k, v in t.items()}, shape)
 
 
+def error_over_tolerance(y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> float:
+    """max |y - ref| / (atol * max|ref| + rtol * |ref|): <= 1 passes; NaN when y has NaNs."""
+    atol, rtol = TOLERANCE[dtype]
+    bound = atol * ref.abs().max().item() + rtol * ref.abs()
+    return ((y.double() - ref).abs() / bound.clamp_min(1e-30)).max().item()
+
+
 class CudaKernel:
     """atrous_quad.cu built with nvcc for the current GPU and loaded through ctypes."""
 
@@ -237,12 +244,10 @@ def check(cuda: CudaKernel, triton_run, count: int, triton_count: int) -> dict:
         for dtype in (torch.float32, torch.float16):
             t = make_tensors(shape, dtype, "cuda", seed=index)
             ref = reference(t, shape)
-            atol, rtol = TOLERANCE[dtype]
-            bound = atol * ref.abs().max().item() + rtol * ref.abs()
             impls = {"cuda": cuda} | ({"triton": triton_run} if triton_run and index < triton_shapes else {})
             for name, impl in impls.items():
                 y = impl(t, shape)
-                excess = ((y.double() - ref).abs() / bound.clamp_min(1e-30)).max().item()
+                excess = error_over_tolerance(y, ref, dtype)
                 worst[name] = max(worst[name], excess)
                 runs += 1
                 if not excess <= 1.0:  # also catches NaN

@@ -152,7 +152,11 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
 
 
 def output_extent(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, pad_hi: int) -> int:
-    """Hout or Wout: floor((size + pads - dilation * (kernel - 1) - 1) / stride) + 1."""
+    """Hout or Wout: floor((size + pads - dilation * (kernel - 1) - 1) / stride) + 1.
+
+    Only +, -, * and // touch `size`, so TensorRT's symbolic shape expressions work too
+    (the plugin's shape function passes them).
+    """
     return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
 
 

@@ -49,11 +49,11 @@ def _check_types(*descs: trtp.TensorDesc) -> str:
 
 def _conv_output(x: trtp.TensorDesc, w_a: trtp.TensorDesc, channels, kernel_shape, strides, dilations,
                  pads) -> trtp.TensorDesc:
-    """[N, channels, Hout, Wout] with Hout = (H + top + bottom - d (k - 1) - 1) // s + 1."""
+    """[N, channels, Hout, Wout], the extents by the kernels' own rule on TensorRT shape expressions."""
     out = x.like()
     extents = [
-        (x.shape_expr[2 + axis] + int(pads[axis]) + int(pads[axis + 2])
-         - int(dilations[axis]) * (int(kernel_shape[axis]) - 1) - 1) // int(strides[axis]) + 1
+        kernels.output_extent(x.shape_expr[2 + axis], int(kernel_shape[axis]), int(strides[axis]),
+                              int(dilations[axis]), int(pads[axis]), int(pads[axis + 2]))
         for axis in (0, 1)
     ]
     out.shape_expr = trtp.ShapeExprs.from_tuple((x.shape_expr[0], channels, *extents))
