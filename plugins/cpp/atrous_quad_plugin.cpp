@@ -290,12 +290,20 @@ std::string AtrousQuadPlugin::checkShapes(Dims const* d, int32_t nbInputs) const
     return {};
 }
 
-int32_t AtrousQuadPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
-                                          DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept {
+namespace {
+Dims const& dimsOf(DynamicPluginTensorDesc const& desc) { return desc.desc.dims; }
+Dims const& dimsOf(PluginTensorDesc const& desc) { return desc.dims; }
+}  // namespace
+
+// configurePlugin (build time) and onShapeChange (run time) make the same check on
+// different descriptor types: one input/output count and checkShapes on the inputs.
+template <typename Desc>
+int32_t AtrousQuadPlugin::acceptShapes(char const* stage, Desc const* in, int32_t nbInputs,
+                                       int32_t nbOutputs) const noexcept {
     try {
         if (nbOutputs != 1 || nbInputs != this->nbInputs()) return -1;
         std::vector<Dims> dims(static_cast<size_t>(nbInputs));
-        for (int32_t i = 0; i < nbInputs; ++i) dims[i] = in[i].desc.dims;
+        for (int32_t i = 0; i < nbInputs; ++i) dims[i] = dimsOf(in[i]);
         std::string const error = checkShapes(dims.data(), nbInputs);
         if (!error.empty()) {
             logError(error);
@@ -303,9 +311,14 @@ int32_t AtrousQuadPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int
         }
         return 0;
     } catch (std::exception const& e) {
-        logError(std::string("configurePlugin: ") + e.what());
+        logError(std::string(stage) + ": " + e.what());
     }
     return -1;
+}
+
+int32_t AtrousQuadPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                                          DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept {
+    return acceptShapes("configurePlugin", in, nbInputs, nbOutputs);
 }
 
 size_t AtrousQuadPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
@@ -316,20 +329,7 @@ size_t AtrousQuadPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*input
 
 int32_t AtrousQuadPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/,
                                         int32_t nbOutputs) noexcept {
-    try {
-        if (nbOutputs != 1 || nbInputs != this->nbInputs()) return -1;
-        std::vector<Dims> dims(static_cast<size_t>(nbInputs));
-        for (int32_t i = 0; i < nbInputs; ++i) dims[i] = in[i].dims;
-        std::string const error = checkShapes(dims.data(), nbInputs);
-        if (!error.empty()) {
-            logError(error);
-            return -1;
-        }
-        return 0;
-    } catch (std::exception const& e) {
-        logError(std::string("onShapeChange: ") + e.what());
-    }
-    return -1;
+    return acceptShapes("onShapeChange", in, nbInputs, nbOutputs);
 }
 
 int32_t AtrousQuadPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,

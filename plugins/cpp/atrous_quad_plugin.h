@@ -80,6 +80,8 @@ private:
     int32_t nbInputs() const noexcept;
     // An empty string when the static shapes fit the attributes, else what is wrong.
     std::string checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs) const;
+    template <typename Desc>
+    int32_t acceptShapes(char const* stage, Desc const* in, int32_t nbInputs, int32_t nbOutputs) const noexcept;
     void initFieldsToSerialize();
 
     QuadOp mOp;
