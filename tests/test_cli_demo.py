@@ -31,8 +31,13 @@ def test_unknown_model_is_a_one_line_error(tmp_path) -> None:
 
 
 def test_commands_load_only_their_own_stage() -> None:
-    """`qdeploy serve --help` must not import torch: each stage's module loads on demand."""
+    """`qdeploy serve --help` must not import torch: each stage's module loads on demand.
+
+    The server's model repository reads ONNX files through export.validate, so the export
+    package must load its torch-bound names lazily too.
+    """
     code = ("import sys; from click.testing import CliRunner; from qdeploy.cli import main; "
+            "import qdeploy.serving.repository, qdeploy.export.validate, qdeploy.nqm; "
             "result = CliRunner().invoke(main, ['serve', '--help']); "
             "print(result.exit_code, 'torch' in sys.modules, '--repo' in result.output)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

@@ -1,28 +1,19 @@
 """ONNX export of adapted models: a decomposed graph for any runtime, a fused one for TensorRT plugins.
 
-The names below are imported on first use (PEP 562): the exporter needs torch, but readers
-of ONNX files downstream (serving, the TensorRT builder) only need `export.validate`, and
-importing it must not pull torch into `qdeploy serve`.
+The names below load on first use: the exporter needs torch, but readers of ONNX files
+downstream (serving, the TensorRT builder) only need `export.validate`, and importing it
+must not pull torch into `qdeploy serve`.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from qdeploy.lazy import lazy_exports
 
-_EXPORTS = {
-    "ExportOptions": "qdeploy.export.onnx_export",
-    "export_model": "qdeploy.export.onnx_export",
-    "ort_session": "qdeploy.export.parity",
-    "read_report": "qdeploy.export.report",
-    "check_onnx_file": "qdeploy.export.validate",
-    "load_onnx": "qdeploy.export.validate",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "ExportOptions": "onnx_export",
+    "export_model": "onnx_export",
+    "ort_session": "parity",
+    "read_report": "report",
+    "check_onnx_file": "validate",
+    "load_onnx": "validate",
+})

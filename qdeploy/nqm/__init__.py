@@ -12,9 +12,9 @@ defaults) does not import torch.
 
 from __future__ import annotations
 
-import importlib
+from qdeploy.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "CatapultDetector": "catapult",
     "CatapultEvent": "catapult",
     "Regime": "catapult",
@@ -33,16 +33,4 @@ _EXPORTS = {
     "gradient_descent": "training",
     "half_mse": "training",
     "TwoLayerReLU": "two_layer",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+})
