@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -39,9 +40,16 @@ def test_commands_load_only_their_own_stage() -> None:
     code = ("import sys; from click.testing import CliRunner; from qdeploy.cli import main; "
             "import qdeploy.serving.repository, qdeploy.export.validate, qdeploy.nqm; "
             "result = CliRunner().invoke(main, ['serve', '--help']); "
-            "print(result.exit_code, 'torch' in sys.modules, '--repo' in result.output)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["0", "False", "True"]
+            "listing = CliRunner().invoke(main, ['--help']).output; "
+            "print(result.exit_code, 'torch' in sys.modules, '--repo' in result.output, "
+            "'onnxruntime' in sys.modules); print(listing)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    flags, listing = out.split("\n", 1)
+    assert flags.split() == ["0", "False", "True", "False"]  # `qdeploy --help` loads no stage either
+    from qdeploy.commands import COMMANDS
+
+    for name, (_, summary) in COMMANDS.items():  # every command listed with its registry summary
+        assert re.search(rf"^  {re.escape(name)} +{re.escape(summary.split()[0])}", listing, re.M), (name, listing)
 
 
 def test_every_listed_command_loads() -> None:

@@ -10,27 +10,26 @@ import importlib
 
 import click
 
-# command name -> "module:attribute"
-COMMANDS: dict[str, str] = {
-    "pipeline": "qdeploy.commands.pipeline:pipeline",
-    "demo": "qdeploy.commands.demo:demo",
-    "train": "qdeploy.commands.train:train",
-    "export": "qdeploy.commands.export:export",
-    "verify": "qdeploy.commands.verify:verify_command",
-    "bench": "qdeploy.commands.bench:bench",
-    "build": "qdeploy.commands.build:build",
-    "plugins": "qdeploy.commands.plugins:plugins",
-    "serve": "qdeploy.commands.serve:serve",
-    "triton-repo": "qdeploy.commands.serve:triton_repo",
-    "lr-probe": "qdeploy.commands.nqm:lr_probe",
-    "catapult": "qdeploy.commands.nqm:catapult",
+# command name -> ("module:attribute", the one-line summary `qdeploy --help` lists without importing it)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pipeline": ("qdeploy.commands.pipeline:pipeline", "Train, export, verify and bench in one run (the main job)."),
+    "demo": ("qdeploy.commands.demo:demo", "Adapt the built-in Lite0; check it equals the base at step 0."),
+    "train": ("qdeploy.commands.train:train", "Train a quadratic network: adapt, scratch or finetune."),
+    "export": ("qdeploy.commands.export:export", "Export an adapted model to ONNX, decomposed and/or fused."),
+    "verify": ("qdeploy.commands.verify:verify_command", "Compare a backend's outputs with the PyTorch model."),
+    "bench": ("qdeploy.commands.bench:bench", "Measure latency and throughput of a model on a backend."),
+    "build": ("qdeploy.commands.build:build", "Build a TensorRT plan from an exported ONNX file."),
+    "plugins": ("qdeploy.commands.plugins:plugins", "Build or locate the TensorRT plugins for fused layers."),
+    "serve": ("qdeploy.commands.serve:serve", "Serve a model repository over HTTP (KServe v2 / Triton)."),
+    "triton-repo": ("qdeploy.commands.serve:triton_repo", "Write a model into a Triton model repository."),
+    "lr-probe": ("qdeploy.commands.nqm:lr_probe", "Measure lambda0 and recommend a learning rate."),
+    "catapult": ("qdeploy.commands.nqm:catapult", "Reproduce the catapult phase: network vs NQM vs linear."),
 }
 
 
 def load_command(name: str) -> click.Command | None:
     """Import the module that defines `name` and return its click command (None if unknown)."""
-    target = COMMANDS.get(name)
-    if target is None:
+    if name not in COMMANDS:
         return None
-    module, attribute = target.split(":")
+    module, attribute = COMMANDS[name][0].split(":")
     return getattr(importlib.import_module(module), attribute)
