@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qdeploy import atomic  # noqa: E402
 from qdeploy.data import BUILTIN_DATA  # noqa: E402
+from qdeploy.errors import exit_on_user_error  # noqa: E402
 from qdeploy.training import TrainConfig, train  # noqa: E402
 from qdeploy.training.metrics import read_metrics  # noqa: E402
 
@@ -154,4 +155,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

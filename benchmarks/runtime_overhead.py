@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from qdeploy.errors import exit_on_user_error
+
 RESULTS = Path(__file__).parent / "results" / "runtime_overhead.json"
 SIZE = 64  # the digits-shift training size the pipeline uses
 
@@ -126,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
+import functools
 
 import click
 
 from qdeploy import __version__
 from qdeploy.commands import COMMANDS, load_command
-from qdeploy.errors import QDeployError
+from qdeploy.errors import exit_on_user_error
 
 
 class _Group(click.Group):
@@ -26,11 +26,7 @@ class _Group(click.Group):
             formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except QDeployError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+        return exit_on_user_error(functools.partial(super().invoke, ctx))
 
 
 @click.group(cls=_Group)

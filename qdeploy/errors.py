@@ -1,8 +1,15 @@
 """One exception type for problems the user can fix.
 
-The CLI prints these as a single line (no traceback), so every message must name the
-problem and the fix.
+The CLI and the benchmark scripts print these as a single line (no traceback), so every
+message must name the problem and the fix.
 """
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 class QDeployError(Exception):
@@ -17,3 +24,12 @@ def first_line(exc: BaseException) -> str:
     """
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def exit_on_user_error(run: Callable[[], T]) -> T:
+    """Run `run`; a QDeployError ends the process with `error: <message>` on stderr and status 2."""
+    try:
+        return run()
+    except QDeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

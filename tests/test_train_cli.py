@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -120,3 +123,16 @@ def test_builtin_default_adapts_the_pretrained_model(tmp_path) -> None:
     assert summary["model"] == "efficientnet_lite0" and summary["data"] == "digits-shift" and summary["mode"] == "adapt"
     assert summary["adapt_report"]["layers"]  # quadratic terms were added to the pretrained model
     assert summary["final_val_acc"] > summary["initial_val_acc"] + 0.2
+
+
+def test_benchmark_refuses_a_missing_data_folder_in_one_line(tmp_path) -> None:
+    """benchmarks/adapt_vs_scratch.py reports bad input like the CLI: one line, status 2, nothing written."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "adapt_vs_scratch.py"
+    runs, report = tmp_path / "runs", tmp_path / "report.json"
+    result = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "missing"), "--runs", str(runs),
+                             "--json", str(report)], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: data folder {tmp_path / 'missing'} does not exist; pass an ImageFolder directory (one sub-folder "
+        "per class) or the built-in 'digits-shift'"]
+    assert not runs.exists() and not report.exists()
