@@ -151,6 +151,7 @@ def test_engine_json_round_trip_and_compatibility(tmp_path: Path) -> None:
     info = engine_info()
     info.write(tmp_path)
     assert read_engine_info(tmp_path / "model.plan") == info
+    assert read_engine_info(tmp_path / "model.engine") == info == read_engine_info(tmp_path)  # trtexec's name too
     check_plan_compatible(info, (10, 13, 0), "9.0")
     with pytest.raises(QDeployError, match="built with TensorRT 10.13.0 but this process has TensorRT 11.0.0"):
         check_plan_compatible(info, (11, 0, 0), "9.0")

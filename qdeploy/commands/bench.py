@@ -20,7 +20,7 @@ from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS, load_engine
 from qdeploy.runtime.base_model import base_of, export_plain_onnx
 from qdeploy.runtime.benchmark import Measurement, Target, run_benchmark, write_results
-from qdeploy.runtime.loader import PLAN_SUFFIXES
+from qdeploy.runtime.plan_info import PLAN_SUFFIXES
 from qdeploy.runtime.torch_engine import TorchEngine, load_model_source
 
 EXPORT_MODES = ("decomposed", "fused")

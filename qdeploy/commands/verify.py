@@ -20,7 +20,7 @@ from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS, Engine, load_engine
 from qdeploy.runtime.drift import localize_drift
 from qdeploy.runtime.eval_set import EvalSet, load_eval_set
-from qdeploy.runtime.loader import PLAN_SUFFIXES
+from qdeploy.runtime.plan_info import PLAN_SUFFIXES
 from qdeploy.runtime.parity import PRESETS, Tolerance, resolve_tolerance, verify
 from qdeploy.runtime.torch_engine import TorchEngine, training_info
 

@@ -17,6 +17,7 @@ from qdeploy.errors import QDeployError
 from qdeploy.runtime.tensorrt_support import Version, format_version, parse_version
 
 PLAN_FILE = "model.plan"
+PLAN_SUFFIXES = (".plan", ".engine")  # serialized TensorRT engines, as `qdeploy build` and trtexec name them
 INFO_FILE = "engine.json"
 FORMAT = 1
 
@@ -52,9 +53,9 @@ class EngineInfo:
 
 
 def read_engine_info(folder_or_plan: str | Path) -> EngineInfo:
-    """engine.json of a plan folder (or of the folder holding a .plan file)."""
+    """engine.json of a plan folder (or of the folder holding a .plan / .engine file)."""
     path = Path(folder_or_plan)
-    folder = path.parent if path.suffix == ".plan" else path
+    folder = path.parent if path.suffix in PLAN_SUFFIXES else path
     info = folder / INFO_FILE
     if not info.is_file():
         raise QDeployError(f"{info} is missing: a plan needs the engine.json that `qdeploy build` writes beside it "

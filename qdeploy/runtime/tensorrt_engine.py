@@ -58,7 +58,7 @@ def _check_recorded_build(path: Path, trt: Any, capability: tuple[int, int]) -> 
     from qdeploy.runtime.tensorrt_support import tensorrt_version
 
     if (path.parent / INFO_FILE).is_file():
-        check_plan_compatible(read_engine_info(path), tensorrt_version(trt), "{}.{}".format(*capability))
+        check_plan_compatible(read_engine_info(path.parent), tensorrt_version(trt), "{}.{}".format(*capability))
 
 
 class TensorRTEngine(Engine):
