@@ -34,13 +34,13 @@ from qdeploy.serving.server import LOOPBACK
 def triton_repo(model: Path, repo: Path, name: str, max_batch: int, instances: int, max_queue_delay_us: int,
                 version: int, plugin_lib: Path | None, signature_from: Path | None) -> None:
     """Write MODEL (.onnx or .plan) into a Triton model repository with its config.pbtxt."""
-    from qdeploy.serving.repository import CONFIG_FILE, plugin_notes, write_triton_model
+    from qdeploy.serving.repository import CONFIG_FILE, PLATFORMS, plugin_notes, write_triton_model
 
     folder = write_triton_model(repo, name, model, max_batch=max_batch, instances=instances,
                                 max_queue_delay_us=max_queue_delay_us, plugin_lib=plugin_lib,
                                 signature_from=signature_from, version=version)
     click.echo(f"wrote {folder / CONFIG_FILE} and {folder / str(version)}/")
-    for line in plugin_notes("tensorrt_plan" if model.suffix == ".plan" else "onnxruntime_onnx", plugin_lib):
+    for line in plugin_notes(PLATFORMS[model.suffix], plugin_lib):  # write_triton_model refused other suffixes
         click.echo(line)
 
 

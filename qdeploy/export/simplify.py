@@ -15,11 +15,7 @@ import onnx_ir as ir
 import onnxscript.optimizer
 
 
-def _default_rules(node: ir.Node) -> bool | None:
-    return None
-
-
-def simplify(model: ir.Model, should_fold: Callable[[ir.Node], bool | None] = _default_rules) -> None:
+def simplify(model: ir.Model, should_fold: Callable[[ir.Node], bool | None]) -> None:
     """Fold constants (`should_fold` as in onnxscript: True/False forces, None = size limits), in place.
 
     Folded values become initializers; unused nodes, functions and opset imports go, and

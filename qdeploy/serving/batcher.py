@@ -44,15 +44,14 @@ class DynamicBatcher:
     max_queue: requests allowed to wait; more are refused with 503 at once.
     """
 
-    def __init__(self, engines: Sequence[Engine], max_batch: int, max_delay_s: float, max_queue: int,
-                 on_batch: BatchObserver | None = None) -> None:
+    def __init__(self, engines: Sequence[Engine], max_batch: int, max_delay_s: float, max_queue: int) -> None:
         if not engines:
             raise ValueError("a batcher needs at least one engine")
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._engines = list(engines)
-        self.on_batch = on_batch  # set by the server to feed its metrics
+        self.on_batch: BatchObserver | None = None  # set by the server to feed its metrics
         self._queue: collections.deque[_Pending] = collections.deque()
         self._pool = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="qdeploy-engine")
         self._idle: asyncio.Queue[Engine] | None = None

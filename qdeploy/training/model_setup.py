@@ -44,13 +44,11 @@ def load_source(config: TrainConfig) -> nn.Module:
     return load_base_model(config.model, checkpoint=config.checkpoint, pretrained=config.mode != "scratch")
 
 
-def fit_head(model: nn.Module, num_classes: int) -> bool:
-    """Re-initialise the classifier when the data has another class count; True if it did."""
-    if model.num_classes == num_classes:
-        return False
-    model.reset_classifier(num_classes)
-    model.qdeploy_base = replace(base_spec_of(model), num_classes=num_classes)
-    return True
+def fit_head(model: nn.Module, num_classes: int) -> None:
+    """Re-initialise the classifier when the data has another class count."""
+    if model.num_classes != num_classes:
+        model.reset_classifier(num_classes)
+        model.qdeploy_base = replace(base_spec_of(model), num_classes=num_classes)
 
 
 def set_trainable(model: nn.Module, config: TrainConfig) -> None:

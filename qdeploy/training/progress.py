@@ -34,8 +34,3 @@ class ProgressBar:
 
     def evaluated(self, accuracy: float) -> None:
         self._acc = f"{100 * accuracy:.2f}%"
-
-    def log(self, message: str) -> None:
-        """Print above the bar (nothing when the bar is disabled: non-main ranks, progress off)."""
-        if not self._progress.disable:
-            self._progress.console.print(message)
