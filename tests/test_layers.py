@@ -174,7 +174,7 @@ def test_cropped_atrous_conv_equals_the_full_kernel_on_small_maps(size: int, pad
     torch.manual_seed(size)
     conv = AtrousConv2d(8, 8, 3, (2, 1), 3, 8, pads, True).double()
     x = torch.randn(2, 8, size, size + 1, dtype=torch.float64, requires_grad=True)
-    top, bottom, left, right = conv.padding_for(size, size + 1)
+    top, bottom, left, right = conv.explicit_pads(size, size + 1)
     reference = F.conv2d(F.pad(x, (left, right, top, bottom)), conv.weight, conv.bias, conv.stride, 0,
                          conv.dilation, conv.groups)
     if size <= 3 and pads != (1, 5, 4, 2):  # there, a 1-row map is read by no tap at all

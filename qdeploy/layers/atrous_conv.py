@@ -108,7 +108,8 @@ class AtrousConv2d(nn.Conv2d):
         self.pad_inside = symmetric
 
     def explicit_pads(self, height: int, width: int) -> Pads:
-        """The (top, bottom, left, right) zero padding applied for an input of this size."""
+        """The (top, bottom, left, right) zero padding for an input of this size, wherever it is applied
+        (inside the convolution when symmetric, by F.pad otherwise)."""
         if self.pads != "same":
             return self.pads  # type: ignore[return-value]
         out: list[int] = []
@@ -117,19 +118,13 @@ class AtrousConv2d(nn.Conv2d):
             out += [total // 2, total - total // 2]
         return tuple(out)  # type: ignore[return-value]
 
-    def padding_for(self, height: int, width: int) -> Pads:
-        """(top, bottom, left, right) zero padding for this input size, wherever it is applied."""
-        if self.pad_inside:
-            return (self.padding[0], self.padding[0], self.padding[1], self.padding[1])
-        return self.explicit_pads(height, width)
-
     def cropped(self, height: int, width: int) -> tuple[torch.Tensor, Pads] | None:
         """The weight reduced to its live taps and the padding that goes with it, for this input size.
 
         None when every tap is live (or none is): the layer then runs as built. The new pads
         can be negative (F.pad then crops rows that only dead taps would have read).
         """
-        pads = self.padding_for(height, width)
+        pads = self.explicit_pads(height, width)
         rows, cols = (live_taps(size, pads[2 * axis], pads[2 * axis + 1], self.kernel_size[axis],
                                 self.stride[axis], self.dilation[axis])
                       for axis, size in enumerate((height, width)))
