@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from qdeploy.adaptation.report import model_input_size
 from qdeploy.data import BUILTIN_DATA
 from qdeploy.data.digits_shift import DEFAULT_SIZE, digits_shift_datasets
 from qdeploy.data.image_folder import image_folder_datasets
@@ -26,9 +27,7 @@ def model_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ..
 
 def default_image_size(spec: str, model: nn.Module) -> int:
     """64 px for the 8x8 digits (every stroke kept, cheap), the model's own input size otherwise."""
-    from timm.data import resolve_model_data_config
-
-    return DEFAULT_SIZE if spec == BUILTIN_DATA else int(resolve_model_data_config(model)["input_size"][-1])
+    return DEFAULT_SIZE if spec == BUILTIN_DATA else int(model_input_size(model)[-1])
 
 
 def labelled_splits(spec: str, model: nn.Module, size: int, val_fraction: float = 0.2,
