@@ -79,6 +79,9 @@ def test_bench_cli_errors(tiny_export, tmp_path) -> None:
     assert result.exit_code == 2 and "--base needs the adapted model" in result.output
     assert not (tmp_path / "b").exists()  # a refused run leaves nothing behind
     result = runner.invoke(main, ["bench", str(tiny_export.onnx), "--batch", "0", "--no-base", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "--batch sizes must be >= 1" in result.output
+    assert result.exit_code == 2 and "--batch '0' is not a comma-separated list of integers >= 1" in result.output
+    result = runner.invoke(main, ["pipeline", "--batch", "1,0", "--out", str(tmp_path / "p")])  # refused before training
+    assert result.exit_code == 2 and "--batch '1,0' is not a comma-separated list of integers >= 1" in result.output
+    assert not (tmp_path / "p").exists()
     result = runner.invoke(main, ["bench", str(tmp_path / "nope.onnx"), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "nope.onnx does not exist" in result.output

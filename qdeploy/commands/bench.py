@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from qdeploy.commands.parsing import parse_ints
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS, load_engine
 from qdeploy.runtime.base_model import base_of, export_plain_onnx
@@ -109,12 +110,8 @@ def machine() -> dict[str, object]:
 def bench(models: tuple[Path, ...], backends: tuple[str, ...], batches: str, threads: str | None, warmup: int,
           iterations: int, time_budget: float | None, base: bool, out: Path) -> None:
     """Measure latency (p50/p90/p99/mean) and throughput of MODELS side by side."""
-    from qdeploy.commands.verify import parse_ints
-
-    batch_sizes = parse_ints(batches, "--batch")
+    batch_sizes = parse_ints(batches, "--batch", minimum=1)
     thread_counts = parse_ints(threads, "--threads") if threads else (os.cpu_count() or 1,)
-    if min(batch_sizes) < 1:
-        raise QDeployError(f"--batch sizes must be >= 1, got {batches}")
     targets, model_folder, size = expand_targets(models, backends)
     if base:
         if model_folder is None:

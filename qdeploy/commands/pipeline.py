@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qdeploy import atomic
+from qdeploy.commands.parsing import parse_ints
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BUILTIN_DEFAULT
 
@@ -179,9 +180,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
 def pipeline(model: str, data: str, out: Path, epochs: int, train_minutes: float, max_samples: int | None,
              batches: str, threads: int, bench_seconds: float) -> None:
     """Adapt (train), export both ONNX modes, verify them against PyTorch and bench base vs adapted."""
-    from qdeploy.commands.verify import parse_ints
-
-    options = PipelineOptions(model, data, out, epochs, train_minutes, max_samples, parse_ints(batches, "--batch"),
+    options = PipelineOptions(model, data, out, epochs, train_minutes, max_samples,
+                              parse_ints(batches, "--batch", minimum=1),
                               threads, bench_seconds)
     console = Console()
     summary = run_pipeline(options, console)

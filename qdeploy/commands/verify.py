@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qdeploy import atomic
+from qdeploy.commands.parsing import parse_ints
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS, Engine, load_engine
 from qdeploy.runtime.drift import localize_drift
@@ -25,17 +26,6 @@ from qdeploy.runtime.parity import PRESETS, Tolerance, resolve_tolerance, verify
 from qdeploy.runtime.torch_engine import TorchEngine, training_info
 
 EXPORT_REPORT = "export_report.json"
-
-
-def parse_ints(value: str, option: str) -> tuple[int, ...]:
-    """'1,8,32' -> (1, 8, 32); anything else is a one-line error naming the option."""
-    try:
-        numbers = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        numbers = ()
-    if not numbers or min(numbers) < 0:
-        raise QDeployError(f"{option} {value!r} is not a comma-separated list of non-negative integers; e.g. 1,32")
-    return numbers
 
 
 def find_reference(model: Path) -> Path:
@@ -131,7 +121,7 @@ def verify_command(model: Path, reference: Path | None, backend: str, data: str 
     reference_engine = TorchEngine(reference or find_reference(model), threads=threads, input_size=tuple(size))
     data = None if data == "none" else (data or trained_data(reference_engine))
     eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit) if data else None
-    report = run_verify(engine, reference_engine, tolerance, eval_set, parse_ints(random_batches, "--random-batches"),
+    report = run_verify(engine, reference_engine, tolerance, eval_set, parse_ints(random_batches, "--random-batches", minimum=1),
                         batch_size, localize, threads)
     out = out or (model if model.is_dir() else model.parent) / f"verify_{engine.backend}.json"
     atomic.write_json(out, report)
