@@ -19,7 +19,12 @@ from pathlib import Path
 MODES = ("plain", "memory_efficient")
 
 
-def _measure(mode: str, device: str, batch: int, size: int, depthwise_rank: int) -> dict:
+def measure(mode: str, device: str, batch: int, size: int, depthwise_rank: int) -> dict:
+    """One forward + backward in `mode`: saved activations (exact) and the peak (see the docstring).
+
+    The GPU evidence kit calls it in-process too; there the CPU peak (process RSS) is not
+    per-mode, so only the CUDA peak is meaningful.
+    """
     import torch
 
     from qdeploy.adaptation import adapt
@@ -63,7 +68,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(_measure(args.worker, args.device, args.batch, args.size, args.depthwise_rank)))
+        print(json.dumps(measure(args.worker, args.device, args.batch, args.size, args.depthwise_rank)))
         return
     rows = []
     for mode in MODES:

@@ -50,29 +50,6 @@ def kernels():
         os.environ["TRITON_INTERPRET"] = previous
 
 
-def random_layer(rng: random.Random) -> Shape:
-    """Small layers (the interpreter runs every program instance in Python) of every kind."""
-    kind = rng.choice(["dense", "grouped", "depthwise", "depthwise-u", "product"])
-    kernel = (rng.randint(1, 3), rng.randint(1, 3))
-    if kind == "dense":
-        groups, cin, rank, cout = 1, rng.randint(1, 6), rng.randint(1, 9), rng.randint(1, 5)
-    elif kind == "grouped":
-        groups = rng.randint(2, 3)
-        cin, rank, cout = groups * rng.randint(1, 3), groups * rng.randint(1, 4), groups * rng.randint(1, 3)
-    elif kind == "product":
-        groups = rng.randint(1, 3)
-        cin, rank = groups * rng.randint(1, 3), groups * rng.randint(1, 3)
-        cout = rank
-    else:  # depthwise: one group per channel, r ranks each
-        groups = cin = cout = rng.randint(1, 6)
-        rank = cin * (1 if kind == "depthwise" else rng.randint(1, 3))
-    shape = Shape(batch=rng.randint(1, 2), cin=cin, height=rng.randint(3, 12), width=rng.randint(3, 12), rank=rank,
-                  cout=cout, groups=groups, kernel=kernel, stride=(rng.randint(1, 3), rng.randint(1, 3)),
-                  dilation=(rng.randint(1, 4), rng.randint(1, 4)), pads=tuple(rng.randint(0, 4) for _ in range(4)),
-                  has_u=kind != "product", biases=rng.random() < 0.8)
-    return shape if min(shape.out_size) >= 1 else random_layer(rng)
-
-
 def run_triton(kernels, t: dict, shape: Shape, **options) -> torch.Tensor:
     return kernels.atrous_quad_triton(*t.values(), shape.stride, shape.dilation, shape.pads, shape.groups, **options)
 
@@ -87,7 +64,7 @@ def assert_close(y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, label: 
 def test_random_layers_match_pytorch(kernels, dtype: torch.dtype) -> None:
     rng = random.Random(7)
     for index in range(10):
-        shape = random_layer(rng)
+        shape = harness.tiny_shape(rng)
         t = harness.make_tensors(shape, dtype, "cpu", seed=index)
         y = run_triton(kernels, t, shape, block_pixels=16)
         assert_close(y, harness.reference(t, shape), dtype, f"layer {index}: {shape}")
