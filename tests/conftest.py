@@ -29,8 +29,8 @@ def family_model(family: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """Tiny tensors: a second OpenMP thread only adds synchronisation (see nqm.training.torch_threads)."""
-    from qdeploy.nqm.training import torch_threads
+    """Tiny tensors: a second OpenMP thread only adds synchronisation (see qdeploy.threads.torch_threads)."""
+    from qdeploy.threads import torch_threads
 
     with torch_threads(1):
         yield

@@ -203,3 +203,22 @@ def test_tensor_spec_batched_means_a_dynamic_first_axis() -> None:
     assert TensorSpec("x", ("batch", 3, 8, 8), f32).batched and TensorSpec("x", (None, 10), f32).batched
     assert not TensorSpec("x", (4, 3, 8, 8), f32).batched and not TensorSpec("x", (), f32).batched
     assert not TensorSpec("x", (1, None), f32).batched  # dynamic, but not on the batch axis
+
+
+def test_torch_engine_sets_threads_once_not_per_inference(monkeypatch) -> None:
+    """PyTorch's thread count is process-wide: engines serving from a thread pool must not flip it per call."""
+    from qdeploy.runtime.torch_engine import TorchEngine
+    from tests.runtime_fixtures import tiny_adapted
+
+    previous = torch.get_num_threads()
+    try:
+        engine = TorchEngine(tiny_adapted(), threads=1, input_size=INPUT_SIZE)
+        assert torch.get_num_threads() == 1
+        calls: list[int] = []
+        monkeypatch.setattr(torch, "set_num_threads", calls.append)
+        engine.infer(np.zeros((2, 3, *INPUT_SIZE), np.float32))
+        engine.infer(torch.zeros(2, 3, *INPUT_SIZE))
+        assert calls == []
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(previous)

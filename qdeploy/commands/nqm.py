@@ -92,7 +92,7 @@ def lr_probe(
     """
     from qdeploy.nqm import TwoLayerReLU, probe_learning_rates
     from qdeploy.nqm.data import image_folder_batch, two_class_digits
-    from qdeploy.nqm.training import torch_threads
+    from qdeploy.threads import torch_threads
 
     if model_name not in MODELS:
         raise QDeployError(

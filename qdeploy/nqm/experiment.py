@@ -28,7 +28,8 @@ from qdeploy.nqm.defaults import (
 )
 from qdeploy.nqm.models import LinearizedModel, QuadraticModel
 from qdeploy.nqm.sharpness import top_kernel_eigenvalue
-from qdeploy.nqm.training import gradient_descent, torch_threads
+from qdeploy.nqm.training import gradient_descent
+from qdeploy.threads import torch_threads
 from qdeploy.nqm.two_layer import TwoLayerReLU
 
 MODEL_KINDS = ("nn", "nqm", "linear")

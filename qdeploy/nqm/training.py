@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -50,18 +49,3 @@ def gradient_descent(
         loss.backward()
         optimizer.step()
     return losses
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with `threads` intra-op threads, then restore the previous count.
-
-    Probing runs thousands of small matrix products, where OpenMP synchronisation costs
-    more than a second thread saves; on shared cores it is ten times slower (measured).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

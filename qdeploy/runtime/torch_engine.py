@@ -18,7 +18,7 @@ from torch import nn
 from qdeploy.adaptation.report import model_input_size
 from qdeploy.errors import QDeployError
 from qdeploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME  # the same names: engines are interchangeable
-from qdeploy.nqm.training import torch_threads
+from qdeploy.threads import set_intra_op_threads
 from qdeploy.runtime.engine import Engine, TensorSpec
 _CONFIG_FILES = ("adapter.json", "base.json")
 
@@ -50,7 +50,9 @@ class TorchEngine(Engine):
     """PyTorch eager inference of a model folder, a checkpoint in one, or an in-memory module.
 
     input_size: (H, W); default the size it was trained at, else the model's own.
-    threads: intra-op threads while this engine runs (0 = PyTorch's current setting).
+    threads: intra-op threads (0 = PyTorch's current setting). PyTorch's count is process-wide,
+        so it is set once here, not around every forward: engine instances that serve
+        concurrently from a thread pool would otherwise race on it.
     """
 
     def __init__(self, source: str | Path | nn.Module, device: str = "cpu", threads: int = 0,
@@ -65,6 +67,7 @@ class TorchEngine(Engine):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.threads = threads
+        set_intra_op_threads(threads)
         channels, height, width = model_input_size(model)
         if input_size is None and trained_size is not None:
             input_size = (trained_size, trained_size)
@@ -76,7 +79,7 @@ class TorchEngine(Engine):
         self.outputs = [TensorSpec(OUTPUT_NAME, (None, num_classes), np.dtype(np.float32))]
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch_threads(self.threads or torch.get_num_threads()):
+        with torch.inference_mode():
             return self.model(batch.to(self.device))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
