@@ -222,3 +222,17 @@ def test_torch_engine_sets_threads_once_not_per_inference(monkeypatch) -> None:
     finally:
         monkeypatch.undo()
         torch.set_num_threads(previous)
+
+
+def test_a_type_error_inside_an_engine_is_not_blamed_on_options(monkeypatch, tmp_path) -> None:
+    import qdeploy.runtime.torch_engine as torch_engine
+
+    def broken(path):
+        raise TypeError("unsupported operand type(s) inside the model loader")
+
+    monkeypatch.setattr(torch_engine, "load_model_source", broken)
+    with pytest.raises(TypeError, match="inside the model loader"):
+        load_engine(tmp_path, "torch")
+    with pytest.raises(QDeployError, match=r"backend torch does not accept these options \(colour\); it takes "
+                                           r"input_size"):
+        load_engine(tmp_path, "torch", colour="red")

@@ -8,6 +8,7 @@ on the engine what it passed over and why (`engine.describe()`).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +32,38 @@ def _auto_order(path: Path) -> tuple[str, ...]:
     return ("torch",)
 
 
-def _build(path: Path, backend: str, threads: int, check_finite: bool, device: str | None,
-           options: dict[str, Any]) -> Engine:
+def _engine_class(backend: str) -> type[Engine]:
     if backend == "torch":
         from qdeploy.runtime.torch_engine import TorchEngine
 
-        return TorchEngine(path, device=device or "cpu", threads=threads, check_finite=check_finite, **options)
+        return TorchEngine
     if backend == "tensorrt":
         from qdeploy.runtime.tensorrt_engine import TensorRTEngine
 
-        index = int(device.partition(":")[2] or 0) if device else 0
-        return TensorRTEngine(path, device=index, check_finite=check_finite, **options)
-    if path.is_dir() or path.suffix in PLAN_SUFFIXES:
+        return TensorRTEngine
+    return OrtEngine
+
+
+# Constructor arguments load_engine fills in itself; the rest are the backend's options.
+_LOADER_ARGUMENTS = {"self", "path", "source", "backend", "device", "threads", "intra_op_threads", "check_finite"}
+
+
+def _check_options(backend: str, engine_class: type[Engine], options: dict[str, Any]) -> None:
+    """Refuse options the backend's engine does not take, before building it.
+
+    Checked against the constructor's signature, so that a TypeError raised while an engine
+    loads is its own error, not mistaken for a bad option.
+    """
+    accepted = set(inspect.signature(engine_class.__init__).parameters) - _LOADER_ARGUMENTS
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise QDeployError(f"backend {backend} does not accept these options ({', '.join(unknown)}); "
+                           f"it takes {', '.join(sorted(accepted)) or 'none'}")
+
+
+def _build(path: Path, backend: str, threads: int, check_finite: bool, device: str | None,
+           options: dict[str, Any]) -> Engine:
+    if backend not in ("torch", "tensorrt") and (path.is_dir() or path.suffix in PLAN_SUFFIXES):
         kind = "a model folder" if path.is_dir() else "a TensorRT plan"
         raise QDeployError(f"{path} is {kind}, which {backend} cannot run; use "
                            f"--backend {'torch' if path.is_dir() else 'tensorrt'} or pass the ONNX file")
@@ -51,7 +72,14 @@ def _build(path: Path, backend: str, threads: int, check_finite: bool, device: s
         if backend != "ort-trt":
             raise QDeployError(f"option(s) {', '.join(sorted(trt_options))} apply to ort-trt only, not {backend}")
         options["provider_options"] = {**tensorrt_provider_options(**trt_options), **options.get("provider_options", {})}
-    return OrtEngine(path, backend, intra_op_threads=threads, check_finite=check_finite, **options)
+    engine_class = _engine_class(backend)
+    _check_options(backend, engine_class, options)
+    if backend == "torch":
+        return engine_class(path, device=device or "cpu", threads=threads, check_finite=check_finite, **options)
+    if backend == "tensorrt":
+        index = int(device.partition(":")[2] or 0) if device else 0
+        return engine_class(path, device=index, check_finite=check_finite, **options)
+    return engine_class(path, backend, intra_op_threads=threads, check_finite=check_finite, **options)
 
 
 def load_engine(path: str | Path, backend: str = "auto", threads: int = 0,
@@ -69,10 +97,7 @@ def load_engine(path: str | Path, backend: str = "auto", threads: int = 0,
     if not path.exists():
         raise QDeployError(f"{path} does not exist; run `qdeploy export` first (or pass a model folder)")
     if backend != "auto":
-        try:
-            return _build(path, backend, threads, check_finite, device, dict(options))
-        except TypeError as exc:  # an option this backend does not take
-            raise QDeployError(f"backend {backend} does not accept these options ({exc})") from exc
+        return _build(path, backend, threads, check_finite, device, dict(options))
     skipped: dict[str, str] = {}
     for candidate in _auto_order(path):
         try:
