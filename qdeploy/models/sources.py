@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from qdeploy.errors import QDeployError
+from qdeploy.errors import QDeployError, first_line
 
 BUILTIN_DEFAULT = "efficientnet_lite0"
 _BUILTIN_ARCH = {BUILTIN_DEFAULT: "tf_efficientnet_lite0"}
@@ -105,6 +105,26 @@ def _classifier_prefix(model: nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is head)
 
 
+def _create_timm_model(name: str, pretrained: bool, model_kwargs: dict[str, Any]) -> nn.Module:
+    """timm.create_model with its two kinds of failure told apart.
+
+    Hub, network and cache errors (all OSError: requests, urllib and huggingface_hub errors
+    derive from it) mean the weights could not be fetched; anything else (a keyword the
+    architecture does not take, say) is about the model itself and keeps its own message.
+    """
+    try:
+        return timm.create_model(name, pretrained=pretrained, **model_kwargs)
+    except OSError as exc:
+        if not pretrained:
+            raise
+        raise QDeployError(
+            f"could not fetch pretrained weights for {name!r} ({type(exc).__name__}); offline, "
+            f"pass a local file with --checkpoint or use the built-in {BUILTIN_DEFAULT!r}"
+        ) from exc
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise QDeployError(f"timm cannot build {name!r} with {model_kwargs or 'no options'}: {first_line(exc)}") from exc
+
+
 def load_base_model(name: str = BUILTIN_DEFAULT, checkpoint: str | Path | None = None,
                     num_classes: int | None = None, pretrained: bool = True,
                     **model_kwargs: Any) -> nn.Module:
@@ -137,13 +157,7 @@ def load_base_model(name: str = BUILTIN_DEFAULT, checkpoint: str | Path | None =
                 model.reset_classifier(file_classes)
             load_state_checked(model, state, str(checkpoint))
         else:
-            try:
-                model = timm.create_model(name, pretrained=pretrained, **model_kwargs)
-            except Exception as exc:  # hub and network errors come in many types
-                raise QDeployError(
-                    f"could not fetch pretrained weights for {name!r} ({type(exc).__name__}); offline, "
-                    f"pass a local file with --checkpoint or use the built-in {BUILTIN_DEFAULT!r}"
-                ) from exc
+            model = _create_timm_model(name, pretrained, model_kwargs)
         if num_classes is not None and num_classes != model.num_classes:
             model.reset_classifier(num_classes)
         arch = model.pretrained_cfg.get("architecture", name.split(".")[0])
