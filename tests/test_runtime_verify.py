@@ -109,3 +109,21 @@ def test_verify_cli_errors(corrupted, tiny_export) -> None:
     assert result.exit_code == 2 and "cannot tell which PyTorch model" in result.output
     result = runner.invoke(main, ["verify", str(tiny_export.onnx / "decomposed.onnx"), "--random-batches", "x"])
     assert result.exit_code == 2 and "--random-batches 'x' is not a comma-separated list" in result.output
+
+
+def test_drift_sites_that_cannot_be_compared_are_not_passed(tiny_export, monkeypatch) -> None:
+    import qdeploy.runtime.drift as drift_module
+
+    real = drift_module.module_outputs
+
+    def swapped(proto, modules):  # layer1's site read from layer4's tensor: another shape
+        tensors = real(proto, modules)
+        tensors["layer1.0.conv2"] = tensors["layer4.0.conv2"]
+        return tensors
+
+    monkeypatch.setattr(drift_module, "module_outputs", swapped)
+    images = np.random.default_rng(1).standard_normal((2, 3, *INPUT_SIZE)).astype(np.float32)
+    report = localize_drift(tiny_export.onnx / "decomposed.onnx", tiny_export.model, images, resolve_tolerance("fp32"))
+    site = next(s for s in report["sites"] if s["module"] == "layer1.0.conv2")
+    assert site["comparable"] is False and site["passed"] is None
+    assert report["uncompared"] == ["layer1.0.conv2"] and report["first_layer"] is None

@@ -81,6 +81,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         if drift["first_layer"] or drift["first_block"]:
             console.print(f"drift starts at quadratic layer {drift['first_layer'] or '-'} "
                           f"(first block past tolerance: {drift['first_block'] or '-'})")
+        elif drift["uncompared"] or drift["missing"]:
+            unchecked = drift["uncompared"] + drift["missing"]
+            console.print(f"no compared layer is past tolerance, but {len(unchecked)} could not be compared "
+                          f"(shape differs or not found in the graph): {', '.join(unchecked)}")
         else:
             console.print("every quadratic layer and block is within tolerance; the drift comes from another layer")
 

@@ -114,13 +114,15 @@ def localize_drift(onnx_path: str | Path, model: nn.Module, images: np.ndarray, 
     for name, expected in reference.items():
         got = outputs[tensors[name]]
         row = {"module": name, "kind": sites[name], "tensor": tensors[name]}
-        if got.shape != expected.shape:
-            rows.append({**row, "comparable": False, "passed": True})
+        if got.shape != expected.shape:  # not compared: neither a pass nor a failure
+            rows.append({**row, "comparable": False, "passed": None,
+                         "shapes": {"onnx": list(got.shape), "torch": list(expected.shape)}})
             continue
         stats = compare(expected, got, tolerance)
         rows.append({**row, "comparable": True, "max_abs": stats.max_abs, "max_rel": stats.max_rel,
                      "cosine": stats.cosine, "passed": stats.passed})
-    first = {kind: next((r["module"] for r in rows if r["kind"] == kind and not r["passed"]), None)
+    first = {kind: next((r["module"] for r in rows if r["kind"] == kind and r["passed"] is False), None)
              for kind in ("quadratic", "block")}
     return {"sites": rows, "first_layer": first["quadratic"], "first_block": first["block"],
-            "missing": sorted(set(sites) - set(tensors))}
+            "missing": sorted(set(sites) - set(tensors)),
+            "uncompared": [r["module"] for r in rows if not r["comparable"]]}
