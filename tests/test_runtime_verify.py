@@ -127,3 +127,22 @@ def test_drift_sites_that_cannot_be_compared_are_not_passed(tiny_export, monkeyp
     site = next(s for s in report["sites"] if s["module"] == "layer1.0.conv2")
     assert site["comparable"] is False and site["passed"] is None
     assert report["uncompared"] == ["layer1.0.conv2"] and report["first_layer"] is None
+
+
+def test_verify_scores_the_split_the_model_was_trained_beside(tmp_path) -> None:
+    """A run with its own seed and val fraction: verify's eval set is that run's held-out split."""
+    from qdeploy.data.splits import labelled_splits
+    from qdeploy.training import train
+    from tests.train_helpers import tiny_config
+
+    result = train(tiny_config(tmp_path, seed=1, val_fraction=0.3, max_steps=1))
+    reference = TorchEngine(result.model_dir)
+    _, held_out, _ = labelled_splits("digits-shift", reference.model, 32, val_fraction=0.3, seed=1)
+    _, default_val, _ = labelled_splits("digits-shift", reference.model, 32)
+    assert len(held_out) != len(default_val)
+    runner = CliRunner()
+    done = runner.invoke(main, ["verify", str(result.model_dir), "--reference", str(result.model_dir), "--backend",
+                                "torch", "--random-batches", "1", "--out", str(tmp_path / "verify.json")])
+    assert done.exit_code == 0, done.output
+    real = json.loads((tmp_path / "verify.json").read_text())["sets"][-1]
+    assert real["name"] == "digits-shift" and real["images"] == len(held_out)

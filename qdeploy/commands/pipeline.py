@@ -97,7 +97,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
     console.rule("3/4 verify (ONNX Runtime CPU vs PyTorch)")
     tick = time.perf_counter()
     reference = TorchEngine(model_dir, threads=options.threads, input_size=(size, size))
-    eval_set = load_eval_set(options.data, reference.model, (size, size))
+    eval_set = load_eval_set(options.data, reference.model, (size, size), seed=options.seed)  # the held-out split
     base_accuracy = _accuracy(TorchEngine(base_of(reference.model), input_size=(size, size)), eval_set)
     tolerance = resolve_tolerance("fp32")
     parity = {}

@@ -20,7 +20,7 @@ from qdeploy.commands.parsing import parse_ints
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS, Engine, load_engine
 from qdeploy.runtime.drift import localize_drift
-from qdeploy.runtime.eval_set import EvalSet, load_eval_set
+from qdeploy.runtime.eval_set import EvalSet, load_eval_set, training_split
 from qdeploy.runtime.plan_info import PLAN_SUFFIXES
 from qdeploy.runtime.parity import PRESETS, Tolerance, resolve_tolerance, verify
 from qdeploy.runtime.torch_engine import TorchEngine, training_info
@@ -43,11 +43,11 @@ def find_reference(model: Path) -> Path:
                        "source beside it); pass --reference MODEL_FOLDER")
 
 
-def trained_data(reference: TorchEngine) -> str | None:
-    """The data set the reference was trained on, when `qdeploy train` recorded it (the natural eval set)."""
+def trained_with(reference: TorchEngine) -> dict[str, Any]:
+    """What `qdeploy train` recorded about the reference (its data and split), or {}."""
     if reference.path is None or not reference.path.is_dir():
-        return None
-    return training_info(reference.path).get("data")
+        return {}
+    return training_info(reference.path)
 
 
 def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance, eval_set: EvalSet | None,
@@ -123,8 +123,10 @@ def verify_command(model: Path, reference: Path | None, backend: str, data: str 
     if not all(isinstance(d, int) for d in size):
         raise QDeployError(f"{model} has a dynamic image size; export it with a fixed --input-size")
     reference_engine = TorchEngine(reference or find_reference(model), threads=threads, input_size=tuple(size))
-    data = None if data == "none" else (data or trained_data(reference_engine))
-    eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit) if data else None
+    training = trained_with(reference_engine)  # the natural eval set: the held-out part of its training data
+    data = None if data == "none" else (data or training.get("data"))
+    eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit,
+                             **training_split(training, data)) if data else None
     report = run_verify(engine, reference_engine, tolerance, eval_set, parse_ints(random_batches, "--random-batches", minimum=1),
                         batch_size, localize, threads)
     out = out or (model if model.is_dir() else model.parent) / f"verify_{engine.backend}.json"

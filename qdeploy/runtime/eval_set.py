@@ -8,6 +8,7 @@ brought to the size the engine takes, through the same dataset code training use
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -28,20 +29,32 @@ class EvalSet:
 
 
 def load_eval_set(spec: str, model: nn.Module, image_size: tuple[int, int], limit: int | None = None,
-                  seed: int = 0) -> EvalSet:
-    """The val split of `spec` ("digits-shift" or an ImageFolder path), at most `limit` images."""
+                  **split: Any) -> EvalSet:
+    """The val split of `spec` ("digits-shift" or an ImageFolder path), at most `limit` images.
+
+    split: the `seed` and `val_fraction` the model was trained with (see `training_split`),
+    so that a model is scored on the images it was not trained on; the defaults otherwise.
+    """
     from qdeploy.data.image_folder import collate_skipping_bad
     from qdeploy.data.splits import capped, labelled_splits
 
     height, width = image_size
     if height != width:
         raise QDeployError(f"{spec} images are evaluated square; the engine takes {height}x{width}")
-    _, val, _ = labelled_splits(spec, model, height, seed=seed)
+    _, val, _ = labelled_splits(spec, model, height, **split)
     images, labels = [], []
-    for batch, target, _ in DataLoader(capped(val, limit, seed), batch_size=64, collate_fn=collate_skipping_bad):
+    for batch, target, _ in DataLoader(capped(val, limit, split.get("seed", 0)), batch_size=64,
+                                       collate_fn=collate_skipping_bad):
         if batch is not None:
             images.append(batch.numpy().astype(np.float32))
             labels.append(target.numpy())
     if not images:
         raise QDeployError(f"no image of {spec} could be decoded; check the files named in the warnings")
     return EvalSet(spec, np.concatenate(images), np.concatenate(labels).astype(np.int64))
+
+
+def training_split(training: dict[str, Any], spec: str | None) -> dict[str, Any]:
+    """load_eval_set's split keywords for `spec`: the recorded ones when the model was trained on it."""
+    if spec is None or spec != training.get("data"):
+        return {}
+    return {key: training[key] for key in ("seed", "val_fraction") if key in training}

@@ -411,8 +411,10 @@ class Trainer:
         model_dir = self.out / MODEL_DIR
         summary = self._summary(reason)
         if self.context.is_main:
-            save_trained(self.model, model_dir, extra={"training": {k: summary[k] for k in (
-                "mode", "data", "classes", "image_size", "steps", "final_val_acc")}})
+            # The split (seed, val fraction) too: verify must score the held-out images only.
+            save_trained(self.model, model_dir, extra={"training": {
+                **{k: summary[k] for k in ("mode", "data", "classes", "image_size", "steps", "final_val_acc")},
+                "seed": self.config.seed, "val_fraction": self.config.val_fraction}})
             plot_curves(self.out / METRICS_FILE, self.out / PLOT_FILE,
                         f"{self.config.mode}: {self.config.model} on {self.config.data}")
             atomic.write_json(self.out / SUMMARY_FILE, summary)
