@@ -25,6 +25,7 @@ from qdeploy.runtime import Engine
 from qdeploy.serving.protocol import RequestError
 
 BatchObserver = Callable[[int, float], None]  # (rows in the batch, seconds the engine ran)
+SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 
 
 @dataclass(eq=False)
@@ -91,7 +92,7 @@ class DynamicBatcher:
     async def submit(self, feeds: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
         """Outputs for validated `feeds`; raises RequestError 503 (queue full, closing) or 504 (timeout)."""
         if self._closing or self._scheduler is None:
-            raise RequestError("the server is shutting down; retry on another replica", 503)
+            raise RequestError(SHUTTING_DOWN, 503)
         rows = self._rows(feeds)
         if len(self._queue) >= self.max_queue:
             self._queue = collections.deque(p for p in self._queue if not p.future.done())

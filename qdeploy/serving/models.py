@@ -99,8 +99,11 @@ def load_models(repo: str | Path, options: ServeOptions) -> list[ServedModel]:
     served = []
     for entry in scan_repository(repo):
         configured = sum(g.count for g in entry.config.instance_group) if entry.config else 0
+        backend = options.backend
+        if backend == "auto" and entry.config is not None and "engine_backend" in entry.config.parameters:
+            backend = entry.config.parameters["engine_backend"].string_value  # a Python-backend model's choice
         try:
-            engines = [load_engine(entry.path, options.backend, options.threads, options.check_finite)
+            engines = [load_engine(entry.path, backend, options.threads, options.check_finite)
                        for _ in range(options.instances or configured or 1)]
             model = serve_engines(entry.name, str(entry.version), entry.platform, engines, entry.config, options)
         except QDeployError as exc:
