@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -23,6 +24,9 @@ from typing import IO
 from qdeploy.errors import QDeployError
 from qdeploy.serving.server import LOOPBACK, bind_socket, url_for
 from qdeploy.serving.triton_install import TritonInstall, find_triton, stub_environment
+
+
+_ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ")
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -82,13 +86,18 @@ class TritonServer:
     def metrics_url(self) -> str:
         return url_for(self.host, self.metrics_port) + "/metrics"
 
-    def log_tail(self, lines: int = 5) -> str:
-        """The last lines of the server's output (when it goes to the temporary log)."""
+    def log_errors(self) -> str:
+        """Triton's last error message (its last line when it logged no error); "see its log above" when shown."""
         if self._log_file is None:
-            return ""
+            return "see its log above"
         self._log_file.flush()
-        text = Path(self._log_file.name).read_text(errors="replace").strip().splitlines()
-        return " | ".join(line.strip() for line in text[-lines:])
+        text = [line.strip() for line in Path(self._log_file.name).read_text(errors="replace").splitlines()
+                if line.strip()]
+        errors = [line for line in text if _ERROR_LINE.match(line)]
+        if not errors:
+            return text[-1] if text else "it printed nothing"
+        message = _ERROR_LINE.sub("", errors[-1]).strip('"')
+        return message.split("\\n")[0]  # Triton escapes a Python traceback's newlines
 
     def _ready(self) -> bool:
         try:
@@ -111,13 +120,15 @@ class TritonServer:
         deadline = time.monotonic() + self.start_timeout_s
         while not self._ready():
             if self.process.poll() is not None:
-                code = self.process.returncode
-                self.stop()
-                raise QDeployError(f"tritonserver exited with status {code} before it was ready: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise QDeployError(f"tritonserver was not ready within {self.start_timeout_s:g} s: {self.log_tail()}")
-            time.sleep(0.2)
+                reason = f"tritonserver exited with status {self.process.returncode} before it was ready"
+            elif time.monotonic() > deadline:
+                reason = f"tritonserver was not ready within {self.start_timeout_s:g} s"
+            else:
+                time.sleep(0.2)
+                continue
+            errors = self.log_errors()
+            self.stop()
+            raise QDeployError(f"{reason}: {errors}")
         return self
 
     def terminate(self) -> None:
