@@ -281,8 +281,8 @@ def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, m
     else:
         inputs, outputs = read_signature(signature_from or model_path)
     config = build_config(name, platform, inputs, outputs, max_batch, instances, max_queue_delay_us)
-    _write_model_folder(repo, name, version, config, [model_path.name, *plugin_notes(platform, plugin_lib)],
-                        {MODEL_FILES[platform]: model_path, **{extra: model_path.parent / extra for extra in extra_files}})
+    files = {MODEL_FILES[platform]: model_path, **{extra: model_path.parent / extra for extra in extra_files}}
+    _write_model_folder(repo, name, version, config, [model_path.name, *plugin_notes(platform, plugin_lib)], files)
     return Path(repo) / name
 
 

@@ -91,8 +91,8 @@ def find_triton(home: str | Path | None = None) -> TritonInstall:
 
 
 def _download(dest: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--dest", str(dest), WHEEL]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--dest", str(dest), WHEEL]
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = sorted(dest.glob("nvidia_pytriton-*.whl"))
     if result.returncode != 0 or not wheels:

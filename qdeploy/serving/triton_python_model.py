@@ -34,7 +34,8 @@ def _parameters(config: dict) -> dict:
 
 def _output_tensor(name: str, array: np.ndarray):
     """A pb_utils.Tensor over `array` via torch's DLPack capsule (numpy's capsule makes the stub log errors)."""
-    return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(np.ascontiguousarray(array))))
+    capsule = torch.utils.dlpack.to_dlpack(torch.from_numpy(np.ascontiguousarray(array)))
+    return pb_utils.Tensor.from_dlpack(name, capsule)
 
 
 class TritonPythonModel:
