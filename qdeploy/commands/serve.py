@@ -108,7 +108,7 @@ _EMBEDDED_ONLY = ("backend", "threads", "instances", "check_finite", "max_batch"
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),
               help="Waiting requests per model before 503 (unless config.pbtxt sets max_queue_size).")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Per-request timeout in seconds, 504 after it (clients may ask for less).")
+              help="Longest wait in the queue in seconds, 504 after it (clients may ask for less).")
 @click.option("--max-body-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest request body; bigger ones get 413.")
 @click.option("--graceful-timeout", default=30, show_default=True, type=click.IntRange(0),

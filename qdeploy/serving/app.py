@@ -145,9 +145,9 @@ class InferenceAPI:
         try:
             model = self.model(request)
             label = model.name
-            if self.draining:
-                raise RequestError(SHUTTING_DOWN, 503)
             infer_request = decode_infer_request(await self._body(request), request.headers.get(HEADER_LENGTH))
+            if self.draining:  # checked once the body is in: it may have been sent as the shutdown began
+                raise RequestError(SHUTTING_DOWN, 503)
             selected = infer_request.selected_outputs(model.output_names)
             outputs = await model.infer(infer_request)
             body, headers = encode_infer_response(model.name, model.version, infer_request, outputs, selected)

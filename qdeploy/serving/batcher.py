@@ -4,7 +4,9 @@ Triton's scheme, on asyncio: requests wait in a bounded FIFO queue; when an engi
 is free, the scheduler takes the oldest request and waits at most `max_delay_s` (counted
 from that request's arrival) for more, up to `max_batch` rows, then runs them as one batch
 in a worker thread and hands each request its rows of the outputs. While every instance is
-busy the queue fills on its own, so batches grow with load without any added delay.
+busy the queue fills on its own, so batches grow with load without any added delay. A
+request's timeout bounds its wait in the queue, as Triton's queue policy does: one that has
+not started by then gets 504 and never runs; one that has started runs to the end.
 
 All queue state lives on the event loop thread; only `Engine.run_checked` runs in the workers,
 one thread per engine instance, so an engine is never entered by two threads at once.
@@ -35,6 +37,7 @@ class _Pending:
     key: tuple  # requests batch together only when every non-batch dim agrees
     arrived: float
     future: asyncio.Future = field(repr=False)
+    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class DynamicBatcher:
@@ -90,7 +93,7 @@ class DynamicBatcher:
         return count
 
     async def submit(self, feeds: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
-        """Outputs for validated `feeds`; raises RequestError 503 (queue full, closing) or 504 (timeout)."""
+        """Outputs for validated `feeds`; RequestError 503 (queue full, closing) or 504 (not started in `timeout_s`)."""
         if self._closing or self._scheduler is None:
             raise RequestError(SHUTTING_DOWN, 503)
         rows = self._rows(feeds)
@@ -99,13 +102,19 @@ class DynamicBatcher:
             if len(self._queue) >= self.max_queue:
                 raise RequestError(f"the queue is full ({self.max_queue} waiting requests); retry later", 503)
         key = tuple((name, array.shape[1:], array.dtype) for name, array in sorted(feeds.items()))
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(feeds, rows, key, time.monotonic(), future))
+        loop = asyncio.get_running_loop()
+        pending = _Pending(feeds, rows, key, time.monotonic(), loop.create_future())
+        pending.expiry = loop.call_later(timeout_s, self._expire, pending, timeout_s)
+        self._queue.append(pending)
         self._wakeup.set()
-        try:
-            return await asyncio.wait_for(future, timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(f"no result within the request timeout of {timeout_s:g} s", 504) from None
+        return await pending.future
+
+    @staticmethod
+    def _expire(pending: _Pending, timeout_s: float) -> None:
+        """A request still queued at its timeout gets 504 (the scheduler then skips it)."""
+        if not pending.future.done():
+            pending.future.set_exception(
+                RequestError(f"not started within the request timeout of {timeout_s:g} s (queue wait)", 504))
 
     async def close(self) -> None:
         """Refuse new requests, run every queued one, wait for running batches, free the workers."""
@@ -181,6 +190,8 @@ class DynamicBatcher:
             if first.future.done():  # its caller gave up while it waited for company
                 continue
             batch = self._fits(first)
+            for pending in batch:  # running now: the queue timeout no longer applies
+                pending.expiry.cancel()
             taken = {id(p) for p in batch}
             self._queue = collections.deque(p for p in self._queue if id(p) not in taken and not p.future.done())
             return batch

@@ -32,7 +32,7 @@ class ServeOptions:
     max_batch: int = 8  # default max_batch_size for models without config.pbtxt
     max_queue_delay_us: int = 100  # default dynamic_batching delay
     max_queue: int = 64  # default waiting requests per model before 503
-    timeout_s: float = 30.0  # default per-request timeout (504 after it)
+    timeout_s: float = 30.0  # default longest wait in the queue (504 after it), as Triton's queue policy
 
 
 def _batchable(specs: Sequence[TensorSpec]) -> bool:

@@ -85,6 +85,7 @@ class BackgroundServer:
 
     def __init__(self, app: Starlette, host: str = LOOPBACK, port: int = 0, graceful_timeout_s: int = 10,
                  log_level: str = "warning", start_timeout_s: float = 60.0) -> None:
+        self.app = app
         self._sock = bind_socket(host, port)
         self.port = self._sock.getsockname()[1]
         self.url = url_for(host, self.port)
