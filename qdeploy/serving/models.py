@@ -94,16 +94,25 @@ def serve_engines(name: str, version: str, platform: str, engines: Sequence[Engi
     return ServedModel(name, version, platform, first, config, batcher, timeout_s)
 
 
+def _engine_settings(config: Any | None, options: ServeOptions) -> tuple[str, int]:
+    """Engine backend and threads: the server's options, else a Python-backend config's parameters."""
+    parameters = config.parameters if config is not None else {}
+    backend, threads = options.backend, options.threads
+    if backend == "auto" and "engine_backend" in parameters:
+        backend = parameters["engine_backend"].string_value
+    if threads == 0 and "threads" in parameters:
+        threads = int(parameters["threads"].string_value)
+    return backend, threads
+
+
 def load_models(repo: str | Path, options: ServeOptions) -> list[ServedModel]:
     """Load and warm up every model of a repository; any failure stops start-up with its reason."""
     served = []
     for entry in scan_repository(repo):
         configured = sum(g.count for g in entry.config.instance_group) if entry.config else 0
-        backend = options.backend
-        if backend == "auto" and entry.config is not None and "engine_backend" in entry.config.parameters:
-            backend = entry.config.parameters["engine_backend"].string_value  # a Python-backend model's choice
+        backend, threads = _engine_settings(entry.config, options)
         try:
-            engines = [load_engine(entry.path, backend, options.threads, options.check_finite)
+            engines = [load_engine(entry.path, backend, threads, options.check_finite)
                        for _ in range(options.instances or configured or 1)]
             model = serve_engines(entry.name, str(entry.version), entry.platform, engines, entry.config, options)
         except QDeployError as exc:
