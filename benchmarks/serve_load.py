@@ -6,8 +6,8 @@ Python backend (model.py runs qdeploy's ONNX Runtime CPU engine, 1 thread, 1 ins
 twice: dynamic batching up to 8 rows (2 ms queue delay) and max batch 1 (no batching). Both
 servers serve that same folder in a subprocess on 127.0.0.1: `qdeploy serve` (embedded)
 and `tritonserver` 2.51 (`qdeploy triton install`). 16 tritonclient.http clients x 40
-requests drive each, three times (the median run is reported: this small machine is shared
-and its timings are noisy); every answer is checked against local ONNX Runtime inference.
+requests drive each, three times, interleaved (the median run is reported: this small
+machine is shared and its timings are noisy); every answer is checked against local ONNX Runtime inference.
 Then 32 clients that pause 4.9-5.1 s between requests (around the 5 s keep-alive that used to
 close the embedded server's idle connections) send 4 requests each. Reports requests/s,
 p50/p99 latency, failures and the batch sizes each server formed (embedded: its /metrics
@@ -131,22 +131,30 @@ def main() -> None:
             write_triton_model(repo, label.replace(" ", "-"), onnx_path, backend="python", engine_backend="ort-cpu",
                                threads=1, max_batch=max_batch, max_queue_delay_us=delay_us)
 
-        for kind in servers:
-            server = SERVERS[kind](repo)
-            try:
+        started_servers = {}
+        try:
+            for kind in servers:
+                started_servers[kind] = SERVERS[kind](repo)
+            # Interleaved: each repeat runs every configuration on every server in turn, so the
+            # load of other work on this shared machine falls on both servers alike.
+            reports: dict[str, list] = {}
+            for _ in range(args.repeats):
                 for label in CONFIGS:
-                    model = label.replace(" ", "-")
-                    reports = [run_load(server.address, model, "input", "output", batches, expected,
-                                        clients=args.clients, requests_per_client=args.requests, atol=1e-4)
-                               for _ in range(args.repeats)]
-                    median = sorted(reports, key=lambda r: r.throughput)[len(reports) // 2]
+                    for kind, server in started_servers.items():
+                        reports.setdefault(f"{kind}, {label}", []).append(
+                            run_load(server.address, label.replace(" ", "-"), "input", "output", batches, expected,
+                                     clients=args.clients, requests_per_client=args.requests, atol=1e-4))
+            for kind, server in started_servers.items():
+                for label in CONFIGS:
+                    runs = reports[f"{kind}, {label}"]
+                    median = sorted(runs, key=lambda r: r.throughput)[len(runs) // 2]
                     rows[f"{kind}, {label}"] = {
-                        **median.summary(), "throughput_rps_all": [round(r.throughput, 1) for r in reports],
-                        "requests_all": sum(r.requests for r in reports),
-                        "failures_all": sum(len(r.failures) for r in reports),
-                        "mismatches_all": sum(r.mismatches for r in reports),
-                        "batch_sizes": server.batch_sizes(model),
-                        "first_failures": [f for r in reports for f in r.failures][:3]}
+                        **median.summary(), "throughput_rps_all": [round(r.throughput, 1) for r in runs],
+                        "requests_all": sum(r.requests for r in runs),
+                        "failures_all": sum(len(r.failures) for r in runs),
+                        "mismatches_all": sum(r.mismatches for r in runs),
+                        "batch_sizes": server.batch_sizes(label.replace(" ", "-")),
+                        "first_failures": [f for r in runs for f in r.failures][:3]}
                 if args.pausing_clients:
                     paused = run_load(server.address, "batching", "input", "output", batches, expected,
                                       clients=args.pausing_clients, requests_per_client=4, atol=1e-4,
@@ -155,7 +163,8 @@ def main() -> None:
                                                         "failures_all": len(paused.failures),
                                                         "mismatches_all": paused.mismatches,
                                                         "first_failures": paused.failures[:3]}
-            finally:
+        finally:
+            for server in started_servers.values():
                 server.stop()
 
     print(f"\n{args.clients} clients x {args.requests} requests, 1x3x{args.size}x{args.size} FP32, Python-backend "

@@ -189,14 +189,39 @@ class DynamicBatcher:
                     break
             if first.future.done():  # its caller gave up while it waited for company
                 continue
-            batch = self._fits(first)
-            for pending in batch:  # running now: the queue timeout no longer applies
-                pending.expiry.cancel()
-            taken = {id(p) for p in batch}
-            self._queue = collections.deque(p for p in self._queue if id(p) not in taken and not p.future.done())
-            return batch
+            return self._take(first)
+
+    def _take(self, first: _Pending) -> list[_Pending]:
+        """Remove the batch that starts with `first` from the queue; its requests start now."""
+        batch = self._fits(first)
+        for pending in batch:  # running now: the queue timeout no longer applies
+            pending.expiry.cancel()
+        taken = {id(p) for p in batch}
+        self._queue = collections.deque(p for p in self._queue if id(p) not in taken and not p.future.done())
+        return batch
+
+    def _ready_batch(self) -> list[_Pending]:
+        """A batch that may start at once: [] when the queue is empty or its oldest may still wait for company."""
+        self._drop_abandoned()
+        if not self._queue:
+            return []
+        first = self._queue[0]
+        if self._can_grow(first) and time.monotonic() < first.arrived + self.max_delay_s:
+            return []
+        return self._take(first)
 
     async def _execute(self, engine: Engine, batch: list[_Pending]) -> None:
+        """Run `batch`, then whatever backlog is ready, on `engine`; then hand it back to the scheduler.
+
+        Chaining the backlog here starts the next run in the same event-loop step that finished
+        the last one, instead of after a round through the scheduler: the engine idles less.
+        """
+        while batch:
+            await self._run(engine, batch)
+            batch = self._ready_batch()
+        self._idle.put_nowait(engine)
+
+    async def _run(self, engine: Engine, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         feeds = batch[0].feeds if len(batch) == 1 else {
             name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
@@ -217,4 +242,3 @@ class DynamicBatcher:
         finally:
             if self.on_batch is not None:
                 self.on_batch(sum(p.rows for p in batch), time.monotonic() - started)
-            self._idle.put_nowait(engine)
