@@ -10,7 +10,7 @@ requests drive each, three times, interleaved (the median run is reported: this 
 machine is shared and its timings are noisy); every answer is checked against local ONNX Runtime inference.
 Then 32 clients that pause 4.9-5.1 s between requests (around the 5 s keep-alive that used to
 close the embedded server's idle connections) send 4 requests each. Reports requests/s,
-p50/p99 latency, failures and the batch sizes each server formed (embedded: its /metrics
+p50/p99 latency, the server's CPU time per request, failures and the batch sizes each server formed (embedded: its /metrics
 histogram; Triton: its statistics); writes benchmarks/results/serve_load.json.
 
     python benchmarks/serve_load.py [--clients 16] [--requests 40] [--repeats 3] [--size 64]
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,23 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results" / "serve_load.json"
 START = "from qdeploy.cli import main; main()"
 CONFIGS = {"batching": (8, 2000), "no batching": (1, 0)}  # label -> (max batch, queue delay us)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants (Triton's stubs), from /proc."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    tree = {pid}
+    for _ in range(4):  # tritonserver -> stub processes
+        tree |= {p for p, (ppid, _) in stats.items() if ppid in tree}
+    ticks = sum(stats[p][1] for p in tree if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def export_quadratic_mobilenet(folder: Path, size: int) -> Path:
@@ -65,6 +83,7 @@ class EmbeddedServer:
         if self.address is None:
             self.stop()
             raise RuntimeError("qdeploy serve did not start")
+        self.pid = self.process.pid
 
     def batch_sizes(self, model: str) -> dict[str, int]:
         from qdeploy.serving.loadgen import batch_size_histogram
@@ -86,13 +105,15 @@ class TritonTarget:
 
         self.server = TritonServer(repo, install=install_triton(), exit_timeout_s=10).start()
         self.address = self.server.http_address
+        self.pid = self.server.process.pid
 
     def batch_sizes(self, model: str) -> dict[str, int]:
         import tritonclient.http as httpclient
 
         with httpclient.InferenceServerClient(self.address) as client:
             stats = client.get_inference_statistics(model)["model_stats"][0]["batch_stats"]
-        return {str(s["batch_size"]): int(s["compute_infer"]["count"]) for s in sorted(stats, key=lambda s: s["batch_size"])}
+        stats = sorted(stats, key=lambda s: s["batch_size"])
+        return {str(s["batch_size"]): int(s["compute_infer"]["count"]) for s in stats}
 
     def stop(self) -> None:
         self.server.stop()
@@ -141,15 +162,19 @@ def main() -> None:
             for _ in range(args.repeats):
                 for label in CONFIGS:
                     for kind, server in started_servers.items():
-                        reports.setdefault(f"{kind}, {label}", []).append(
-                            run_load(server.address, label.replace(" ", "-"), "input", "output", batches, expected,
-                                     clients=args.clients, requests_per_client=args.requests, atol=1e-4))
+                        cpu_before = tree_cpu_seconds(server.pid)
+                        report = run_load(server.address, label.replace(" ", "-"), "input", "output", batches,
+                                          expected, clients=args.clients, requests_per_client=args.requests, atol=1e-4)
+                        cpu_ms = (tree_cpu_seconds(server.pid) - cpu_before) * 1e3 / report.requests
+                        reports.setdefault(f"{kind}, {label}", []).append((report, cpu_ms))
             for kind, server in started_servers.items():
                 for label in CONFIGS:
-                    runs = reports[f"{kind}, {label}"]
+                    runs = [report for report, _ in reports[f"{kind}, {label}"]]
                     median = sorted(runs, key=lambda r: r.throughput)[len(runs) // 2]
+                    cpu_ms = [cpu for _, cpu in reports[f"{kind}, {label}"]]
                     rows[f"{kind}, {label}"] = {
                         **median.summary(), "throughput_rps_all": [round(r.throughput, 1) for r in runs],
+                        "server_cpu_ms_per_request": round(float(np.median(cpu_ms)), 3),
                         "requests_all": sum(r.requests for r in runs),
                         "failures_all": sum(len(r.failures) for r in runs),
                         "mismatches_all": sum(r.mismatches for r in runs),
@@ -170,16 +195,18 @@ def main() -> None:
     print(f"\n{args.clients} clients x {args.requests} requests, 1x3x{args.size}x{args.size} FP32, Python-backend "
           f"repository (ORT CPU, 1 thread, 1 instance), loopback; median of {args.repeats} runs; requests, failures "
           "and wrong answers over all runs")
-    print(f"{'server, configuration':28} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'requests':>8} {'fail':>5} "
-          f"{'wrong':>5}")
+    print(f"{'server, configuration':26} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms':>6} {'requests':>8} "
+          f"{'fail':>4} {'wrong':>5}")
     for label, row in rows.items():
         rate = "-" if "pausing" in label else f"{row['throughput_rps']:.1f}"
-        print(f"{label:28} {rate:>7} {row['p50_ms']:7.1f} {row['p99_ms']:7.1f} {row['requests_all']:8d} "
-              f"{row['failures_all']:5d} {row['mismatches_all']:5d}")
+        cpu = f"{row['server_cpu_ms_per_request']:.2f}" if "server_cpu_ms_per_request" in row else "-"
+        print(f"{label:26} {rate:>7} {row['p50_ms']:7.1f} {row['p99_ms']:7.1f} {cpu:>6} {row['requests_all']:8d} "
+              f"{row['failures_all']:4d} {row['mismatches_all']:5d}")
+    print("CPU ms: the server's CPU time per request (Triton: tritonserver and its Python-backend stubs)")
     print("\nbatch sizes formed (size: engine runs, all runs of the configuration)")
     for label, row in rows.items():
         if "batch_sizes" in row:
-            print(f"{label:28} " + ", ".join(f"{size}: {count}" for size, count in row["batch_sizes"].items()))
+            print(f"{label:26} " + ", ".join(f"{size}: {count}" for size, count in row["batch_sizes"].items()))
     write_text(RESULTS, json.dumps({"clients": args.clients, "requests_per_client": args.requests,
                                     "repeats": args.repeats, "input": [1, 3, args.size, args.size],
                                     "results": rows}, indent=2) + "\n")

@@ -6,6 +6,7 @@ the embedded server or from Triton Inference Server.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -146,8 +147,6 @@ def serve(ctx: click.Context, repo: Path, server_kind: str, host: str, port: int
 
 def _serve_triton(repo: Path, host: str, port: int, grpc_port: int, metrics_port: int, graceful_timeout: int) -> None:
     """tritonserver in the foreground, its log on this terminal; SIGTERM/SIGINT stop it gracefully."""
-    import sys
-
     from qdeploy.serving.triton_server import TritonServer, run_triton
 
     server = TritonServer(repo, host=host, http_port=port, grpc_port=grpc_port, metrics_port=metrics_port,

@@ -150,7 +150,7 @@ def _check_runs_in_onnxruntime(model, source: Path) -> None:
 
 
 def read_signature(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output tensors of a model file: ONNX from its graph, other files via an engine."""
+    """Input and output tensors of a model: ONNX from its graph, plans and model folders via an engine."""
     path = Path(path)
     if not path.exists():
         raise QDeployError(f"model file {path} does not exist; run `qdeploy export` first")
@@ -315,9 +315,10 @@ def _write_python_model(repo: str | Path, name: str, model_path: Path, *, max_ba
     config = build_config(name, PYTHON_BACKEND, inputs, outputs, max_batch, instances, max_queue_delay_us, parameters)
     files["model.py"] = Path(__file__).with_name("triton_python_model.py")
     _write_model_folder(repo, name, version, config,
-                        [f"{model_path.name} on Triton's Python backend: model.py runs qdeploy's {engine_backend} "
-                         "engine; start Triton with `qdeploy serve --server triton`, whose environment gives "
-                         "the backend this Python and its packages."], files)
+                        [f"{model_path.name} for Triton's Python backend: model.py runs qdeploy's "
+                         f"{engine_backend} engine.",
+                         "Start Triton with `qdeploy serve --server triton`: its environment gives the backend",
+                         "the Python and packages qdeploy runs with."], files)
     return Path(repo) / name
 
 

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from qdeploy.errors import QDeployError
 from qdeploy.serving.server import LOOPBACK, bind_socket, url_for
@@ -137,7 +137,7 @@ class TritonServer:
             self.process.send_signal(signal.SIGTERM)
 
     def wait(self) -> int:
-        """Wait for the server to exit; a second SIGTERM/SIGINT while waiting is forwarded too."""
+        """Wait for the server to exit; returns its exit status."""
         assert self.process is not None
         return self.process.wait()
 
@@ -163,11 +163,17 @@ class TritonServer:
         self.stop()
 
 
-def run_triton(server: TritonServer, announce) -> int:
-    """Serve in the foreground until SIGTERM/SIGINT, forwarded to Triton; returns its exit status."""
+def run_triton(server: TritonServer, announce: Callable[[], None]) -> int:
+    """Serve in the foreground until SIGTERM/SIGINT, forwarded to Triton; returns its exit status.
+
+    Triton runs in its own session, so a terminal's Ctrl-C reaches it once, through here.
+    """
     server.start()
     announce()
-    forward = lambda signum, frame: server.terminate()  # noqa: E731 - a signal handler
+
+    def forward(signum: int, frame: object) -> None:
+        server.terminate()
+
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return server.wait()
