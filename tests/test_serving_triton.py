@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -215,10 +216,22 @@ def test_a_model_triton_cannot_load_stops_the_start_with_its_log(triton, tmp_pat
         TritonServer(repo, install=triton, exit_timeout_s=5).start()
 
 
-def test_install_refuses_a_file_that_is_not_the_wheel(tmp_path: Path) -> None:
-    fake = tmp_path / "nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl"
-    fake.write_bytes(b"not a zip")
-    with pytest.raises(QDeployError, match="is not a wheel"):
-        install_triton(tmp_path / "home", fake)
-    assert not any((tmp_path / "home").rglob("tritonserver"))  # nothing half-unpacked
+def test_install_refuses_another_wheel_and_leaves_nothing(tmp_path: Path) -> None:
+    other = tmp_path / "other-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("other/__init__.py", "")
+    with pytest.raises(QDeployError, match=r"other-1.0-py3-none-any.whl holds no pytriton/tritonserver/bin/"
+                                           r"tritonserver; it is not nvidia-pytriton==0.7.0"):
+        install_triton(tmp_path / "home", other)
+    assert not any((tmp_path / "home").iterdir())  # no staging folder or partial install left
 
+
+
+def test_triton_install_command_reports_a_bad_wheel_in_one_line(tmp_path: Path) -> None:
+    fake = tmp_path / "nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl"
+    fake.write_bytes(b"PK\x03\x04 truncated")
+    result = subprocess.run([sys.executable, "-c", START, "triton", "install", str(tmp_path / "home"), "--wheel",
+                             str(fake)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: {fake} is not a wheel (File is not a zip file); delete it and retry"]
+    assert not (tmp_path / "home" / "nvidia-pytriton-0.7.0").exists()
