@@ -3,13 +3,16 @@
 Triton's scheme, on asyncio: requests wait in a bounded FIFO queue; when an engine instance
 is free, the scheduler takes the oldest request and waits at most `max_delay_s` (counted
 from that request's arrival) for more, up to `max_batch` rows, then runs them as one batch
-in a worker thread and hands each request its rows of the outputs. While every instance is
-busy the queue fills on its own, so batches grow with load without any added delay. A
+in the engine's worker thread and hands each request its rows of the outputs. While every
+instance is busy the queue fills on its own, so batches grow with load without any added
+delay; a batch that can no longer grow is queued in the worker behind the running one, so the
+engine starts it without waiting for the event loop (which, under load, is busy with HTTP). A
 request's timeout bounds its wait in the queue, as Triton's queue policy does: one that has
 not started by then gets 504 and never runs; one that has started runs to the end.
 
 All queue state lives on the event loop thread; only `Engine.run_checked` runs in the workers,
-one thread per engine instance, so an engine is never entered by two threads at once.
+one single-thread executor per engine instance, so an engine is never entered by two threads
+at once and runs its batches in order.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class DynamicBatcher:
         self._engines = list(engines)
         self.on_batch: BatchObserver | None = None  # set by the server to feed its metrics
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._pool = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="qdeploy-engine")
+        self._workers = {id(engine): ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdeploy-engine")
+                         for engine in engines}
         self._idle: asyncio.Queue[Engine] | None = None
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
@@ -124,7 +128,8 @@ class DynamicBatcher:
             await self._scheduler
             if self._running:
                 await asyncio.wait(self._running)
-        self._pool.shutdown(wait=True)
+        for worker in self._workers.values():
+            worker.shutdown(wait=True)
 
     async def _schedule(self) -> None:
         while True:
@@ -213,32 +218,45 @@ class DynamicBatcher:
     async def _execute(self, engine: Engine, batch: list[_Pending]) -> None:
         """Run `batch`, then whatever backlog is ready, on `engine`; then hand it back to the scheduler.
 
-        Chaining the backlog here starts the next run in the same event-loop step that finished
-        the last one, instead of after a round through the scheduler: the engine idles less.
+        While a batch runs, the next ready one (full, or past its delay) is already queued in the
+        engine's worker, so the engine goes straight on to it; its results are handed out as soon
+        as the event loop gets to them.
         """
-        while batch:
-            await self._run(engine, batch)
-            batch = self._ready_batch()
+        runs = collections.deque([(batch, self._launch(engine, batch))])
+        while runs:
+            if len(runs) == 1 and (staged := self._ready_batch()):
+                runs.append((staged, self._launch(engine, staged)))
+            batch, run = runs.popleft()
+            await self._finish(batch, run)
         self._idle.put_nowait(engine)
 
-    async def _run(self, engine: Engine, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
+    def _launch(self, engine: Engine, batch: list[_Pending]) -> asyncio.Future:
         feeds = batch[0].feeds if len(batch) == 1 else {
             name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
-        started = time.monotonic()
-        try:
-            outputs = await loop.run_in_executor(self._pool, engine.run_checked, feeds)
-        except Exception as exc:  # an engine failure fails this batch, never the server
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(RequestError(f"inference failed: {exc}", 500))
-        else:
-            offset = 0
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_result(outputs if self.max_batch == 0 else
-                                              {k: v[offset: offset + pending.rows] for k, v in outputs.items()})
-                offset += pending.rows
-        finally:
-            if self.on_batch is not None:
-                self.on_batch(sum(p.rows for p in batch), time.monotonic() - started)
+        return asyncio.get_running_loop().run_in_executor(self._workers[id(engine)], _timed_run, engine, feeds)
+
+    async def _finish(self, batch: list[_Pending], run: asyncio.Future) -> None:
+        """Hand each request its rows, or the engine's error (500, this batch only)."""
+        outputs, error, seconds = await run
+        offset = 0
+        for pending in batch:
+            if pending.future.done():
+                pass
+            elif error is not None:
+                pending.future.set_exception(RequestError(f"inference failed: {error}", 500))
+            else:
+                pending.future.set_result(outputs if self.max_batch == 0 else
+                                          {k: v[offset: offset + pending.rows] for k, v in outputs.items()})
+            offset += pending.rows
+        if self.on_batch is not None:
+            self.on_batch(sum(p.rows for p in batch), seconds)
+
+
+def _timed_run(engine: Engine, feeds: dict[str, np.ndarray]) -> tuple[dict | None, Exception | None, float]:
+    """In the worker: (outputs, None, seconds), or (None, error, seconds); an engine failure never escapes."""
+    started = time.monotonic()
+    try:
+        outputs = engine.run_checked(feeds)
+    except Exception as exc:  # an engine failure fails this batch, never the server
+        return None, exc, time.monotonic() - started
+    return outputs, None, time.monotonic() - started
