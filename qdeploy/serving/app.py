@@ -160,13 +160,15 @@ class InferenceAPI:
         return response
 
     def routes(self) -> list[Route]:
+        """Every endpoint; infer first, since Starlette tries routes in order and infer is the hot path."""
+        infer = [Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+                 Route("/v2/models/{name}/versions/{version}/infer", self.infer, methods=["POST"])]
         model_routes = [
             ("", self.model_metadata, ["GET"]),
             ("/ready", self.model_ready, ["GET"]),
             ("/config", self.model_config, ["GET"]),
-            ("/infer", self.infer, ["POST"]),
         ]
-        routes = [
+        routes = infer + [
             Route("/v2", self.server_metadata, methods=["GET"]),
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.server_ready, methods=["GET"]),

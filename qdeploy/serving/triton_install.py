@@ -16,6 +16,7 @@ returns zeros and empty tensors under numpy 2).
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import platform
 import shutil
@@ -76,9 +77,13 @@ class TritonInstall:
 
 
 def _check_platform() -> None:
+    """Linux x86_64, and a libpython3.X.so for the Python-backend stub to link."""
     if sys.platform != "linux" or platform.machine() != "x86_64":
         raise QDeployError(f"the nvidia-pytriton wheel is for Linux x86_64, not {sys.platform} {platform.machine()}; "
                            "use `qdeploy serve --server embedded` or NVIDIA's Triton container")
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") and ctypes.util.find_library(f"python{_python_tag()}") is None:
+        raise QDeployError(f"Triton's Python-backend stub needs libpython{_python_tag()}.so, and this Python "
+                           f"({sys.executable}) is built without it; use a Python built with --enable-shared")
 
 
 def find_triton(home: str | Path | None = None) -> TritonInstall:
