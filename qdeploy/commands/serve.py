@@ -80,7 +80,7 @@ def triton_install(home: Path | None, wheel: Path | None) -> None:
 
 # Options only the embedded server reads; Triton takes these settings from config.pbtxt.
 _EMBEDDED_ONLY = ("backend", "threads", "instances", "check_finite", "max_batch", "max_queue_delay_us", "max_queue",
-                  "timeout_s", "max_body_mb")
+                  "timeout_s", "max_body_mb", "log_level")
 
 
 @click.command()
