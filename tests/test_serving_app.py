@@ -6,6 +6,7 @@ non-zero quadratic terms), exported with the dynamo exporter and a dynamic batch
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import re
@@ -110,6 +111,8 @@ def test_tritonclient_works_unmodified(server, quad_repo) -> None:
     assert [t["name"] for t in config["output"]] == [v.name for v in graph.output]
     assert config["input"][0]["dims"] == list(SHAPE)  # numbers, as Triton returns them
     assert config["max_batch_size"] == 8 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    assert client.get_model_repository_index() == [{"name": "quad", "version": "1", "state": "READY"}]
+    assert "model_repository" in client.get_server_metadata()["extensions"]
 
     x = images(3)
     expected = torch_logits(model, x)
@@ -156,6 +159,10 @@ BAD = [  # (method, path, body, headers, chunked, status, message)
     ("POST", "/v2/models/quad/infer", bytes(MAX_BODY + 1), {}, True, 413, "exceeds the 262144-byte limit"),
     ("POST", "/v2/models/quad/infer", json_infer(images(1)), {"Content-Encoding": "br"}, False, 415,
      "'br' is not supported"),
+    ("POST", "/v2/models/quad/infer", b"[" * 100_000, {}, False, 400, "request JSON nests too deeply"),
+    ("POST", "/v2/models/quad/infer", gzip.compress(bytes(MAX_BODY + 1)), {"Content-Encoding": "gzip"}, False, 413,
+     "decompressed request body exceeds the 262144-byte limit"),
+    ("POST", "/v2/repository/index", b'{"ready": 1}', {}, False, 400, "must be a JSON object like"),
 ]
 
 
@@ -245,8 +252,15 @@ def test_overload_is_503_and_slow_answers_are_504() -> None:
             thread.join(10)
         assert sorted(status for status, _ in results) == [200, 200]
         late: list = []
+        thread = threading.Thread(target=_slow_request, args=(running, results))
+        thread.start()
+        time.sleep(0.1)  # the engine is busy: the next request waits in the queue past its 50 ms
         _slow_request(running, late, timeout_us=50_000)
-        assert late[0][0] == 504 and "request timeout of 0.05 s" in late[0][1]["error"]
+        thread.join(10)
+        assert late[0][0] == 504 and "not started within the request timeout of 0.05 s" in late[0][1]["error"]
+        alone: list = []
+        _slow_request(running, alone, timeout_us=50_000)  # started at once: it runs to the end (0.4 s)
+        assert alone[0][0] == 200
 
 
 def test_graceful_shutdown_finishes_in_flight_requests() -> None:
@@ -264,3 +278,106 @@ def test_graceful_shutdown_finishes_in_flight_requests() -> None:
     assert all(payload["outputs"][0]["data"] == [2.0] * 4 for _, payload in results)
     with pytest.raises(OSError):
         raw(running, "GET", "/v2/health/live")
+
+
+def _request_in_thread(server: BackgroundServer, results: dict, key: str, value: float = 1.0) -> threading.Thread:
+    def send() -> None:
+        results[key] = raw(server, "POST", "/v2/models/slow/infer",
+                           json_infer(np.full((1, 4), value, np.float32), name="x"))
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def _metric_counts(server: BackgroundServer, model: str) -> dict[str, float]:
+    metrics = urllib.request.urlopen(server.url + "/metrics").read().decode()
+    family = next(f for f in text_string_to_metric_families(metrics) if f.name == "qdeploy_requests")
+    return {s.labels["code"]: s.value for s in family.samples
+            if s.name == "qdeploy_requests_total" and s.labels["model"] == model}
+
+
+def test_an_engine_failure_is_500_for_its_batch_only_and_counted() -> None:
+    engine = SlowDoubler(delay_s=0.4)
+    engine.fail_next = True  # the first batch fails
+    model = serve_engines("slow", "1", "onnxruntime_onnx", [engine], None, ServeOptions(max_batch=4, max_queue_delay_us=0))
+    with BackgroundServer(create_app([model])) as running:
+        results: dict = {}
+        threads = [_request_in_thread(running, results, "first")]
+        time.sleep(0.15)  # the first batch is running; the next two queue and run together after it
+        threads += [_request_in_thread(running, results, key, 3.0) for key in ("second", "third")]
+        for thread in threads:
+            thread.join(10)
+        assert results["first"] == (500, {"error": "inference failed: device lost"})
+        for key in ("second", "third"):
+            assert results[key][0] == 200 and results[key][1]["outputs"][0]["data"] == [6.0] * 4
+        assert engine.batches == [1, 2]
+        assert _metric_counts(running, "slow") == {"500": 1.0, "200": 2.0}
+
+
+def test_config_queue_policy_and_timeout_apply_and_every_status_is_counted() -> None:
+    """config.pbtxt's default_queue_policy (max_queue_size 1, timeout 300 ms) wins over the server defaults."""
+    from qdeploy.serving import build_config
+
+    engine = SlowDoubler(delay_s=0.7)
+    config = build_config("slow", "onnxruntime_onnx", engine.inputs, engine.outputs, max_batch=4, max_queue_delay_us=0)
+    config.dynamic_batching.default_queue_policy.max_queue_size = 1
+    config.dynamic_batching.default_queue_policy.default_timeout_microseconds = 300_000
+    model = serve_engines("slow", "1", "onnxruntime_onnx", [engine], config, ServeOptions(max_queue=64, timeout_s=30))
+    with BackgroundServer(create_app([model])) as running:
+        results: dict = {}
+        threads = [_request_in_thread(running, results, "running")]
+        time.sleep(0.15)
+        threads.append(_request_in_thread(running, results, "queued"))
+        time.sleep(0.1)
+        status, payload = raw(running, "POST", "/v2/models/slow/infer", json_infer(np.ones((1, 4), np.float32), name="x"))
+        assert status == 503 and payload["error"] == "the queue is full (1 waiting requests); retry later"
+        for thread in threads:
+            thread.join(10)
+        assert results["running"][0] == 200
+        assert results["queued"] == (504, {"error": "not started within the request timeout of 0.3 s (queue wait)"})
+        assert raw(running, "POST", "/v2/models/slow/infer", b"{")[0] == 400
+        assert _metric_counts(running, "slow") == {"200": 1.0, "503": 1.0, "504": 1.0, "400": 1.0}
+
+
+def test_requests_arriving_while_draining_get_503_and_in_flight_ones_finish() -> None:
+    model = serve_engines("slow", "1", "onnxruntime_onnx", [SlowDoubler(delay_s=1.0)], None,
+                          ServeOptions(max_batch=4, max_queue_delay_us=0))
+    running = BackgroundServer(create_app([model]))
+    results: dict = {}
+    with running:
+        in_flight = _request_in_thread(running, results, "in-flight")
+        url = urlsplit(running.url)
+        late = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        body = json_infer(np.ones((1, 4), np.float32), name="x")
+        late.putrequest("POST", "/v2/models/slow/infer")
+        late.putheader("Content-Length", str(len(body)))
+        late.endheaders()  # headers sent: this request is open when the shutdown begins
+        time.sleep(0.2)
+        stopper = threading.Thread(target=running.stop)
+        stopper.start()
+        time.sleep(0.3)
+        assert running.app.state.api.draining
+        late.send(body)
+        response = late.getresponse()
+        assert response.status == 503 and json.loads(response.read()) == {
+            "error": "the server is shutting down; retry on another replica"}
+        in_flight.join(10)
+        stopper.join(10)
+    assert results["in-flight"][0] == 200 and results["in-flight"][1]["outputs"][0]["data"] == [2.0] * 4
+
+
+def test_an_idle_connection_outlives_a_pause_between_requests(server) -> None:
+    """A client pausing 6 s reuses its connection (uvicorn's 5 s default closed it: 'connection closed')."""
+    running, _ = server
+    url = urlsplit(running.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        for pause in (0.0, 6.0):
+            time.sleep(pause)
+            connection.request("POST", "/v2/models/quad/infer", body=json_infer(images(1)))
+            response = connection.getresponse()
+            assert response.status == 200 and response.getheader("connection") != "close"
+            response.read()
+    finally:
+        connection.close()

@@ -20,8 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("qdeploy.commands.bench:bench", "Measure latency and throughput of a model on a backend."),
     "build": ("qdeploy.commands.build:build", "Build a TensorRT plan from an exported ONNX file."),
     "plugins": ("qdeploy.commands.plugins:plugins", "Build or locate the TensorRT plugins for fused layers."),
-    "serve": ("qdeploy.commands.serve:serve", "Serve a model repository over HTTP (KServe v2 / Triton)."),
+    "serve": ("qdeploy.commands.serve:serve", "Serve a model repository: embedded KServe v2 server or real Triton."),
     "triton-repo": ("qdeploy.commands.serve:triton_repo", "Write a model into a Triton model repository."),
+    "triton": ("qdeploy.commands.serve:triton", "Install NVIDIA's Triton Inference Server into a cache folder."),
     "lr-probe": ("qdeploy.commands.nqm:lr_probe", "Measure lambda0 and recommend a learning rate."),
     "catapult": ("qdeploy.commands.nqm:catapult", "Reproduce the catapult phase: network vs NQM vs linear."),
 }

@@ -1,15 +1,17 @@
-"""`qdeploy serve` (Open Inference Protocol server) and `qdeploy triton-repo` (repository writer).
+"""`qdeploy serve` (embedded KServe v2 server or real Triton), `qdeploy triton-repo`, `qdeploy triton install`.
 
-Both use one repository layout, so a folder written by `triton-repo` serves unchanged from
-`qdeploy serve` or from Triton Inference Server.
+All use one repository layout, so a folder written by `triton-repo` serves unchanged from
+the embedded server or from Triton Inference Server.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
+from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS
 from qdeploy.serving.server import LOOPBACK
 
@@ -31,26 +33,70 @@ from qdeploy.serving.server import LOOPBACK
               help="TensorRT plugin library the plan needs; config.pbtxt notes how Triton loads it.")
 @click.option("--signature-from", type=click.Path(path_type=Path, dir_okay=False),
               help="For a model.plan this machine cannot open: the ONNX file it was built from.")
+@click.option("--backend", "triton_backend", type=click.Choice(["platform", "python"]), default="platform",
+              show_default=True, help="platform: Triton's onnxruntime_onnx / tensorrt_plan; python: Triton's "
+              "Python backend running qdeploy's engine (also model folders, on PyTorch).")
+@click.option("--engine-backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="With --backend python: the qdeploy engine model.py runs.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
+              help="With --backend python: intra-op threads per instance (0: one per core).")
 def triton_repo(model: Path, repo: Path, name: str, max_batch: int, instances: int, max_queue_delay_us: int,
-                version: int, plugin_lib: Path | None, signature_from: Path | None) -> None:
-    """Write MODEL (.onnx or .plan) into a Triton model repository with its config.pbtxt."""
+                version: int, plugin_lib: Path | None, signature_from: Path | None, triton_backend: str,
+                engine_backend: str, threads: int) -> None:
+    """Write MODEL (.onnx, .plan, or a model folder for --backend python) into a Triton model repository."""
     from qdeploy.serving.repository import CONFIG_FILE, PLATFORMS, plugin_notes, write_triton_model
 
+    if triton_backend == "platform" and (engine_backend != "auto" or threads):
+        raise QDeployError("--engine-backend and --threads are for --backend python; Triton's own backends "
+                           "take their settings from config.pbtxt")
     folder = write_triton_model(repo, name, model, max_batch=max_batch, instances=instances,
                                 max_queue_delay_us=max_queue_delay_us, plugin_lib=plugin_lib,
-                                signature_from=signature_from, version=version)
+                                signature_from=signature_from, version=version, backend=triton_backend,
+                                engine_backend=engine_backend, threads=threads)
     click.echo(f"wrote {folder / CONFIG_FILE} and {folder / str(version)}/")
-    for line in plugin_notes(PLATFORMS[model.suffix], plugin_lib):  # write_triton_model refused other suffixes
-        click.echo(line)
+    if triton_backend == "platform":
+        for line in plugin_notes(PLATFORMS[model.suffix], plugin_lib):  # write_triton_model refused other suffixes
+            click.echo(line)
+
+
+@click.group("triton")
+def triton() -> None:
+    """NVIDIA's Triton Inference Server, from PyPI's nvidia-pytriton wheel, kept apart from this environment."""
+
+
+@triton.command("install")
+@click.argument("home", required=False, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--wheel", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="A downloaded nvidia_pytriton-0.7.0 wheel (offline); default: pip download it.")
+def triton_install(home: Path | None, wheel: Path | None) -> None:
+    """Unpack tritonserver into HOME [default: $QDEPLOY_TRITON_HOME or ~/.cache/qdeploy/triton]."""
+    from qdeploy.serving.triton_install import install_triton
+
+    install = install_triton(home, wheel)
+    click.echo(f"tritonserver: {install.server}")
+    click.echo(f"Python backend (this Python): {install.backends / 'python'}")
+    click.echo("serve with: qdeploy serve --server triton --repo DIR")
+
+
+# Options only the embedded server reads; Triton takes these settings from config.pbtxt.
+_EMBEDDED_ONLY = ("backend", "threads", "instances", "check_finite", "max_batch", "max_queue_delay_us", "max_queue",
+                  "timeout_s", "max_body_mb", "log_level")
 
 
 @click.command()
 @click.option("--repo", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Model repository (the layout `qdeploy triton-repo` writes).")
+@click.option("--server", "server_kind", type=click.Choice(["embedded", "triton"]), default="embedded",
+              show_default=True, help="embedded: qdeploy's KServe v2 server; triton: the real tritonserver "
+              "(`qdeploy triton install`).")
 @click.option("--host", default=LOOPBACK, show_default=True,
               help="Address to listen on; 0.0.0.0 exposes the server to the network (containers).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port; 0 picks a free one (printed).")
+              help="HTTP port; 0 picks a free one (printed).")
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535),
+              help="Triton only: gRPC port; 0 picks a free one.")
+@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(0, 65535),
+              help="Triton only: Prometheus metrics port (the embedded server has /metrics on --port).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
               help="Intra-op threads per engine (0: one per core).")
@@ -63,17 +109,27 @@ def triton_repo(model: Path, repo: Path, name: str, max_batch: int, instances: i
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),
               help="Waiting requests per model before 503 (unless config.pbtxt sets max_queue_size).")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Per-request timeout in seconds, 504 after it (clients may ask for less).")
+              help="Longest wait in the queue in seconds, 504 after it (clients may ask for less).")
 @click.option("--max-body-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest request body; bigger ones get 413.")
 @click.option("--graceful-timeout", default=30, show_default=True, type=click.IntRange(0),
               help="Seconds in-flight requests get to finish on SIGTERM/SIGINT.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="warning", show_default=True)
-def serve(repo: Path, host: str, port: int, backend: str, threads: int, instances: int | None, check_finite: bool,
-          max_batch: int, max_queue_delay_us: int, max_queue: int, timeout_s: float, max_body_mb: float,
-          graceful_timeout: int, log_level: str) -> None:
-    """Serve a model repository over HTTP with the Open Inference Protocol (KServe v2)."""
+@click.pass_context
+def serve(ctx: click.Context, repo: Path, server_kind: str, host: str, port: int, grpc_port: int, metrics_port: int,
+          backend: str, threads: int, instances: int | None, check_finite: bool, max_batch: int,
+          max_queue_delay_us: int, max_queue: int, timeout_s: float, max_body_mb: float, graceful_timeout: int,
+          log_level: str) -> None:
+    """Serve a model repository with the Open Inference Protocol (KServe v2): embedded, or real Triton."""
+    if server_kind == "triton":
+        given = [name for name in _EMBEDDED_ONLY
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise QDeployError(f"--{given[0].replace('_', '-').removesuffix('-s')} is an embedded-server option; "
+                               "Triton reads these settings from config.pbtxt (`qdeploy triton-repo` writes them)")
+        _serve_triton(repo, host, port, grpc_port, metrics_port, graceful_timeout)
+        return
     from qdeploy.serving import ServeOptions, bind_socket, create_app, load_models, run_server, url_for
 
     options = ServeOptions(backend=backend, threads=threads, check_finite=check_finite, instances=instances,
@@ -87,3 +143,19 @@ def serve(repo: Path, host: str, port: int, backend: str, threads: int, instance
                    f"{model.batcher.max_batch}, {model.batcher.instances} instance(s)")
     click.echo(f"serving on {url_for(host, sock.getsockname()[1])} (metrics at /metrics; Ctrl-C stops)")
     run_server(app, sock, graceful_timeout, log_level)
+
+
+def _serve_triton(repo: Path, host: str, port: int, grpc_port: int, metrics_port: int, graceful_timeout: int) -> None:
+    """tritonserver in the foreground, its log on this terminal; SIGTERM/SIGINT stop it gracefully."""
+    from qdeploy.serving.triton_server import TritonServer, run_triton
+
+    server = TritonServer(repo, host=host, http_port=port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          exit_timeout_s=graceful_timeout, log=sys.stdout)
+
+    def announce() -> None:
+        click.echo(f"serving on {server.url} (tritonserver; gRPC "
+                   f"{server.grpc_address}; metrics at {server.metrics_url}; Ctrl-C stops)")
+
+    code = run_triton(server, announce)
+    if code not in (0, -15):
+        raise SystemExit(code)

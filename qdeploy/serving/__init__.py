@@ -1,6 +1,7 @@
 """Serving: qdeploy models over the Open Inference Protocol, and Triton model repositories.
 
-`qdeploy serve` and Triton Inference Server read the same repository layout, which
+`qdeploy serve` (the embedded server, or the real Triton Inference Server that
+`install_triton` unpacks and `TritonServer` runs) reads the repository layout that
 `write_triton_model` (`qdeploy triton-repo`, `qdeploy export --triton-repo`) writes.
 """
 
@@ -11,6 +12,8 @@ from qdeploy.serving.protocol import InferRequest, RequestError
 from qdeploy.serving.repository import (RepositoryModel, build_config, check_model_name, parse_config, read_config,
                                         scan_repository, write_triton_model)
 from qdeploy.serving.server import BackgroundServer, bind_socket, run_server, url_for
+from qdeploy.serving.triton_install import TritonInstall, find_triton, install_triton
+from qdeploy.serving.triton_server import TritonServer
 
 __all__ = [
     "BackgroundServer",
@@ -20,10 +23,14 @@ __all__ = [
     "RequestError",
     "ServeOptions",
     "ServedModel",
+    "TritonInstall",
+    "TritonServer",
     "bind_socket",
     "build_config",
     "check_model_name",
     "create_app",
+    "find_triton",
+    "install_triton",
     "load_models",
     "parse_config",
     "read_config",

@@ -7,15 +7,19 @@ Endpoints, as Triton serves them (so `tritonclient.http` works unmodified):
   GET  /v2/models/{name}[/versions/{v}]/ready
   GET  /v2/models/{name}[/versions/{v}]/config   config.pbtxt as JSON
   POST /v2/models/{name}[/versions/{v}]/infer    JSON or binary tensors
+  POST /v2/repository/index                  the models and their state (Triton's repository extension)
   GET  /metrics                              Prometheus text format
 Every error is JSON `{"error": "..."}` with a 4xx/5xx status; one request's failure never
-touches another's (bad input is refused before it can join a batch).
+touches another's (bad input is refused before it can join a batch). Once a graceful
+shutdown begins, readiness turns 503 and infer requests still arriving on open connections get
+503 (retry elsewhere) while the ones already queued or running finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import AsyncIterator, Sequence
 
@@ -27,13 +31,14 @@ from starlette.routing import Route
 
 from qdeploy import __version__
 from qdeploy.errors import QDeployError
+from qdeploy.serving.batcher import SHUTTING_DOWN
 from qdeploy.serving.metrics import ServingMetrics
 from qdeploy.serving.models import ServedModel
 from qdeploy.serving.protocol import (HEADER_LENGTH, RequestError, decode_infer_request, decompress_body,
                                       encode_infer_response)
 from qdeploy.serving.repository import check_model_name, config_json
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -48,6 +53,7 @@ class InferenceAPI:
         self.max_body_bytes = max_body_bytes
         self.metrics = ServingMetrics()
         self.ready = False
+        self.draining = False
         for model in models:
             model.batcher.on_batch = self.metrics.batch_observer(model.name)
             self.metrics.track_queue(model.name, lambda batcher=model.batcher: batcher.queue_depth)
@@ -63,6 +69,11 @@ class InferenceAPI:
         finally:
             self.ready = False
             await asyncio.gather(*(model.batcher.close() for model in self.models.values()))
+
+    def begin_drain(self) -> None:
+        """Graceful shutdown has begun: not ready, and new infer requests get 503 at once."""
+        self.ready = False
+        self.draining = True
 
     def model(self, request: Request) -> ServedModel:
         """The model a URL names; 400 for names with path characters, 404 for unknown ones."""
@@ -98,6 +109,19 @@ class InferenceAPI:
     async def model_config(self, request: Request) -> Response:
         return JSONResponse(config_json(self.model(request).config))
 
+    async def repository_index(self, request: Request) -> Response:
+        """Triton's repository index: every model with its version and state; {"ready": true} filters."""
+        body = await self._body(request)
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise RequestError(f"repository index request JSON is malformed: {exc}") from exc
+        if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+            raise RequestError("repository index request must be a JSON object like {\"ready\": true}")
+        state = "READY" if self.ready else "UNAVAILABLE"
+        index = [{"name": model.name, "version": model.version, "state": state} for model in self.models.values()]
+        return JSONResponse([entry for entry in index if self.ready or not options.get("ready")])
+
     async def metrics_text(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
@@ -122,6 +146,8 @@ class InferenceAPI:
             model = self.model(request)
             label = model.name
             infer_request = decode_infer_request(await self._body(request), request.headers.get(HEADER_LENGTH))
+            if self.draining:  # checked once the body is in: it may have been sent as the shutdown began
+                raise RequestError(SHUTTING_DOWN, 503)
             selected = infer_request.selected_outputs(model.output_names)
             outputs = await model.infer(infer_request)
             body, headers = encode_infer_response(model.name, model.version, infer_request, outputs, selected)
@@ -134,16 +160,19 @@ class InferenceAPI:
         return response
 
     def routes(self) -> list[Route]:
+        """Every endpoint; infer first, since Starlette tries routes in order and infer is the hot path."""
+        infer = [Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+                 Route("/v2/models/{name}/versions/{version}/infer", self.infer, methods=["POST"])]
         model_routes = [
             ("", self.model_metadata, ["GET"]),
             ("/ready", self.model_ready, ["GET"]),
             ("/config", self.model_config, ["GET"]),
-            ("/infer", self.infer, ["POST"]),
         ]
-        routes = [
+        routes = infer + [
             Route("/v2", self.server_metadata, methods=["GET"]),
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.server_ready, methods=["GET"]),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
         ]
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):

@@ -3,11 +3,16 @@
 Triton's scheme, on asyncio: requests wait in a bounded FIFO queue; when an engine instance
 is free, the scheduler takes the oldest request and waits at most `max_delay_s` (counted
 from that request's arrival) for more, up to `max_batch` rows, then runs them as one batch
-in a worker thread and hands each request its rows of the outputs. While every instance is
-busy the queue fills on its own, so batches grow with load without any added delay.
+in the engine's worker thread and hands each request its rows of the outputs. While every
+instance is busy the queue fills on its own, so batches grow with load without any added
+delay; a batch that can no longer grow is queued in the worker behind the running one, so the
+engine starts it without waiting for the event loop (which, under load, is busy with HTTP). A
+request's timeout bounds its wait in the queue, as Triton's queue policy does: one that has
+not started by then gets 504 and never runs; one that has started runs to the end.
 
 All queue state lives on the event loop thread; only `Engine.run_checked` runs in the workers,
-one thread per engine instance, so an engine is never entered by two threads at once.
+one single-thread executor per engine instance, so an engine is never entered by two threads
+at once and runs its batches in order.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from qdeploy.runtime import Engine
 from qdeploy.serving.protocol import RequestError
 
 BatchObserver = Callable[[int, float], None]  # (rows in the batch, seconds the engine ran)
+SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 
 
 @dataclass(eq=False)
@@ -34,6 +40,7 @@ class _Pending:
     key: tuple  # requests batch together only when every non-batch dim agrees
     arrived: float
     future: asyncio.Future = field(repr=False)
+    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class DynamicBatcher:
@@ -53,7 +60,8 @@ class DynamicBatcher:
         self._engines = list(engines)
         self.on_batch: BatchObserver | None = None  # set by the server to feed its metrics
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._pool = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="qdeploy-engine")
+        self._workers = {id(engine): ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdeploy-engine")
+                         for engine in engines}
         self._idle: asyncio.Queue[Engine] | None = None
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
@@ -89,22 +97,28 @@ class DynamicBatcher:
         return count
 
     async def submit(self, feeds: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
-        """Outputs for validated `feeds`; raises RequestError 503 (queue full, closing) or 504 (timeout)."""
+        """Outputs for validated `feeds`; RequestError 503 (queue full, closing) or 504 (not started in `timeout_s`)."""
         if self._closing or self._scheduler is None:
-            raise RequestError("the server is shutting down; retry on another replica", 503)
+            raise RequestError(SHUTTING_DOWN, 503)
         rows = self._rows(feeds)
         if len(self._queue) >= self.max_queue:
             self._queue = collections.deque(p for p in self._queue if not p.future.done())
             if len(self._queue) >= self.max_queue:
                 raise RequestError(f"the queue is full ({self.max_queue} waiting requests); retry later", 503)
         key = tuple((name, array.shape[1:], array.dtype) for name, array in sorted(feeds.items()))
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(feeds, rows, key, time.monotonic(), future))
+        loop = asyncio.get_running_loop()
+        pending = _Pending(feeds, rows, key, time.monotonic(), loop.create_future())
+        pending.expiry = loop.call_later(timeout_s, self._expire, pending, timeout_s)
+        self._queue.append(pending)
         self._wakeup.set()
-        try:
-            return await asyncio.wait_for(future, timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(f"no result within the request timeout of {timeout_s:g} s", 504) from None
+        return await pending.future
+
+    @staticmethod
+    def _expire(pending: _Pending, timeout_s: float) -> None:
+        """A request still queued at its timeout gets 504 (the scheduler then skips it)."""
+        if not pending.future.done():
+            pending.future.set_exception(
+                RequestError(f"not started within the request timeout of {timeout_s:g} s (queue wait)", 504))
 
     async def close(self) -> None:
         """Refuse new requests, run every queued one, wait for running batches, free the workers."""
@@ -114,7 +128,8 @@ class DynamicBatcher:
             await self._scheduler
             if self._running:
                 await asyncio.wait(self._running)
-        self._pool.shutdown(wait=True)
+        for worker in self._workers.values():
+            worker.shutdown(wait=True)
 
     async def _schedule(self) -> None:
         while True:
@@ -179,30 +194,69 @@ class DynamicBatcher:
                     break
             if first.future.done():  # its caller gave up while it waited for company
                 continue
-            batch = self._fits(first)
-            taken = {id(p) for p in batch}
-            self._queue = collections.deque(p for p in self._queue if id(p) not in taken and not p.future.done())
-            return batch
+            return self._take(first)
+
+    def _take(self, first: _Pending) -> list[_Pending]:
+        """Remove the batch that starts with `first` from the queue; its requests start now."""
+        batch = self._fits(first)
+        for pending in batch:  # running now: the queue timeout no longer applies
+            pending.expiry.cancel()
+        taken = {id(p) for p in batch}
+        self._queue = collections.deque(p for p in self._queue if id(p) not in taken and not p.future.done())
+        return batch
+
+    def _ready_batch(self) -> list[_Pending]:
+        """A batch that may start at once: [] when the queue is empty or its oldest may still wait for company."""
+        self._drop_abandoned()
+        if not self._queue:
+            return []
+        first = self._queue[0]
+        if self._can_grow(first) and time.monotonic() < first.arrived + self.max_delay_s:
+            return []
+        return self._take(first)
 
     async def _execute(self, engine: Engine, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
+        """Run `batch`, then whatever backlog is ready, on `engine`; then hand it back to the scheduler.
+
+        While a batch runs, the next ready one (full, or past its delay) is already queued in the
+        engine's worker, so the engine goes straight on to it; its results are handed out as soon
+        as the event loop gets to them.
+        """
+        runs = collections.deque([(batch, self._launch(engine, batch))])
+        while runs:
+            if len(runs) == 1 and (staged := self._ready_batch()):
+                runs.append((staged, self._launch(engine, staged)))
+            batch, run = runs.popleft()
+            await self._finish(batch, run)
+        self._idle.put_nowait(engine)
+
+    def _launch(self, engine: Engine, batch: list[_Pending]) -> asyncio.Future:
         feeds = batch[0].feeds if len(batch) == 1 else {
             name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
-        started = time.monotonic()
-        try:
-            outputs = await loop.run_in_executor(self._pool, engine.run_checked, feeds)
-        except Exception as exc:  # an engine failure fails this batch, never the server
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(RequestError(f"inference failed: {exc}", 500))
-        else:
-            offset = 0
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_result(outputs if self.max_batch == 0 else
-                                              {k: v[offset: offset + pending.rows] for k, v in outputs.items()})
-                offset += pending.rows
-        finally:
-            if self.on_batch is not None:
-                self.on_batch(sum(p.rows for p in batch), time.monotonic() - started)
-            self._idle.put_nowait(engine)
+        return asyncio.get_running_loop().run_in_executor(self._workers[id(engine)], _timed_run, engine, feeds)
+
+    async def _finish(self, batch: list[_Pending], run: asyncio.Future) -> None:
+        """Hand each request its rows, or the engine's error (500, this batch only)."""
+        outputs, error, seconds = await run
+        offset = 0
+        for pending in batch:
+            if pending.future.done():
+                pass
+            elif error is not None:
+                pending.future.set_exception(RequestError(f"inference failed: {error}", 500))
+            else:
+                pending.future.set_result(outputs if self.max_batch == 0 else
+                                          {k: v[offset: offset + pending.rows] for k, v in outputs.items()})
+            offset += pending.rows
+        if self.on_batch is not None:
+            self.on_batch(sum(p.rows for p in batch), seconds)
+
+
+def _timed_run(engine: Engine, feeds: dict[str, np.ndarray]) -> tuple[dict | None, Exception | None, float]:
+    """In the worker: (outputs, None, seconds), or (None, error, seconds); an engine failure never escapes."""
+    started = time.monotonic()
+    try:
+        outputs = engine.run_checked(feeds)
+    except Exception as exc:  # an engine failure fails this batch, never the server
+        return None, exc, time.monotonic() - started
+    return outputs, None, time.monotonic() - started

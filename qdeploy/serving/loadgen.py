@@ -40,12 +40,15 @@ class LoadReport:
 
 def run_load(address: str, model: str, input_name: str, output_name: str, batches: Sequence[np.ndarray],
              expected: Sequence[np.ndarray], clients: int = 16, requests_per_client: int = 20,
-             atol: float = 1e-4, time_limit_s: float = 120.0) -> LoadReport:
+             atol: float = 1e-4, time_limit_s: float = 120.0, pause_s: tuple[float, float] = (0.0, 0.0)) -> LoadReport:
     """Send clients x requests_per_client requests to `address` (host:port, loopback in tests).
 
     Request k of client c sends batches[(c * requests_per_client + k) % len(batches)] and
-    must get back expected[...] within `atol`.
+    must get back expected[...] within `atol`. After each answer a client pauses for a time
+    drawn uniformly from `pause_s` (seconds; seeded per client), keeping its connection.
     """
+    import random
+
     import gevent
     import tritonclient.http as httpclient
 
@@ -55,6 +58,7 @@ def run_load(address: str, model: str, input_name: str, output_name: str, batche
 
     def client_loop(index: int) -> None:
         nonlocal mismatches
+        pauses = random.Random(index)
         with httpclient.InferenceServerClient(address, connection_timeout=30, network_timeout=60) as client:
             for k in range(requests_per_client):
                 sample = (index * requests_per_client + k) % len(batches)
@@ -70,6 +74,8 @@ def run_load(address: str, model: str, input_name: str, output_name: str, batche
                 latencies.append(time.perf_counter() - started)
                 if not np.allclose(result.as_numpy(output_name), expected[sample], atol=atol):
                     mismatches += 1
+                if pause_s[1] > 0:
+                    gevent.sleep(pauses.uniform(*pause_s))
 
     started = time.perf_counter()
     greenlets = [gevent.spawn(client_loop, index) for index in range(clients)]

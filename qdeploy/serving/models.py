@@ -32,7 +32,7 @@ class ServeOptions:
     max_batch: int = 8  # default max_batch_size for models without config.pbtxt
     max_queue_delay_us: int = 100  # default dynamic_batching delay
     max_queue: int = 64  # default waiting requests per model before 503
-    timeout_s: float = 30.0  # default per-request timeout (504 after it)
+    timeout_s: float = 30.0  # default longest wait in the queue (504 after it), as Triton's queue policy
 
 
 def _batchable(specs: Sequence[TensorSpec]) -> bool:
@@ -94,13 +94,25 @@ def serve_engines(name: str, version: str, platform: str, engines: Sequence[Engi
     return ServedModel(name, version, platform, first, config, batcher, timeout_s)
 
 
+def _engine_settings(config: Any | None, options: ServeOptions) -> tuple[str, int]:
+    """Engine backend and threads: the server's options, else a Python-backend config's parameters."""
+    parameters = config.parameters if config is not None else {}
+    backend, threads = options.backend, options.threads
+    if backend == "auto" and "engine_backend" in parameters:
+        backend = parameters["engine_backend"].string_value
+    if threads == 0 and "threads" in parameters:
+        threads = int(parameters["threads"].string_value)
+    return backend, threads
+
+
 def load_models(repo: str | Path, options: ServeOptions) -> list[ServedModel]:
     """Load and warm up every model of a repository; any failure stops start-up with its reason."""
     served = []
     for entry in scan_repository(repo):
         configured = sum(g.count for g in entry.config.instance_group) if entry.config else 0
+        backend, threads = _engine_settings(entry.config, options)
         try:
-            engines = [load_engine(entry.path, options.backend, options.threads, options.check_finite)
+            engines = [load_engine(entry.path, backend, threads, options.check_finite)
                        for _ in range(options.instances or configured or 1)]
             model = serve_engines(entry.name, str(entry.version), entry.platform, engines, entry.config, options)
         except QDeployError as exc:

@@ -140,6 +140,8 @@ def decode_infer_request(body: bytes, header_length: str | None) -> InferRequest
         doc = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"request JSON is malformed: {exc}") from exc
+    except RecursionError:  # e.g. 100,000 nested '[': the decoder recurses once per level
+        raise RequestError("request JSON nests too deeply; send tensors as flat 'data' lists or binary") from None
     _expect(isinstance(doc, dict), "request JSON must be an object with 'inputs'")
     params = doc.get("parameters") or {}
     _expect(isinstance(params, dict), "'parameters' must be an object")

@@ -1,7 +1,9 @@
 """Triton model repositories: write them, read them back, one layout for Triton and qdeploy.
 
 Layout (Triton's): `<repo>/<model>/config.pbtxt` and `<repo>/<model>/<version>/model.onnx`
-(platform `onnxruntime_onnx`) or `model.plan` (`tensorrt_plan`). config.pbtxt is protobuf
+(platform `onnxruntime_onnx`) or `model.plan` (`tensorrt_plan`), or, for Triton's Python
+backend (`backend: "python"`), `<version>/model.py` (qdeploy's engine, triton_python_model)
+beside the model file or folder it loads, named by config `parameters`. config.pbtxt is protobuf
 text of Triton's `inference.ModelConfig`; it is written and parsed with the real message
 type that tritonclient ships, so a file qdeploy accepts is one Triton accepts, and the
 other way round.
@@ -28,6 +30,8 @@ from qdeploy.serving.datatypes import config_datatype, dtype_from_config
 PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
 MODEL_FILES = {platform: "model" + suffix for suffix, platform in PLATFORMS.items()}
 CONFIG_FILE = "config.pbtxt"
+PYTHON_BACKEND = "python"
+TORCH_MODEL_FOLDER = "model"  # a model folder (safetensors + adapter.json) in a Python-backend version
 # ONNX domains ONNX Runtime implements itself; nodes of any other domain need a plugin
 # unless the model carries a local function of that name.
 _ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -146,14 +150,14 @@ def _check_runs_in_onnxruntime(model, source: Path) -> None:
 
 
 def read_signature(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output tensors of a model file: ONNX from its graph, other files via an engine."""
+    """Input and output tensors of a model: ONNX from its graph, plans and model folders via an engine."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise QDeployError(f"model file {path} does not exist; run `qdeploy export` first")
     if path.suffix == ".onnx":
         return onnx_signature(load_onnx(path))
     try:
-        engine = load_engine(path)
+        engine = load_engine(path, "torch" if path.is_dir() else "auto")
     except QDeployError as exc:
         raise QDeployError(f"cannot read the tensors of {path} ({exc}); pass the ONNX file it was built "
                            "from as signature_from (--signature-from)") from exc
@@ -173,23 +177,33 @@ def _tensor_dims(spec: TensorSpec, max_batch: int) -> list[int]:
 
 
 def build_config(name: str, platform: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                 max_batch: int = 8, instances: int = 1, max_queue_delay_us: int = 100):
+                 max_batch: int = 8, instances: int = 1, max_queue_delay_us: int = 100,
+                 parameters: dict[str, str] | None = None):
     """A Triton ModelConfig for a model with these tensors.
 
     max_batch > 0 turns on Triton's (and qdeploy serve's) dynamic batching with the given
-    queue delay; 0 serves each request as sent, with no batch axis assumed.
+    queue delay; 0 serves each request as sent, with no batch axis assumed. platform
+    PYTHON_BACKEND writes `backend: "python"` with `parameters` for model.py.
     """
     if max_batch < 0 or instances < 1 or max_queue_delay_us < 0:
         raise QDeployError("max batch and queue delay must be >= 0 and instances >= 1")
     pb2 = model_config_pb2()
-    config = pb2.ModelConfig(name=check_model_name(name), platform=platform, max_batch_size=max_batch)
+    config = pb2.ModelConfig(name=check_model_name(name), max_batch_size=max_batch)
+    if platform == PYTHON_BACKEND:
+        config.backend = PYTHON_BACKEND
+    else:
+        config.platform = platform
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
     for field, specs in ((config.input, inputs), (config.output, outputs)):
         for spec in specs:
             field.add(name=spec.name, data_type=pb2.DataType.Value(config_datatype(spec.dtype)),
                       dims=_tensor_dims(spec, max_batch))
     if max_batch > 0:
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    kind = pb2.ModelInstanceGroup.KIND_GPU if platform == "tensorrt_plan" else pb2.ModelInstanceGroup.KIND_AUTO
+    # Python-backend instances are CPU processes; the engine inside picks its own device.
+    kind = {"tensorrt_plan": pb2.ModelInstanceGroup.KIND_GPU, PYTHON_BACKEND: pb2.ModelInstanceGroup.KIND_CPU}.get(
+        platform, pb2.ModelInstanceGroup.KIND_AUTO)
     config.instance_group.add(count=instances, kind=kind)
     return config
 
@@ -231,21 +245,31 @@ def plugin_notes(platform: str, plugin_lib: str | Path | None) -> list[str]:
 def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, max_batch: int = 8,
                        instances: int = 1, max_queue_delay_us: int = 100,
                        plugin_lib: str | Path | None = None, signature_from: str | Path | None = None,
-                       version: int = 1) -> Path:
+                       version: int = 1, backend: str = "platform", engine_backend: str = "auto",
+                       threads: int = 0) -> Path:
     """Write `<repo>/<name>/config.pbtxt` and `<repo>/<name>/<version>/model.{onnx,plan}`.
 
     Tensor names, types and dims come from the model file (ONNX graph) or, for a TensorRT
     plan this machine cannot open, from `signature_from` (the ONNX it was built from). The
     version folder is replaced atomically; other versions are kept. Returns the model folder.
+
+    backend "platform" writes the file for Triton's own backend of its kind (onnxruntime_onnx,
+    tensorrt_plan); "python" writes a Triton Python-backend model: model.py runs the file (or
+    a model folder, on PyTorch) with qdeploy's `engine_backend`, `threads` and `plugin_lib`.
     """
     model_path = Path(model_path)
+    if backend not in ("platform", PYTHON_BACKEND):
+        raise QDeployError(f"unknown Triton backend {backend!r}; use 'platform' or 'python'")
+    if backend == PYTHON_BACKEND:
+        return _write_python_model(repo, name, model_path, max_batch=max_batch, instances=instances,
+                                   max_queue_delay_us=max_queue_delay_us, plugin_lib=plugin_lib,
+                                   signature_from=signature_from, version=version,
+                                   engine_backend=engine_backend, threads=threads)
     if not model_path.is_file():
         raise QDeployError(f"model file {model_path} does not exist; run `qdeploy export` first")
     platform = PLATFORMS.get(model_path.suffix)
     if platform is None:
         raise QDeployError(f"{model_path.name}: Triton serves .onnx (onnxruntime_onnx) or .plan (tensorrt_plan) files")
-    if version < 1:
-        raise QDeployError(f"model version must be >= 1, got {version}")
     extra_files: list[str] = []
     if platform == "onnxruntime_onnx":
         if signature_from is not None:
@@ -257,19 +281,65 @@ def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, m
     else:
         inputs, outputs = read_signature(signature_from or model_path)
     config = build_config(name, platform, inputs, outputs, max_batch, instances, max_queue_delay_us)
+    files = {MODEL_FILES[platform]: model_path, **{extra: model_path.parent / extra for extra in extra_files}}
+    _write_model_folder(repo, name, version, config, [model_path.name, *plugin_notes(platform, plugin_lib)], files)
+    return Path(repo) / name
 
+
+def _write_python_model(repo: str | Path, name: str, model_path: Path, *, max_batch: int, instances: int,
+                        max_queue_delay_us: int, plugin_lib: str | Path | None, signature_from: str | Path | None,
+                        version: int, engine_backend: str, threads: int) -> Path:
+    """A Python-backend model: model.py (qdeploy's engine in Triton), the model, its parameters."""
+    from qdeploy.runtime import BACKENDS
+
+    if engine_backend not in BACKENDS:
+        raise QDeployError(f"unknown engine backend {engine_backend!r}; choose from {', '.join(BACKENDS)}")
+    if not model_path.exists():
+        raise QDeployError(f"model {model_path} does not exist; run `qdeploy export` first")
+    files: dict[str, Path] = {}
+    if model_path.is_dir():  # an adapted or trained model folder, run by PyTorch
+        model_file = TORCH_MODEL_FOLDER
+        files[model_file] = model_path
+    elif model_path.suffix in PLATFORMS:
+        model_file = MODEL_FILES[PLATFORMS[model_path.suffix]]
+        files[model_file] = model_path
+        if model_path.suffix == ".onnx":
+            files.update({extra: model_path.parent / extra
+                          for extra in _external_data_files(load_onnx(model_path), model_path)})
+    else:
+        raise QDeployError(f"{model_path.name}: the Python backend serves .onnx, .plan or model folders")
+    inputs, outputs = read_signature(signature_from or model_path)
+    parameters = {"model_file": model_file, "engine_backend": engine_backend, "threads": str(threads)}
+    if plugin_lib is not None:
+        parameters["plugin_libs"] = str(Path(plugin_lib).resolve())
+    config = build_config(name, PYTHON_BACKEND, inputs, outputs, max_batch, instances, max_queue_delay_us, parameters)
+    files["model.py"] = Path(__file__).with_name("triton_python_model.py")
+    _write_model_folder(repo, name, version, config,
+                        [f"{model_path.name} for Triton's Python backend: model.py runs qdeploy's "
+                         f"{engine_backend} engine.",
+                         "Start Triton with `qdeploy serve --server triton`: its environment gives the backend",
+                         "the Python and packages qdeploy runs with."], files)
+    return Path(repo) / name
+
+
+def _write_model_folder(repo: str | Path, name: str, version: int, config, header: list[str],
+                        files: dict[str, Path]) -> None:
+    """Replace `<repo>/<name>/<version>/` with `files` (destination name -> source), then config.pbtxt."""
     from google.protobuf import text_format
 
-    header = [f"Written by qdeploy {__version__} from {model_path.name}.", *plugin_notes(platform, plugin_lib)]
+    if version < 1:
+        raise QDeployError(f"model version must be >= 1, got {version}")
+    header = [f"Written by qdeploy {__version__} from {header[0]}", *header[1:]]
     text = "".join(f"# {line}\n" for line in header) + text_format.MessageToString(config)
     model_dir = Path(repo) / name
     with staged_directory(model_dir / str(version)) as stage:
-        shutil.copyfile(model_path, stage / MODEL_FILES[platform])
-        for extra in extra_files:
-            (stage / extra).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(model_path.parent / extra, stage / extra)
+        for destination, source in files.items():
+            (stage / destination).parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, stage / destination)
+            else:
+                shutil.copyfile(source, stage / destination)
     write_text(model_dir / CONFIG_FILE, text)
-    return model_dir
 
 
 @dataclass(frozen=True)
@@ -283,6 +353,9 @@ class RepositoryModel:
 
     @property
     def platform(self) -> str:
+        """The config's kind of model: a Triton platform, or PYTHON_BACKEND."""
+        if self.config is not None and self.config.backend == PYTHON_BACKEND:
+            return PYTHON_BACKEND
         return PLATFORMS[self.path.suffix]
 
 
@@ -294,7 +367,12 @@ def _find_model(folder: Path) -> RepositoryModel:
     if config is not None and config.platform and config.platform not in MODEL_FILES:
         raise QDeployError(f"{config_path}: platform {config.platform!r} is not served; "
                            f"use one of {sorted(MODEL_FILES)}")
-    if config is not None and config.default_model_filename:
+    if config is not None and config.backend == PYTHON_BACKEND:
+        if "model_file" not in config.parameters:
+            raise QDeployError(f"{config_path}: a Python-backend model needs a 'model_file' parameter naming what "
+                               "model.py loads; write it with `qdeploy triton-repo --backend python`")
+        candidates = [config.parameters["model_file"].string_value]
+    elif config is not None and config.default_model_filename:
         candidates = [config.default_model_filename]
     elif config is not None and config.platform:
         candidates = [MODEL_FILES[config.platform]]
@@ -304,7 +382,7 @@ def _find_model(folder: Path) -> RepositoryModel:
     for version in versions:
         for candidate in candidates:
             path = folder / str(version) / candidate
-            if path.is_file() and path.suffix in PLATFORMS:
+            if (path.is_file() and path.suffix in PLATFORMS) or (path.is_dir() and candidate == TORCH_MODEL_FOLDER):
                 return RepositoryModel(folder.name, version, path, config)
     raise QDeployError(f"model folder {folder} has no <version>/{' or '.join(candidates)}; "
                        "write one with `qdeploy triton-repo`")

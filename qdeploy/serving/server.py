@@ -4,7 +4,13 @@ The listening socket is bound here, before uvicorn starts, so port 0 yields a fr
 is known (and printed) at once, and a taken port fails with a one-line error. uvicorn's
 graceful shutdown (SIGINT/SIGTERM, or `should_exit`) stops accepting, lets in-flight
 requests finish within `graceful_timeout_s`, then runs the app's lifespan shutdown, which
-drains the batch queues.
+drains the batch queues. The app hears of the shutdown first (`InferenceAPI.begin_drain`), so
+readiness and late requests answer 503 from then on.
+
+Idle keep-alive connections stay open for KEEP_ALIVE_S. uvicorn's default (5 s) closed them
+while clients that pause between requests were about to reuse them: a request sent as the
+server's FIN crossed it failed with "connection closed" (tritonclient does not retry). Triton
+itself keeps idle connections open, so a pause of any length is normal client behaviour.
 """
 
 from __future__ import annotations
@@ -20,6 +26,21 @@ from starlette.applications import Starlette
 from qdeploy.errors import QDeployError
 
 LOOPBACK = "127.0.0.1"
+KEEP_ALIVE_S = 600  # longer than any pause between a client's requests, short enough to shed dead peers
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server that tells the app a graceful shutdown has begun, before it waits for requests."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        api = getattr(self._app.state, "api", None)
+        if api is not None:
+            api.begin_drain()
+        await super().shutdown(sockets)
 
 
 def bind_socket(host: str = LOOPBACK, port: int = 0) -> socket.socket:
@@ -42,8 +63,8 @@ def url_for(host: str, port: int) -> str:
 
 def _uvicorn(app: Starlette, graceful_timeout_s: int, log_level: str) -> uvicorn.Server:
     config = uvicorn.Config(app, lifespan="on", log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=graceful_timeout_s)
-    return uvicorn.Server(config)
+                            timeout_graceful_shutdown=graceful_timeout_s, timeout_keep_alive=KEEP_ALIVE_S)
+    return _DrainingServer(config, app)
 
 
 def run_server(app: Starlette, sock: socket.socket, graceful_timeout_s: int = 30, log_level: str = "warning") -> None:
@@ -64,6 +85,7 @@ class BackgroundServer:
 
     def __init__(self, app: Starlette, host: str = LOOPBACK, port: int = 0, graceful_timeout_s: int = 10,
                  log_level: str = "warning", start_timeout_s: float = 60.0) -> None:
+        self.app = app
         self._sock = bind_socket(host, port)
         self.port = self._sock.getsockname()[1]
         self.url = url_for(host, self.port)

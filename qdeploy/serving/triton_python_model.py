@@ -1,0 +1,79 @@
+"""Triton Python-backend model that runs a qdeploy engine (copied as `<version>/model.py`).
+
+This file runs only inside Triton's Python-backend stub (`triton_python_backend_utils`
+exists there alone); `qdeploy triton-repo --backend python` copies it next to the model file.
+config.pbtxt `parameters` choose the engine: `model_file` (in the version folder),
+`engine_backend` (ort-cpu, ort-cuda, ort-trt, tensorrt, torch, auto), `threads`, and
+`plugin_libs` (TensorRT plugin libraries for fused ONNX files and plans, ':'-separated).
+
+Tensors cross the stub boundary through DLPack, never through the stub's numpy bindings:
+those are compiled for numpy 1 and hand back zeros and empty tensors under numpy 2, while
+DLPack works with either, so the stub can run the project's own environment.
+"""
+
+import os
+import site
+
+for _site_dir in os.environ.get("QDEPLOY_SITE_DIRS", "").split(os.pathsep):  # see triton_install.stub_environment
+    if _site_dir:
+        site.addsitedir(_site_dir)
+
+import json  # noqa: E402 - the site folders above must be known first
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from qdeploy.runtime import load_engine  # noqa: E402
+
+
+def _parameters(config: dict) -> dict:
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def _output_tensor(name: str, array: np.ndarray):
+    """A pb_utils.Tensor over `array` via torch's DLPack capsule (numpy's capsule makes the stub log errors)."""
+    capsule = torch.utils.dlpack.to_dlpack(torch.from_numpy(np.ascontiguousarray(array)))
+    return pb_utils.Tensor.from_dlpack(name, capsule)
+
+
+class TritonPythonModel:
+    """Triton calls initialize once per instance and execute with the requests of one batch."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = _parameters(config)
+        folder = Path(args["model_repository"]) / args["model_version"]
+        options = {}
+        if params.get("plugin_libs"):
+            options["plugin_libs"] = params["plugin_libs"].split(":")
+        self.engine = load_engine(folder / params["model_file"], params.get("engine_backend", "auto"),
+                                  threads=int(params.get("threads", "0")), **options)
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.batching = config.get("max_batch_size", 0) > 0
+
+    def execute(self, requests: list) -> list:
+        """Run the requests Triton's dynamic batcher grouped as one engine call; split the rows back."""
+        feeds = [{name: np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name)) for name in self.input_names}
+                 for request in requests]
+        groups = [feeds] if self.batching else [[f] for f in feeds]
+        responses = []
+        for group in groups:
+            try:
+                batch = group[0] if len(group) == 1 else {
+                    name: np.concatenate([f[name] for f in group]) for name in self.input_names}
+                outputs = self.engine.infer(batch)
+            except Exception as exc:  # this batch fails; the model keeps serving
+                error = pb_utils.TritonError(f"inference failed: {exc}")
+                responses += [pb_utils.InferenceResponse(error=error) for _ in group]
+                continue
+            offset = 0
+            for f in group:
+                rows = next(iter(f.values())).shape[0] if self.batching else 0
+                part = {name: outputs[name][offset: offset + rows] if self.batching else outputs[name]
+                        for name in self.output_names}
+                responses.append(pb_utils.InferenceResponse([_output_tensor(n, a) for n, a in part.items()]))
+                offset += rows
+        return responses
