@@ -9,6 +9,7 @@ inference) and run by ONNX Runtime against PyTorch before the output folder is r
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,9 @@ from qdeploy.adaptation.checkpoint import adapted_config
 from qdeploy.adaptation.report import model_input_size
 from qdeploy.errors import QDeployError, first_line
 from qdeploy.export import translations
+from qdeploy.export.forms import DEFAULT_CACHE, TuneSettings
 from qdeploy.export.fp16 import fp16_compute
+from qdeploy.export.graph_rewrites import Forms, rewrite_graph
 from qdeploy.export.rewrite import export_copy
 from qdeploy.export.parity import PRESETS, check_parity, random_batch, sample_batch
 from qdeploy.export.report import REPORT_FORMAT, files_bytes, node_counts, weights_sha256, write_report
@@ -37,6 +40,7 @@ DEFAULT_OPSET = translations.MIN_OPSET
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "input", "output", "batch"
 MAX_DYNAMIC_BATCH = 65536  # torch.export needs a bound; no runtime batch comes near it
+TUNE_BATCH = 1  # forms of a dynamic-batch export are timed at this batch
 _KNOWN_NAMESPACES = {"aten", "prims", "qdeploy"}
 
 
@@ -50,7 +54,16 @@ class ExportOptions:
     input_size: tuple[int, int] | None = None
     precision: str = "fp32"
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    rewrites: bool = True  # exact graph rewrites (graph_rewrites.py); off: the graph as torch.onnx made it
+    tune: bool = True  # time each layer's forms (forms.py); off: DEFAULT_FORM everywhere, reproducible
+    tune_cache: Path | None = DEFAULT_CACHE
     source: str | None = field(default=None, compare=False)
+
+    def tune_settings(self) -> TuneSettings | None:
+        """Tune at the export's batch (or TUNE_BATCH when dynamic) with this machine's threads."""
+        if not self.tune:
+            return None
+        return TuneSettings(batch=self.batch or TUNE_BATCH, threads=os.cpu_count() or 1, cache=self.tune_cache)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modes) - set(MODES))
@@ -214,10 +227,15 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
     }
     tolerance = PRESETS[options.precision]
     files: dict[str, Any] = {}
+    forms: Forms | None = None
     with atomic.staged_directory(out) as stage:
         for mode in options.modes:
             mode_start = time.perf_counter()
             onnx_model = _finalize(base, mode)
+            rewrites: dict[str, Any] = {"enabled": options.rewrites}
+            if options.rewrites:
+                done, forms = rewrite_graph(onnx_model, list(layers), options.tune_settings(), forms)
+                rewrites.update(done)
             export_info = {"mode": mode, "precision": options.precision, "opset": options.opset,
                            "batch": options.batch or "dynamic", "input_shape": list(shape)}
             onnx_model.metadata_props.update({**metadata, "qdeploy.export": json.dumps(export_info, sort_keys=True)})
@@ -238,6 +256,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
                 "nodes": node_counts(proto),
                 "nodes_total": len(proto.graph.node),
                 "plugin_nodes": plugin_count,
+                "rewrites": rewrites,
                 "parity": {name: stats.to_dict() for name, stats in parity.items()},
                 "passed": all(stats.passed for stats in parity.values()),
             }

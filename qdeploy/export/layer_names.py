@@ -1,0 +1,59 @@
+"""Name every node of a quadratic layer `<layer>/<op>`, so runtime logs and profiles say which layer ran.
+
+ONNX Runtime names the nodes it creates (NCHWc convs, fused activations) after the original
+node or its output, so a prefix on both survives its optimizer and reaches the profiler's
+events: `qdeploy bench --profile` groups time per quadratic layer by this prefix. Nothing
+but names changes. Only this module writes or reads the convention.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Iterable
+
+import onnx_ir as ir
+
+from qdeploy.plugin_contract import PLUGIN_DOMAIN
+
+SEPARATOR = "/"
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # torch.onnx's module path of each node
+
+
+def _layer_of_node(node: ir.Node, layers: frozenset[str]) -> str | None:
+    scopes = node.metadata_props.get(_SCOPES_KEY)
+    if not scopes:
+        return None
+    try:
+        names = ast.literal_eval(scopes)
+    except (ValueError, SyntaxError):
+        return None
+    return next((name for name in reversed(names) if name in layers), None)
+
+
+def name_layer_nodes(model: ir.Model, layers: Iterable[str]) -> int:
+    """Rename the nodes (and their outputs) that torch.onnx attributes to a quadratic layer; returns how many."""
+    wanted = frozenset(layers)
+    counts: dict[str, int] = {}
+    renamed = 0
+    taken = {v.name for v in model.graph.initializers.values()} | {v.name for v in model.graph.inputs}
+    for node in model.graph:
+        layer = _layer_of_node(node, wanted)
+        if layer is None or node.domain == PLUGIN_DOMAIN:  # plugin nodes keep their layer's own name
+            continue
+        index = counts[layer] = counts.get(layer, -1) + 1
+        node.name = f"{layer}{SEPARATOR}{node.op_type}_{index}"
+        for position, value in enumerate(node.outputs):
+            if value.is_graph_output():
+                continue
+            name = f"{node.name}" + (f":{position}" if position else "")
+            if name not in taken:
+                value.name = name
+                taken.add(name)
+        renamed += 1
+    return renamed
+
+
+def layer_of(runtime_name: str) -> str | None:
+    """The quadratic layer a runtime node name (ONNX Runtime's, possibly suffixed) belongs to, if any."""
+    head, separator, _ = runtime_name.partition(SEPARATOR)
+    return head if separator else None
