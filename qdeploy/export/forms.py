@@ -50,7 +50,7 @@ class TuneSettings:
 
     batch: int = 1
     threads: int = 1
-    repeats: int = 15
+    repeats: int = 21
     cache: Path | None = DEFAULT_CACHE
 
 
@@ -93,7 +93,7 @@ def _boundary(fold: FoldedNorm, graph: onnx.GraphProto) -> tuple[list[str], str]
     return inputs, end
 
 
-def _time_session(path: Path, batch: int, threads: int, repeats: int) -> float:
+def _session_and_feeds(path: Path, batch: int, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -106,13 +106,20 @@ def _time_session(path: Path, batch: int, threads: int, repeats: int) -> float:
         shape = [batch if not isinstance(d, int) else d for d in spec.shape]
         dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
         feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
-    session.run(None, feeds)
-    times = []
+    session.run(None, feeds)  # warm-up: first runs allocate
+    return session, feeds
+
+
+def time_forms(pieces: dict[str, Path], batch: int, threads: int, repeats: int) -> dict[str, float]:
+    """Median ms of each piece, timed interleaved (one run of each per round) so load changes hit all alike."""
+    runs = {form: _session_and_feeds(path, batch, threads) for form, path in pieces.items()}
+    times: dict[str, list[float]] = {form: [] for form in pieces}
     for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for form, (session, feeds) in runs.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[form].append(time.perf_counter() - start)
+    return {form: 1e3 * float(np.median(values)) for form, values in times.items()}
 
 
 def _machine_key(settings: TuneSettings) -> str:
@@ -179,8 +186,7 @@ def tune_forms(model: ir.Model, folds: list[FoldedNorm], settings: TuneSettings)
             if key in cache:
                 results[fold.layer] = {"form": cache[key], "cached": True}
                 continue
-            ms = {form: 1e3 * _time_session(piece, settings.batch, settings.threads, settings.repeats)
-                  for form, piece in pieces.items()}
+            ms = time_forms(pieces, settings.batch, settings.threads, settings.repeats)
             best = min(ms, key=ms.__getitem__)
             cache[key] = best
             results[fold.layer] = {"form": best, "cached": False, "ms": {f: round(t, 4) for f, t in ms.items()}}

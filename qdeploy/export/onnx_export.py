@@ -40,7 +40,7 @@ DEFAULT_OPSET = translations.MIN_OPSET
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "input", "output", "batch"
 MAX_DYNAMIC_BATCH = 65536  # torch.export needs a bound; no runtime batch comes near it
-TUNE_BATCH = 1  # forms of a dynamic-batch export are timed at this batch
+TUNE_BATCH = 8  # forms of a dynamic-batch export are timed at this batch (big enough to time a layer)
 _KNOWN_NAMESPACES = {"aten", "prims", "qdeploy"}
 
 
