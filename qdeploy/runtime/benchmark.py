@@ -32,6 +32,7 @@ class Target:
     label: str
     load: EngineFactory
     base: str | None = None  # label of the unadapted model's target on the same backend
+    onnx: Path | None = None  # the ONNX file, when ONNX Runtime runs one (what --profile profiles)
 
 
 @dataclass
