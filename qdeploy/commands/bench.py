@@ -85,13 +85,14 @@ def base_targets(model_folder: Path, targets: Sequence[Target], backends: Sequen
 
 
 def print_results(results: Sequence[Measurement], console: Console, title: str = "latency") -> None:
+    """p50/p90/p99 and images/s per target (mean is in bench.json): numbers never wrap, labels do."""
     table = Table(title=f"{title} (ms; ratios of p50)")
-    for column in ("target", "batch", "thr", "p50", "p90", "p99", "mean", "img/s", "vs first", "vs base"):
-        table.add_column(column, no_wrap=column == "target", overflow="fold")  # numbers wrap, never "…"
+    for column in ("target", "batch", "thr", "p50", "p90", "p99", "img/s", "vs first", "vs base"):
+        table.add_column(column, overflow="fold", no_wrap=column != "target", min_width=3)
     ratio = lambda value: "-" if value is None else f"{value:.2f}x"  # noqa: E731
     for m in results:
         table.add_row(m.label, str(m.batch), str(m.threads), f"{m.p50_ms:.1f}", f"{m.p90_ms:.1f}", f"{m.p99_ms:.1f}",
-                      f"{m.mean_ms:.1f}", f"{m.throughput:.1f}", ratio(m.vs_first), ratio(m.vs_base))
+                      f"{m.throughput:.1f}", ratio(m.vs_first), ratio(m.vs_base))
     console.print(table)
 
 
@@ -101,7 +102,7 @@ def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
     total = profile.node_ms or 1.0
     ops = Table(title=f"profile of {title}: {profile.node_ms:.2f} ms of node time per inference")
     for column in ("op type", "ms", "share"):
-        ops.add_column(column, overflow="fold")
+        ops.add_column(column, overflow="fold", no_wrap=column != "op type")
     for op, ms in profile.by_op.items():
         ops.add_row(op, f"{ms:.3f}", f"{ms / total:.1%}")
     console.print(ops)
@@ -110,7 +111,7 @@ def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
     layers = Table(title=f"quadratic layers of {title}: {profile.layers_ms:.2f} ms "
                          f"({profile.layers_ms / total:.1%}; primary conv included)")
     for column in ("layer", "ms", "share", "by op type (ms)"):
-        layers.add_column(column, overflow="fold")
+        layers.add_column(column, overflow="fold", no_wrap=column in ("ms", "share"))
     for layer, by_op in profile.by_layer.items():
         ms = sum(by_op.values())
         detail = ", ".join(f"{op} {t:.2f}" for op, t in list(by_op.items())[:top_ops])
