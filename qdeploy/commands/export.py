@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from qdeploy.errors import QDeployError
-from qdeploy.export.forms import DEFAULT_CACHE
 from qdeploy.export.int8 import INT8_TARGETS
 from qdeploy.export.onnx_export import DEFAULT_OPSET, PRECISIONS, ExportOptions, export_model
 from qdeploy.export.report import REPORT_FILE
@@ -57,14 +56,14 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
 @click.option("--tune/--no-tune", default=True, show_default=True,
               help="Time each layer's forms on ONNX Runtime CPU and keep the fastest (cached); "
                    "--no-tune takes the default form everywhere, for reproducible files.")
-@click.option("--tune-cache", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_CACHE,
-              show_default=True, help="JSON file of measured layer forms.")
+@click.option("--tune-cache", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="JSON file of measured layer forms. [default: ~/.cache/qdeploy/layer_forms.json]")
 @click.option("--triton-repo", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write the verified model into this Triton model repository "
                    "(decomposed.onnx when exported, else fused.onnx; platform onnxruntime_onnx).")
 @click.option("--triton-name", default=None, help="Model name in --triton-repo. [default: the --out folder's name]")
 def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, input_size: str | None,
-           precision: str, calib: str | None, int8_target: str, rewrites: bool, tune: bool, tune_cache: Path,
+           precision: str, calib: str | None, int8_target: str, rewrites: bool, tune: bool, tune_cache: Path | None,
            triton_repo: Path | None, triton_name: str | None) -> None:
     """Export an adapted model folder (or a checkpoint inside one) to ONNX and verify it in ONNX Runtime."""
     folder = source if source.is_dir() else source.parent

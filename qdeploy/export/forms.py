@@ -40,7 +40,7 @@ FORMS = ("reorder", "blocked")
 DEFAULT_FORM = "blocked"  # measured faster on this project's CPUs at 64 and 224 px (README, Export)
 # Activations ONNX Runtime's NCHWc pass keeps blocked by itself: nothing to choose for them.
 BLOCKED_ACTIVATIONS = frozenset({"Relu", "Sigmoid", "Tanh", None})
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qdeploy" / "layer_forms.json"
+CACHE_NAME = "qdeploy/layer_forms.json"
 CACHE_FORMAT = "qdeploy-layer-forms/1"
 
 
@@ -51,7 +51,12 @@ class TuneSettings:
     batch: int = 1
     threads: int = 1
     repeats: int = 21
-    cache: Path | None = DEFAULT_CACHE
+    cache: Path | None = None  # None: default_cache()
+
+
+def default_cache() -> Path:
+    """The user's cache file for measured forms ($XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / CACHE_NAME
 
 
 def choosable(fold: FoldedNorm) -> bool:
@@ -148,8 +153,8 @@ def _geometry_key(piece: onnx.ModelProto) -> str:
     return hashlib.sha256(json.dumps([parts, shapes, io], default=str).encode()).hexdigest()[:24]
 
 
-def _read_cache(path: Path | None) -> dict[str, str]:
-    if path is None or not path.is_file():
+def _read_cache(path: Path) -> dict[str, str]:
+    if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text())
@@ -163,7 +168,8 @@ def tune_forms(model: ir.Model, folds: list[FoldedNorm], settings: TuneSettings)
     candidates = [fold for fold in folds if choosable(fold)]
     if not candidates:
         return {}
-    cache = _read_cache(settings.cache)
+    cache_path = settings.cache or default_cache()
+    cache = _read_cache(cache_path)
     machine = _machine_key(settings)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="qdeploy-tune-") as tmp:
@@ -190,9 +196,8 @@ def tune_forms(model: ir.Model, folds: list[FoldedNorm], settings: TuneSettings)
             best = min(ms, key=ms.__getitem__)
             cache[key] = best
             results[fold.layer] = {"form": best, "cached": False, "ms": {f: round(t, 4) for f, t in ms.items()}}
-    if settings.cache is not None:
-        settings.cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(settings.cache, {"format": CACHE_FORMAT, "forms": cache})
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(cache_path, {"format": CACHE_FORMAT, "forms": cache})
     return results
 
 

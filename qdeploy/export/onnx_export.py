@@ -27,7 +27,7 @@ from qdeploy.adaptation.checkpoint import adapted_config
 from qdeploy.adaptation.report import model_input_size
 from qdeploy.errors import QDeployError, first_line
 from qdeploy.export import translations
-from qdeploy.export.forms import DEFAULT_CACHE, TuneSettings
+from qdeploy.export.forms import TuneSettings
 from qdeploy.export.fp16 import fp16_compute
 from qdeploy.export.graph_rewrites import Forms, rewrite_graph
 from qdeploy.export.int8 import INT8_TARGETS, int8_parity, quantize_qdq
@@ -60,7 +60,7 @@ class ExportOptions:
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
     rewrites: bool = True  # exact graph rewrites (graph_rewrites.py); off: the graph as torch.onnx made it
     tune: bool = True  # time each layer's forms (forms.py); off: DEFAULT_FORM everywhere, reproducible
-    tune_cache: Path | None = DEFAULT_CACHE
+    tune_cache: Path | None = None  # None: forms.default_cache()
     calibration: str | None = None  # int8: "digits-shift" or an ImageFolder; calibrates and judges parity
     int8_target: str = INT8_TARGETS[0]
     source: str | None = field(default=None, compare=False)
