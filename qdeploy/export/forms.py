@@ -33,13 +33,16 @@ import onnx
 import onnx_ir as ir
 
 from qdeploy import atomic
+from qdeploy.errors import first_line
 from qdeploy.export.layer_names import SEPARATOR
 from qdeploy.export.norm_fold import FoldedNorm, insert_identity_conv
 
 FORMS = ("reorder", "blocked")
 DEFAULT_FORM = "blocked"  # measured faster on this project's CPUs at 64 and 224 px (README, Export)
-# Activations ONNX Runtime's NCHWc pass keeps blocked by itself: nothing to choose for them.
-BLOCKED_ACTIVATIONS = frozenset({"Relu", "Sigmoid", "Tanh", None})
+# Activations ONNX Runtime fuses into a Conv they follow but does not keep blocked after an Add
+# (its NCHWc pass keeps Relu/Sigmoid/Tanh blocked by itself; anything else, e.g. a residual
+# Add, has nothing to gain from the identity conv).
+CONV_FUSED_ACTIVATIONS = frozenset({"Clip"})
 CACHE_NAME = "qdeploy/layer_forms.json"
 CACHE_FORMAT = "qdeploy-layer-forms/1"
 
@@ -61,7 +64,7 @@ def default_cache() -> Path:
 
 def choosable(fold: FoldedNorm) -> bool:
     """Whether the layer has two forms (its activation would otherwise leave the blocked layout)."""
-    return fold.activation not in BLOCKED_ACTIVATIONS
+    return fold.activation in CONV_FUSED_ACTIVATIONS
 
 
 def apply_forms(model: ir.Model, folds: list[FoldedNorm], forms: dict[str, str]) -> None:
@@ -183,22 +186,29 @@ def tune_forms(model: ir.Model, folds: list[FoldedNorm], settings: TuneSettings)
             ir.save(copy, variants[form])
         graph = onnx.load(str(variants["reorder"]), load_external_data=False).graph
         for fold in candidates:
-            inputs, end = _boundary(fold, graph)
-            pieces = {}
-            for form, path in variants.items():
-                pieces[form] = folder / f"{form}-piece.onnx"
-                onnx.utils.extract_model(str(path), str(pieces[form]), inputs, [end], check_model=False)
-            key = f"{machine}|{_geometry_key(onnx.load(str(pieces['reorder'])))}"
-            if key in cache:
-                results[fold.layer] = {"form": cache[key], "cached": True}
-                continue
-            ms = time_forms(pieces, settings.batch, settings.threads, settings.repeats)
-            best = min(ms, key=ms.__getitem__)
-            cache[key] = best
-            results[fold.layer] = {"form": best, "cached": False, "ms": {f: round(t, 4) for f, t in ms.items()}}
+            try:
+                results[fold.layer] = _measure(fold, graph, variants, folder, machine, cache, settings)
+            except Exception as exc:  # a piece ONNX Runtime cannot cut out or run: keep the default, say why
+                results[fold.layer] = {"form": DEFAULT_FORM, "tuned": False, "error": first_line(exc)}
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(cache_path, {"format": CACHE_FORMAT, "forms": cache})
     return results
+
+
+def _measure(fold: FoldedNorm, graph: onnx.GraphProto, variants: dict[str, Path], folder: Path, machine: str,
+             cache: dict[str, str], settings: TuneSettings) -> dict:
+    """The layer's form from the cache, or timed (and stored in `cache`)."""
+    inputs, end = _boundary(fold, graph)
+    pieces = {}
+    for form, path in variants.items():
+        pieces[form] = folder / f"{form}-piece.onnx"
+        onnx.utils.extract_model(str(path), str(pieces[form]), inputs, [end], check_model=False)
+    key = f"{machine}|{_geometry_key(onnx.load(str(pieces['reorder'])))}"
+    if key in cache:
+        return {"form": cache[key], "cached": True}
+    ms = time_forms(pieces, settings.batch, settings.threads, settings.repeats)
+    cache[key] = min(ms, key=ms.__getitem__)
+    return {"form": cache[key], "cached": False, "ms": {f: round(t, 4) for f, t in ms.items()}}
 
 
 def _same_folds(copy: ir.Model, folds: list[FoldedNorm]) -> list[FoldedNorm]:
