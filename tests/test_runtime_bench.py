@@ -44,6 +44,16 @@ def test_ratios_against_first_and_base(tiny_export) -> None:
         run_benchmark([Target("a", load), Target("a", load)], (1,), (1,))
 
 
+def test_rounds_interleave_targets_and_pool_their_runs(tiny_export) -> None:
+    path = tiny_export.onnx / "decomposed.onnx"
+    order: list[str] = []
+    load = lambda threads: load_engine(path, "ort-cpu", threads)  # noqa: E731
+    results = run_benchmark([Target("a", load), Target("b", load)], batches=(1,), threads=(1,), warmup=0,
+                            iterations=6, rounds=3, progress=order.append)
+    assert [m.iterations for m in results] == [6, 6]  # 2 runs per round, pooled over 3 rounds
+    assert [text.split()[0] for text in order] == ["a", "b"] * 3  # the targets take turns
+
+
 def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
     out = tmp_path / "bench"
     result = CliRunner().invoke(main, ["bench", str(tiny_export.onnx), "--batch", "1,2", "--threads", "1",
