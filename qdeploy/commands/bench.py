@@ -132,6 +132,8 @@ def machine() -> dict[str, object]:
 @click.option("--warmup", default=5, show_default=True, help="Untimed runs before timing.")
 @click.option("--iterations", default=100, show_default=True, help="Timed runs (at most).")
 @click.option("--time-budget", type=float, default=None, help="Seconds per measurement (stops early).")
+@click.option("--rounds", default=1, show_default=True,
+              help="Interleave the targets: each of N rounds times every target (a share of the runs).")
 @click.option("--base/--no-base", default=True, show_default=True,
               help="Also run the unadapted base model (needs the adapted model folder or an export report naming it).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench"), show_default=True,
@@ -139,7 +141,7 @@ def machine() -> dict[str, object]:
 @click.option("--profile", is_flag=True, help="Also profile every ONNX file on ort-cpu (ONNX Runtime's profiler): "
               "time per op type and per quadratic layer, at each batch and thread count.")
 def bench(models: tuple[Path, ...], backends: tuple[str, ...], batches: str, threads: str | None, warmup: int,
-          iterations: int, time_budget: float | None, base: bool, out: Path, profile: bool) -> None:
+          iterations: int, time_budget: float | None, rounds: int, base: bool, out: Path, profile: bool) -> None:
     """Measure latency (p50/p90/p99/mean) and throughput of MODELS side by side."""
     batch_sizes = parse_ints(batches, "--batch", minimum=1)
     thread_counts = parse_ints(threads, "--threads") if threads else (os.cpu_count() or 1,)
@@ -151,7 +153,7 @@ def bench(models: tuple[Path, ...], backends: tuple[str, ...], batches: str, thr
     console = Console()
     with console.status("benchmarking") as status:
         results = run_benchmark(targets, batch_sizes, thread_counts, warmup, iterations, time_budget,
-                                progress=lambda text: status.update(f"benchmarking {text}"))
+                                progress=lambda text: status.update(f"benchmarking {text}"), rounds=rounds)
     paths = write_results(results, out, {"machine": machine(), "models": [str(m) for m in models]})
     print_results(results, console)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
