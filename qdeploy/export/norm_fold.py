@@ -16,7 +16,7 @@ NCHWc pass), and its NCHWc pass keeps only Relu/Sigmoid/Tanh in the blocked layo
 `clip-conv` form therefore puts an identity depthwise 1x1 Conv (weights 1, bias 0: exact)
 between the Add and the Clip, which ONNX Runtime fuses with the Clip: one blocked pass
 instead of two reorders and a plain Clip. Whether that is faster is measured per layer by
-the tuner (tuning.py); `fold_norms` only records where it applies.
+the tuner (forms.py); `fold_norms` only records where it applies.
 
 The rewrites change weights and add nodes around the fused plugin nodes, never the nodes
 themselves (plugins/README.md's contract is unchanged).
@@ -55,7 +55,7 @@ class FoldedNorm:
     activation: str | None  # op type of the sole consumer of the sum, if any
 
 
-def _single_use(value: ir.Value, graph: ir.Graph) -> bool:
+def _single_use(value: ir.Value) -> bool:
     return len(value.uses()) == 1 and not value.is_graph_output()
 
 
@@ -83,10 +83,10 @@ def _conv_scalable(node: ir.Node | None, channels: int) -> _Scalable | None:
     return _Scalable(node, 1, 2)
 
 
-def _branch(value: ir.Value, graph: ir.Graph, channels: int) -> _Scalable | None:
+def _branch(value: ir.Value, channels: int) -> _Scalable | None:
     """How to scale the branch that produces `value` per channel, or None when it cannot be done exactly here."""
     node = value.producer()
-    if node is None or not _single_use(value, graph):
+    if node is None or not _single_use(value):
         return None
     if node.domain == PLUGIN_DOMAIN and node.op_type in _PLUGIN_SCALE_SLOTS:
         weight_slot, bias_slot = _PLUGIN_SCALE_SLOTS[node.op_type]
@@ -96,7 +96,7 @@ def _branch(value: ir.Value, graph: ir.Graph, channels: int) -> _Scalable | None
             return None
         return _Scalable(node, weight_slot, bias_slot)
     if node.domain == "" and node.op_type == "Mul":  # A(x) * B(x) of a depthwise layer: scale A
-        factors = [_conv_scalable(v.producer(), channels) if v is not None and _single_use(v, graph) else None
+        factors = [_conv_scalable(v.producer(), channels) if v is not None and _single_use(v) else None
                    for v in node.inputs]
         return factors[0] if all(factors) else None
     return _conv_scalable(node, channels)
@@ -112,7 +112,7 @@ def _layer_name(branches: list[_Scalable]) -> str:
     return branches[0].node.inputs[branches[0].weight_slot].name or "?"
 
 
-def _set_initializer(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:
+def _set_initializer(value: ir.Value, array: np.ndarray) -> None:
     value.const_value = ir.tensor(array, name=value.name)
     value.shape = ir.Shape(array.shape)
 
@@ -123,12 +123,12 @@ def _scale(graph: ir.Graph, branch: _Scalable, scale: np.ndarray, shift: np.ndar
     weight = node.inputs[branch.weight_slot]
     dtype = weight.const_value.numpy().dtype
     array = weight.const_value.numpy().astype(np.float64)
-    _set_initializer(graph, weight, (array * scale.reshape(-1, *[1] * (array.ndim - 1))).astype(dtype))
+    _set_initializer(weight, (array * scale.reshape(-1, *[1] * (array.ndim - 1))).astype(dtype))
     bias = node.inputs[branch.bias_slot] if len(node.inputs) > branch.bias_slot else None
     old = np.zeros(len(scale)) if bias is None else bias.const_value.numpy().astype(np.float64)
     new = (old * scale + (0.0 if shift is None else shift)).astype(dtype)
     if bias is not None:
-        _set_initializer(graph, bias, new)
+        _set_initializer(bias, new)
         return
     name = f"{weight.name.removesuffix('.weight')}.bias" if weight.name else None
     value = ir.Value(name=name, shape=ir.Shape(new.shape), type=ir.TensorType(weight.dtype),
@@ -165,10 +165,10 @@ def fold_norms(model: ir.Model) -> list[FoldedNorm]:
         affine = _affine(node)
         total = node.inputs[0]
         add = total.producer() if total is not None else None
-        if affine is None or add is None or add.op_type != "Add" or add.domain != "" or not _single_use(total, graph):
+        if affine is None or add is None or add.op_type != "Add" or add.domain != "" or not _single_use(total):
             continue
         scale, shift = affine
-        branches = [_branch(v, graph, len(scale)) for v in add.inputs]
+        branches = [_branch(v, len(scale)) for v in add.inputs]
         if not all(branches) or node.outputs[0].is_graph_output():
             continue
         _scale(graph, branches[0], scale, shift)  # type: ignore[arg-type]
