@@ -20,7 +20,7 @@ from qdeploy.adaptation import quadratic_layers
 from qdeploy.export import ExportOptions, export_model, ort_session
 from qdeploy.export.forms import FORMS, TuneSettings
 from qdeploy.export.graph_rewrites import rewrite_graph
-from qdeploy.export.layer_names import layer_of
+from qdeploy.export.layer_names import layer_of, part_of
 from qdeploy.export.norm_fold import fold_norms
 from qdeploy.models.sources import load_base_model
 from tests.test_export import adapted
@@ -129,3 +129,5 @@ def test_export_records_rewrites_and_no_tune_is_reproducible(plain, tmp_path) ->
     nodes = onnx.load(str(tmp_path / "a" / "decomposed.onnx")).graph.node
     named = {layer_of(node.name) for node in nodes} - {None}
     assert named == set(quadratic_layers(model))  # every layer's nodes carry its name (for --profile)
+    parts = Counter(part_of(node.name) for node in nodes if layer_of(node.name))
+    assert parts == {"primary": 17, "quad": 3 * 17, "sum": 17, "blocked": 17}  # P; A, B, Mul; Add; identity conv

@@ -102,8 +102,10 @@ def test_profile_summary_sums_kernel_events_per_op_and_per_layer() -> None:
 
     events = [
         {"cat": "Session", "name": "model_run", "ts": 0, "dur": 999},
-        {"cat": "Node", "name": "blocks.0.conv_dw/Conv_0_nchwc_kernel_time", "dur": 4000, "args": {"op_name": "Conv"}},
-        {"cat": "Node", "name": "blocks.0.conv_dw/Mul_3_kernel_time", "dur": 1000, "args": {"op_name": "Mul"}},
+        {"cat": "Node", "name": "blocks.0.conv_dw/quad.Conv_1_nchwc_kernel_time", "dur": 3000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "blocks.0.conv_dw/primary.Conv_0_nchwc_kernel_time", "dur": 1000,
+         "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "blocks.0.conv_dw/quad.Mul_3_kernel_time", "dur": 1000, "args": {"op_name": "Mul"}},
         {"cat": "Node", "name": "blocks.1.conv_dw/Conv_1_kernel_time", "dur": 2000, "args": {"op_name": "Conv"}},
         {"cat": "Node", "name": "node_Conv_7_kernel_time", "dur": 3000, "args": {"op_name": "Conv"}},
         {"cat": "Node", "name": "node_Conv_7_fence_before", "dur": 50, "args": {"op_name": "Conv"}},
@@ -111,7 +113,7 @@ def test_profile_summary_sums_kernel_events_per_op_and_per_layer() -> None:
     total, by_op, by_layer = summarize(events, runs=2)
     assert total == pytest.approx(5.0) and by_op == pytest.approx({"Conv": 4.5, "Mul": 0.5})
     assert list(by_op) == ["Conv", "Mul"]  # costliest first
-    assert by_layer == {"blocks.0.conv_dw": pytest.approx({"Conv": 2.0, "Mul": 0.5}),
+    assert by_layer == {"blocks.0.conv_dw": pytest.approx({"quad Conv": 1.5, "primary Conv": 0.5, "quad Mul": 0.5}),
                         "blocks.1.conv_dw": pytest.approx({"Conv": 1.0})}
 
 

@@ -19,7 +19,8 @@ SEPARATOR = "/"
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # torch.onnx's module path of each node
 
 
-def _layer_of_node(node: ir.Node, layers: frozenset[str]) -> str | None:
+def _layer_of_node(node: ir.Node, layers: frozenset[str]) -> tuple[str, str] | None:
+    """(layer, part): part is `primary` or `quad` (the branch the node computes), or `sum`."""
     scopes = node.metadata_props.get(_SCOPES_KEY)
     if not scopes:
         return None
@@ -27,7 +28,16 @@ def _layer_of_node(node: ir.Node, layers: frozenset[str]) -> str | None:
         names = ast.literal_eval(scopes)
     except (ValueError, SyntaxError):
         return None
-    return next((name for name in reversed(names) if name in layers), None)
+    layer = next((name for name in reversed(names) if name in layers), None)
+    if layer is None:
+        return None
+    part = next((p for p in ("primary", "quad") if f"{layer}.{p}" in names), "sum")
+    return layer, part
+
+
+def node_name(layer: str, part: str, op_type: str, index: int) -> str:
+    """`<layer>/<part>.<op>_<index>`: what the profiler groups by (layer_of, part_of)."""
+    return f"{layer}{SEPARATOR}{part}.{op_type}_{index}"
 
 
 def name_layer_nodes(model: ir.Model, layers: Iterable[str]) -> int:
@@ -37,11 +47,12 @@ def name_layer_nodes(model: ir.Model, layers: Iterable[str]) -> int:
     renamed = 0
     taken = {v.name for v in model.graph.initializers.values()} | {v.name for v in model.graph.inputs}
     for node in model.graph:
-        layer = _layer_of_node(node, wanted)
-        if layer is None or node.domain == PLUGIN_DOMAIN:  # plugin nodes keep their layer's own name
+        found = _layer_of_node(node, wanted)
+        if found is None or node.domain == PLUGIN_DOMAIN:  # plugin nodes keep their layer's own name
             continue
+        layer, part = found
         index = counts[layer] = counts.get(layer, -1) + 1
-        node.name = f"{layer}{SEPARATOR}{node.op_type}_{index}"
+        node.name = node_name(layer, part, node.op_type, index)
         for position, value in enumerate(node.outputs):
             if value.is_graph_output():
                 continue
@@ -57,3 +68,10 @@ def layer_of(runtime_name: str) -> str | None:
     """The quadratic layer a runtime node name (ONNX Runtime's, possibly suffixed) belongs to, if any."""
     head, separator, _ = runtime_name.partition(SEPARATOR)
     return head if separator else None
+
+
+def part_of(runtime_name: str) -> str:
+    """`primary`, `quad`, `sum`, `blocked` (the activation form) of a layer's runtime node name, else ``."""
+    tail = runtime_name.partition(SEPARATOR)[2]
+    part, dot, _ = tail.partition(".")
+    return part if dot else ""

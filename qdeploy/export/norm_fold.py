@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from qdeploy.export.layer_names import SEPARATOR
+from qdeploy.export.layer_names import node_name
 from qdeploy.plugin_contract import CONV_OP, LINEAR_OP, PLUGIN_DOMAIN, PRODUCT_OP
 
 # Input slots (weight, bias) whose output channels scale the node's output, per plugin op.
@@ -198,7 +198,7 @@ def insert_identity_conv(model: ir.Model, fold: FoldedNorm) -> None:
         raise ValueError(f"the sum of {fold.layer} has no static channel count")
     consumers = value.uses()
     dtype = value.dtype.numpy()
-    base = f"{fold.layer}{SEPARATOR}blocked"
+    base = node_name(fold.layer, "blocked", "Conv", 0)
     weight = ir.Value(name=f"{base}.weight", shape=ir.Shape([channels, 1, 1, 1]), type=ir.TensorType(value.dtype),
                       const_value=ir.tensor(np.ones((channels, 1, 1, 1), dtype), name=f"{base}.weight"))
     bias = ir.Value(name=f"{base}.bias", shape=ir.Shape([channels]), type=ir.TensorType(value.dtype),
@@ -206,9 +206,9 @@ def insert_identity_conv(model: ir.Model, fold: FoldedNorm) -> None:
     graph.register_initializer(weight)
     graph.register_initializer(bias)
     conv = ir.node("Conv", [value, weight, bias], attributes={"group": channels, "kernel_shape": [1, 1]},
-                   name=f"{base}_conv", num_outputs=1)
+                   name=base, num_outputs=1)
     out = conv.outputs[0]
-    out.name, out.shape, out.type = f"{base}_conv", value.shape, value.type
+    out.name, out.shape, out.type = base, value.shape, value.type
     graph.insert_after(value.producer(), conv)
     for use in consumers:
         use.node.replace_input_with(use.idx, out)

@@ -3,7 +3,9 @@
 ONNX Runtime's profiler writes one event per node run (`<node name>_kernel_time`, op type,
 microseconds). The exporter names a quadratic layer's nodes `<layer>/<op>` and ONNX Runtime
 keeps that prefix on the nodes it makes from them (export/layer_names.py), so summing the
-events by prefix gives each adapted layer's cost; everything else is summed by op type only.
+events by prefix gives each adapted layer's cost, split by part (`primary Conv`, `quad Conv`
+for the factors A and B, `quad Mul`, `blocked Conv` for the fused activation form); every
+event also counts in the per-op-type totals.
 Times are per inference: the sum over `runs` timed runs (after a warm-up) divided by `runs`.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from qdeploy.errors import QDeployError, first_line
-from qdeploy.export.layer_names import layer_of
+from qdeploy.export.layer_names import layer_of, part_of
 
 _KERNEL_SUFFIX = "_kernel_time"
 
@@ -34,7 +36,7 @@ class Profile:
     runs: int
     node_ms: float
     by_op: dict[str, float] = field(default_factory=dict)
-    by_layer: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> op -> ms
+    by_layer: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> "<part> <op>" -> ms
 
     @property
     def layers_ms(self) -> float:
@@ -57,9 +59,11 @@ def summarize(events: list[dict[str, Any]], runs: int) -> tuple[float, dict[str,
         op = event.get("args", {}).get("op_name", "?")
         total += ms
         by_op[op] += ms
-        layer = layer_of(name.removesuffix(_KERNEL_SUFFIX))
+        node = name.removesuffix(_KERNEL_SUFFIX)
+        layer = layer_of(node)
         if layer is not None:
-            by_layer[layer][op] += ms
+            part = part_of(node)
+            by_layer[layer][f"{part} {op}" if part else op] += ms
     ordered_ops = dict(sorted(by_op.items(), key=lambda item: -item[1]))
     layers = {layer: dict(sorted(ops.items(), key=lambda item: -item[1])) for layer, ops in by_layer.items()}
     return total, ordered_ops, layers
