@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import onnx_ir as ir
 
 from qdeploy.export.forms import DEFAULT_FORM, TuneSettings, apply_forms, choosable, tune_forms
 from qdeploy.export.layer_names import name_layer_nodes
-from qdeploy.export.norm_fold import fold_norms
+from qdeploy.export.norm_fold import FOLDED_NORMS_KEY, fold_norms
 
 Forms = dict[str, dict[str, Any]]  # layer -> {"form": ..., timings or "cached"}
 
@@ -28,6 +29,7 @@ def rewrite_graph(model: ir.Model, layers: Sequence[str], tune: TuneSettings | N
     """
     name_layer_nodes(model, layers)
     folds = fold_norms(model)
+    model.metadata_props[FOLDED_NORMS_KEY] = json.dumps({f.layer: f.norm_module for f in folds}, sort_keys=True)
     if forms is None:
         if tune is None:
             forms = {fold.layer: {"form": DEFAULT_FORM, "tuned": False} for fold in folds if choosable(fold)}

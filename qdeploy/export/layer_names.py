@@ -19,15 +19,18 @@ SEPARATOR = "/"
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # torch.onnx's module path of each node
 
 
+def scopes_of(node: ir.Node) -> list[str]:
+    """The module path torch.onnx recorded for `node` (outermost first, the op's own name last), or []."""
+    scopes = node.metadata_props.get(_SCOPES_KEY)
+    try:
+        return list(ast.literal_eval(scopes)) if scopes else []
+    except (ValueError, SyntaxError):
+        return []
+
+
 def _layer_of_node(node: ir.Node, layers: frozenset[str]) -> tuple[str, str] | None:
     """(layer, part): part is `primary` or `quad` (the branch the node computes), or `sum`."""
-    scopes = node.metadata_props.get(_SCOPES_KEY)
-    if not scopes:
-        return None
-    try:
-        names = ast.literal_eval(scopes)
-    except (ValueError, SyntaxError):
-        return None
+    names = scopes_of(node)
     layer = next((name for name in reversed(names) if name in layers), None)
     if layer is None:
         return None

@@ -29,8 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from qdeploy.export.layer_names import node_name
+from qdeploy.export.layer_names import node_name, scopes_of
 from qdeploy.plugin_contract import CONV_OP, LINEAR_OP, PLUGIN_DOMAIN, PRODUCT_OP
+
+# Model metadata: {quadratic layer: norm module folded into it}, so the drift localizer
+# (runtime/drift.py) compares the layer's tensor, now BN(P(x) + Q(x)), with BN of PyTorch's output.
+FOLDED_NORMS_KEY = "qdeploy.folded_norms"
 
 # Input slots (weight, bias) whose output channels scale the node's output, per plugin op.
 _PLUGIN_SCALE_SLOTS = {CONV_OP: (5, 6), LINEAR_OP: (5, 6), PRODUCT_OP: (1, 2)}
@@ -53,6 +57,7 @@ class FoldedNorm:
     layer: str  # the quadratic layer's name, from its weights
     sum_output: ir.Value
     activation: str | None  # op type of the sole consumer of the sum, if any
+    norm_module: str | None = None  # the PyTorch module the norm came from (torch.onnx's scopes)
 
 
 def _single_use(value: ir.Value) -> bool:
@@ -173,7 +178,7 @@ def fold_norms(model: ir.Model) -> list[FoldedNorm]:
             continue
         _scale(graph, branches[0], scale, shift)  # type: ignore[arg-type]
         _scale(graph, branches[1], scale, None)  # type: ignore[arg-type]
-        out, params = node.outputs[0], list(node.inputs[1:])
+        out, params, scopes = node.outputs[0], list(node.inputs[1:]), scopes_of(node)
         ir.convenience.replace_all_uses_with(out, total)
         graph.remove(node, safe=True)
         for value in params:
@@ -181,7 +186,8 @@ def fold_norms(model: ir.Model) -> list[FoldedNorm]:
                 graph.initializers.pop(value.name)
         uses = total.uses()
         activation = uses[0].node.op_type if len(uses) == 1 else None
-        folded.append(FoldedNorm(node.name or out.name or "?", _layer_name(branches), total, activation))  # type: ignore[arg-type]
+        folded.append(FoldedNorm(node.name or out.name or "?", _layer_name(branches), total, activation,  # type: ignore[arg-type]
+                                 scopes[-2] if len(scopes) >= 2 else None))
     return folded
 
 
