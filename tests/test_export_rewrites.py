@@ -28,9 +28,24 @@ from tests.test_export import adapted
 SIZE = (3, 64, 64)
 
 
+def trained_like_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BN statistics and affine parameters: at their init (mean 0, var 1, 1, 0) a fold that drops the
+    shift or the scale would go unnoticed."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                channels = module.num_features
+                module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(channels, generator=generator) * 0.5)
+    return model
+
+
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
-    model = adapted(load_base_model("mobilenetv2_035", pretrained=False))
+    model = adapted(trained_like_norms(load_base_model("mobilenetv2_035", pretrained=False)))
     out = tmp_path_factory.mktemp("plain")
     export_model(model, out / "onnx", ExportOptions(input_size=SIZE[1:], modes=("decomposed",), rewrites=False))
     return model, out / "onnx" / "decomposed.onnx"
