@@ -145,4 +145,4 @@ def test_export_records_rewrites_and_no_tune_is_reproducible(plain, tmp_path) ->
     named = {layer_of(node.name) for node in nodes} - {None}
     assert named == set(quadratic_layers(model))  # every layer's nodes carry its name (for --profile)
     parts = Counter(part_of(node.name) for node in nodes if layer_of(node.name))
-    assert parts == {"primary": 17, "quad": 3 * 17, "sum": 17, "blocked": 17}  # P; A, B, Mul; Add; identity conv
+    assert parts == {"primary": 17, "quad": 3 * 17, "sum": 17, "blocked": 2 * 17}  # P; A, B, Mul; Add; conv + Clip

@@ -218,3 +218,8 @@ def insert_identity_conv(model: ir.Model, fold: FoldedNorm) -> None:
     graph.insert_after(value.producer(), conv)
     for use in consumers:
         use.node.replace_input_with(use.idx, out)
+        # ONNX Runtime names the fused Conv+Clip after the activation: name it for the layer too (profiles)
+        use.node.name = node_name(fold.layer, "blocked", use.node.op_type, 1)
+        activation_out = use.node.outputs[0]
+        if not activation_out.is_graph_output():
+            activation_out.name = use.node.name
