@@ -208,7 +208,7 @@ def _measure(fold: FoldedNorm, graph: onnx.GraphProto, variants: dict[str, Path]
         return {"form": cache[key], "cached": True}
     ms = time_forms(pieces, settings.batch, settings.threads, settings.repeats)
     cache[key] = min(ms, key=ms.__getitem__)
-    return {"form": cache[key], "cached": False, "ms": {f: round(t, 4) for f, t in ms.items()}}
+    return {"form": cache[key], "cached": False, "ms": ms}  # unrounded: rounding could tie the two
 
 
 def _same_folds(copy: ir.Model, folds: list[FoldedNorm]) -> list[FoldedNorm]:
