@@ -44,6 +44,16 @@ def test_ratios_against_first_and_base(tiny_export) -> None:
         run_benchmark([Target("a", load), Target("a", load)], (1,), (1,))
 
 
+def test_rounds_interleave_targets_and_pool_their_runs(tiny_export) -> None:
+    path = tiny_export.onnx / "decomposed.onnx"
+    order: list[str] = []
+    load = lambda threads: load_engine(path, "ort-cpu", threads)  # noqa: E731
+    results = run_benchmark([Target("a", load), Target("b", load)], batches=(1,), threads=(1,), warmup=0,
+                            iterations=6, rounds=3, progress=order.append)
+    assert [m.iterations for m in results] == [6, 6]  # 2 runs per round, pooled over 3 rounds
+    assert [text.split()[0] for text in order] == ["a", "b"] * 3  # the targets take turns
+
+
 def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
     out = tmp_path / "bench"
     result = CliRunner().invoke(main, ["bench", str(tiny_export.onnx), "--batch", "1,2", "--threads", "1",
@@ -85,3 +95,40 @@ def test_bench_cli_errors(tiny_export, tmp_path) -> None:
     assert not (tmp_path / "p").exists()
     result = runner.invoke(main, ["bench", str(tmp_path / "nope.onnx"), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "nope.onnx does not exist" in result.output
+
+
+def test_profile_summary_sums_kernel_events_per_op_and_per_layer() -> None:
+    from qdeploy.runtime.profile import summarize
+
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 999},
+        {"cat": "Node", "name": "blocks.0.conv_dw/quad.Conv_1_nchwc_kernel_time", "dur": 3000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "blocks.0.conv_dw/primary.Conv_0_nchwc_kernel_time", "dur": 1000,
+         "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "blocks.0.conv_dw/quad.Mul_3_kernel_time", "dur": 1000, "args": {"op_name": "Mul"}},
+        {"cat": "Node", "name": "blocks.1.conv_dw/Conv_1_kernel_time", "dur": 2000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "node_Conv_7_kernel_time", "dur": 3000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "node_Conv_7_fence_before", "dur": 50, "args": {"op_name": "Conv"}},
+    ]
+    total, by_op, by_layer = summarize(events, runs=2)
+    assert total == pytest.approx(5.0) and by_op == pytest.approx({"Conv": 4.5, "Mul": 0.5})
+    assert list(by_op) == ["Conv", "Mul"]  # costliest first
+    assert by_layer == {"blocks.0.conv_dw": pytest.approx({"quad Conv": 1.5, "primary Conv": 0.5, "quad Mul": 0.5}),
+                        "blocks.1.conv_dw": pytest.approx({"Conv": 1.0})}
+
+
+def test_bench_profile_attributes_time_to_every_quadratic_layer(tiny_export, tmp_path) -> None:
+    from qdeploy.adaptation import quadratic_layers
+
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(main, ["bench", str(tiny_export.onnx / "decomposed.onnx"), "--no-base", "--batch", "2",
+                                       "--threads", "1", "--warmup", "1", "--iterations", "3", "--profile",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    profiles = json.loads((out / "profile.json").read_text())["profiles"]
+    assert len(profiles) == 1 and profiles[0]["batch"] == 2 and profiles[0]["runs"] == 3
+    profile = profiles[0]
+    assert set(profile["by_layer"]) == set(quadratic_layers(tiny_export.model))
+    assert sum(profile["by_op"].values()) == pytest.approx(profile["node_ms"])
+    assert 0 < profile["layers_ms"] < profile["node_ms"]
+    assert "quadratic layers of decomposed.onnx" in result.output and "…" not in result.output

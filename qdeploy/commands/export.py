@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from qdeploy.errors import QDeployError
-from qdeploy.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_model
+from qdeploy.export.int8 import INT8_TARGETS
+from qdeploy.export.onnx_export import DEFAULT_OPSET, PRECISIONS, ExportOptions, export_model
 from qdeploy.export.report import REPORT_FILE
 from qdeploy.export.source import load_source
 
@@ -42,21 +43,40 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True, help="Default-domain ONNX opset (18-23).")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--input-size", default=None, help="Spatial size HxW (fixed in the graph). [default: the model's]")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: the graph computes in float16 with float32 input and output.")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+              help="fp16: the graph computes in float16 with float32 input and output; int8: static QDQ "
+                   "quantization (decomposed file), calibrated and checked on --calib.")
+@click.option("--calib", default=None,
+              help="int8 calibration and parity images: 'digits-shift' or an ImageFolder. "
+                   "[default: the data the model was trained on]")
+@click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=INT8_TARGETS[0], show_default=True,
+              help="ort-cpu: uint8 activations (fast on x86 CPUs); tensorrt: symmetric int8 activations.")
+@click.option("--rewrites/--no-rewrites", default=True, show_default=True,
+              help="Exact graph rewrites: fold the norm after each quadratic layer, per-layer activation form.")
+@click.option("--tune/--no-tune", default=True, show_default=True,
+              help="Time each layer's forms on ONNX Runtime CPU and keep the fastest (cached); "
+                   "--no-tune takes the default form everywhere, for reproducible files.")
+@click.option("--tune-cache", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="JSON file of measured layer forms. [default: ~/.cache/qdeploy/layer_forms.json]")
 @click.option("--triton-repo", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write the verified model into this Triton model repository "
                    "(decomposed.onnx when exported, else fused.onnx; platform onnxruntime_onnx).")
 @click.option("--triton-name", default=None, help="Model name in --triton-repo. [default: the --out folder's name]")
 def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, input_size: str | None,
-           precision: str, triton_repo: Path | None, triton_name: str | None) -> None:
+           precision: str, calib: str | None, int8_target: str, rewrites: bool, tune: bool, tune_cache: Path | None,
+           triton_repo: Path | None, triton_name: str | None) -> None:
     """Export an adapted model folder (or a checkpoint inside one) to ONNX and verify it in ONNX Runtime."""
+    folder = source if source.is_dir() else source.parent
+    if precision == "int8" and calib is None:
+        from qdeploy.runtime.torch_engine import training_info
+
+        calib = training_info(folder).get("data")
     options = ExportOptions(
         modes=("decomposed", "fused") if mode == "both" else (mode,),
         opset=opset, batch=_batch(batch), input_size=_input_size(input_size), precision=precision,
+        rewrites=rewrites, tune=tune, tune_cache=tune_cache, calibration=calib, int8_target=int8_target,
         source=str(source),
     )
-    folder = source if source.is_dir() else source.parent
     out = out or Path("export") / f"{folder.resolve().name}-onnx"
     if triton_repo is not None:
         from qdeploy.serving.repository import check_model_name
@@ -78,8 +98,24 @@ def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, in
     tolerance = report["tolerance"]
     console.print(f"parity passed (tolerance atol {tolerance['atol']:.0e} + rtol {tolerance['rtol']:.0e} of the "
                   f"output scale); report: {out / REPORT_FILE}")
+    for info in report["files"].values():
+        _print_rewrites(info, console)
     if triton_repo is not None:
         _write_triton(triton_repo, triton_name, out / report["files"][options.modes[0]]["file"], options.batch)
+
+
+def _print_rewrites(info: dict, console: Console) -> None:
+    """One line on the rewrites of a file and, for int8, one on its answers."""
+    rewrites = info["rewrites"]
+    if rewrites["enabled"]:
+        forms = [layer.get("form") for layer in rewrites["layers"].values() if layer.get("form")]
+        counts = ", ".join(f"{forms.count(f)} {f}" for f in sorted(set(forms))) or "none to choose"
+        console.print(f"{info['file']}: {rewrites['folded_norms']} norms folded into quadratic layers; "
+                      f"activation forms: {counts}")
+    if "int8" in info:
+        q = info["int8"]
+        console.print(f"{info['file']}: int8 top-1 agreement {q['top1_agreement']:.1%} on {q['images']} images, "
+                      f"accuracy {q['int8_accuracy']:.1%} (PyTorch {q['reference_accuracy']:.1%})")
 
 
 def _write_triton(repo: Path, name: str, model_path: Path, batch: int | None) -> None:

@@ -9,11 +9,14 @@ inference) and run by ONNX Runtime against PyTorch before the output folder is r
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import onnx_ir as ir
 import torch
 from torch import nn
@@ -24,19 +27,24 @@ from qdeploy.adaptation.checkpoint import adapted_config
 from qdeploy.adaptation.report import model_input_size
 from qdeploy.errors import QDeployError, first_line
 from qdeploy.export import translations
+from qdeploy.export.forms import TuneSettings
 from qdeploy.export.fp16 import fp16_compute
+from qdeploy.export.graph_rewrites import Forms, rewrite_graph
+from qdeploy.export.int8 import INT8_TARGETS, int8_parity, quantize_qdq
 from qdeploy.export.rewrite import export_copy
 from qdeploy.export.parity import PRESETS, check_parity, random_batch, sample_batch
 from qdeploy.export.report import REPORT_FORMAT, files_bytes, node_counts, weights_sha256, write_report
 from qdeploy.export.validate import check_onnx_file
 
 MODES = ("decomposed", "fused")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = translations.MIN_OPSET
 # Protobuf messages stop at 2 GiB; keep headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "input", "output", "batch"
 MAX_DYNAMIC_BATCH = 65536  # torch.export needs a bound; no runtime batch comes near it
+CALIBRATION_IMAGES = 256  # int8 calibrates on the first of the eval images (parity uses them all)
+TUNE_BATCH = 8  # forms of a dynamic-batch export are timed at this batch (big enough to time a layer)
 _KNOWN_NAMESPACES = {"aten", "prims", "qdeploy"}
 
 
@@ -50,14 +58,32 @@ class ExportOptions:
     input_size: tuple[int, int] | None = None
     precision: str = "fp32"
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    rewrites: bool = True  # exact graph rewrites (graph_rewrites.py); off: the graph as torch.onnx made it
+    tune: bool = True  # time each layer's forms (forms.py); off: DEFAULT_FORM everywhere, reproducible
+    tune_cache: Path | None = None  # None: forms.default_cache()
+    calibration: str | None = None  # int8: "digits-shift" or an ImageFolder; calibrates and judges parity
+    int8_target: str = INT8_TARGETS[0]
     source: str | None = field(default=None, compare=False)
+
+    def tune_settings(self) -> TuneSettings | None:
+        """Tune at the export's batch (or TUNE_BATCH when dynamic) with this machine's threads."""
+        if not self.tune:
+            return None
+        return TuneSettings(batch=self.batch or TUNE_BATCH, threads=os.cpu_count() or 1, cache=self.tune_cache)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modes) - set(MODES))
         if unknown or not self.modes:
             raise QDeployError(f"unknown export mode(s) {unknown or 'none'}; use decomposed, fused or both")
         if self.precision not in PRECISIONS:
-            raise QDeployError(f"unknown precision {self.precision!r}; use fp32 or fp16")
+            raise QDeployError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.precision == "int8" and self.modes != ("decomposed",):
+            raise QDeployError("--precision int8 quantizes the decomposed file only; pass --mode decomposed")
+        if self.precision == "int8" and not self.calibration:
+            raise QDeployError("--precision int8 needs calibration images and the model records no training data; "
+                               "pass --calib DIR (an ImageFolder) or --calib digits-shift")
+        if self.int8_target not in INT8_TARGETS:
+            raise QDeployError(f"unknown int8 target {self.int8_target!r}; use {' or '.join(INT8_TARGETS)}")
         if not translations.MIN_OPSET <= self.opset <= translations.MAX_OPSET:
             raise QDeployError(f"opset {self.opset} is not supported; use {translations.MIN_OPSET}..{translations.MAX_OPSET}")
         if self.batch is not None and self.batch < 1:
@@ -187,6 +213,45 @@ def _input_sets(model: nn.Module, shape: tuple[int, int, int], batch: int | None
     return sets
 
 
+def _calibration_set(model: nn.Module, shape: tuple[int, int, int], options: ExportOptions):
+    """The labelled images that calibrate and judge an int8 export (None for other precisions)."""
+    if options.precision != "int8":
+        return None
+    from qdeploy.runtime.eval_set import load_eval_set
+
+    return load_eval_set(options.calibration, model, shape[1:])  # type: ignore[arg-type]
+
+
+def _quantize(model: nn.Module, path: Path, eval_set, options: ExportOptions, out: str | Path) -> dict[str, Any]:
+    """Replace the checked fp32 file at `path` by its int8 QDQ form, or raise when its answers drift."""
+    fp32 = path.with_name(f"{path.stem}.fp32.onnx")
+    path.rename(fp32)
+    quantize_qdq(fp32, path, eval_set.images[:CALIBRATION_IMAGES], options.int8_target, INPUT_NAME)
+    quantized, original = onnx.load(str(path)), onnx.load(str(fp32), load_external_data=False)
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(original.metadata_props)  # the quantizer drops them
+    onnx.save(quantized, str(path))
+    fp32.unlink()
+    check_onnx_file(path)
+    from qdeploy.export.parity import ort_session
+
+    session = ort_session(path)
+    reference = np.concatenate([run_reference(model, torch.from_numpy(images)).float().numpy()
+                                for images, _ in eval_set.batches(64)])
+    output = np.concatenate([session.run(None, {INPUT_NAME: images})[0] for images, _ in eval_set.batches(64)])
+    result = {**int8_parity(reference, output, eval_set.labels), "calibration": options.calibration,
+              "calibration_images": int(min(len(eval_set.images), CALIBRATION_IMAGES)), "target": options.int8_target}
+    if not result["passed"]:
+        raise QDeployError(
+            f"int8 file agrees with PyTorch's top-1 on {result['top1_agreement']:.1%} of {result['images']} "
+            f"{options.calibration} images (accuracy {result['int8_accuracy']:.1%} vs {result['reference_accuracy']:.1%}); "
+            f"the int8 rule needs >= {result['min_top1_agreement']:.0%} and a drop <= "
+            f"{100 * result['max_accuracy_drop']:.1f} points: export fp16/fp32 or calibrate on more data; "
+            f"nothing was written to {out}"
+        )
+    return result
+
+
 def export_model(model: nn.Module, out: str | Path, options: ExportOptions = ExportOptions()) -> dict[str, Any]:
     """Export an adapted model to `out` (replaced atomically); returns the report it writes.
 
@@ -200,6 +265,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
     inputs = _input_sets(model, shape, options.batch)
     references = {name: run_reference(model, batch).float().numpy() for name, batch in inputs.items()}
 
+    eval_set = _calibration_set(model, shape, options)
     exportable = export_copy(model, fused="fused" in options.modes)
     if options.precision == "fp16":
         exportable = fp16_compute(exportable)
@@ -212,13 +278,19 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
         "qdeploy.adapter": json.dumps(adapted_config(model), sort_keys=True),
         "qdeploy.weights_sha256": weights_sha256(model),
     }
-    tolerance = PRESETS[options.precision]
+    tolerance = PRESETS["fp32" if options.precision == "int8" else options.precision]  # int8: of the fp32 graph
     files: dict[str, Any] = {}
+    forms: Forms | None = None
     with atomic.staged_directory(out) as stage:
         for mode in options.modes:
             mode_start = time.perf_counter()
             onnx_model = _finalize(base, mode)
+            rewrites: dict[str, Any] = {"enabled": options.rewrites}
+            if options.rewrites:
+                done, forms = rewrite_graph(onnx_model, list(layers), options.tune_settings(), forms)
+                rewrites.update(done)
             export_info = {"mode": mode, "precision": options.precision, "opset": options.opset,
+                           **({"int8_target": options.int8_target} if options.precision == "int8" else {}),
                            "batch": options.batch or "dynamic", "input_shape": list(shape)}
             onnx_model.metadata_props.update({**metadata, "qdeploy.export": json.dumps(export_info, sort_keys=True)})
             path = stage / f"{mode}.onnx"
@@ -238,6 +310,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
                 "nodes": node_counts(proto),
                 "nodes_total": len(proto.graph.node),
                 "plugin_nodes": plugin_count,
+                "rewrites": rewrites,
                 "parity": {name: stats.to_dict() for name, stats in parity.items()},
                 "passed": all(stats.passed for stats in parity.values()),
             }
@@ -248,6 +321,11 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
                     f"output scale, past the {options.precision} tolerance (atol {tolerance.atol:.0e} + rtol "
                     f"{tolerance.rtol:.0e} of the scale); nothing was written to {out}"
                 )
+            if eval_set is not None:
+                files[mode]["int8"] = _quantize(model, path, eval_set, options, out)
+                files[mode]["file_bytes"] = files_bytes(path)
+                files[mode]["nodes"] = node_counts(check_onnx_file(path))
+                files[mode]["nodes_total"] = sum(files[mode]["nodes"].values())
         report = {
             "format": REPORT_FORMAT,
             "qdeploy_version": __version__,

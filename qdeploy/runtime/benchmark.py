@@ -32,6 +32,7 @@ class Target:
     label: str
     load: EngineFactory
     base: str | None = None  # label of the unadapted model's target on the same backend
+    onnx: Path | None = None  # the ONNX file, when ONNX Runtime runs one (what --profile profiles)
 
 
 @dataclass
@@ -53,16 +54,17 @@ class Measurement:
         return asdict(self)
 
 
-def measure(engine: Engine, label: str, batch: int, threads: int, warmup: int = 5, iterations: int = 100,
-            time_budget_s: float | None = None, seed: int = 0) -> Measurement:
-    """Time `engine.infer` on one random batch: `warmup` untimed runs, then up to `iterations` timed."""
-    if iterations < 1 or warmup < 0:
-        raise QDeployError(f"--iterations must be >= 1 and --warmup >= 0, got {iterations} and {warmup}")
-    rng = np.random.default_rng(seed)
-    feeds = {spec.name: rng.standard_normal(spec.example_shape(batch)).astype(spec.dtype) for spec in engine.inputs}
+def _feeds(engine: Engine, label: str, batch: int, seed: int) -> dict[str, np.ndarray]:
     for spec in engine.inputs:
         if not spec.batched and spec.shape[0] != batch:
             raise QDeployError(f"{label} has a fixed batch of {spec.shape[0]}; bench it at --batch {spec.shape[0]}")
+    rng = np.random.default_rng(seed)
+    return {spec.name: rng.standard_normal(spec.example_shape(batch)).astype(spec.dtype) for spec in engine.inputs}
+
+
+def _timed(engine: Engine, feeds: dict[str, np.ndarray], warmup: int, iterations: int,
+           time_budget_s: float | None) -> list[float]:
+    """Seconds of up to `iterations` runs after `warmup` untimed ones (at least one run, whatever the budget)."""
     for _ in range(warmup):
         engine.infer(feeds)
     times: list[float] = []
@@ -71,29 +73,60 @@ def measure(engine: Engine, label: str, batch: int, threads: int, warmup: int = 
         start = time.perf_counter()
         engine.infer(feeds)
         times.append(time.perf_counter() - start)
+    return times
+
+
+def _measurement(label: str, backend: str, batch: int, threads: int, times: Sequence[float]) -> Measurement:
     ms = np.array(times) * 1e3
     mean = float(ms.mean())
-    return Measurement(label, engine.backend, batch, threads, len(times), float(np.percentile(ms, 50)),
+    return Measurement(label, backend, batch, threads, len(times), float(np.percentile(ms, 50)),
                        float(np.percentile(ms, 90)), float(np.percentile(ms, 99)), mean, batch * 1e3 / mean)
+
+
+def measure(engine: Engine, label: str, batch: int, threads: int, warmup: int = 5, iterations: int = 100,
+            time_budget_s: float | None = None, seed: int = 0) -> Measurement:
+    """Time `engine.infer` on one random batch: `warmup` untimed runs, then up to `iterations` timed."""
+    if iterations < 1 or warmup < 0:
+        raise QDeployError(f"--iterations must be >= 1 and --warmup >= 0, got {iterations} and {warmup}")
+    feeds = _feeds(engine, label, batch, seed)
+    return _measurement(label, engine.backend, batch, threads, _timed(engine, feeds, warmup, iterations, time_budget_s))
 
 
 def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Sequence[int], warmup: int = 5,
                   iterations: int = 100, time_budget_s: float | None = None,
-                  progress: Callable[[str], None] | None = None) -> list[Measurement]:
-    """Every target x thread count x batch size; ratios filled in against the first and the base targets."""
+                  progress: Callable[[str], None] | None = None, rounds: int = 1) -> list[Measurement]:
+    """Every target x thread count x batch size; ratios filled in against the first and the base targets.
+
+    With `rounds` > 1 the targets take turns: each round times every target (a share of the
+    iterations and of the time budget), so a load change on a shared machine hits all of
+    them alike instead of whichever ran during it; the rounds' times are pooled.
+    """
     if not targets:
         raise QDeployError("nothing to benchmark; pass at least one model")
+    if iterations < 1 or warmup < 0 or rounds < 1:
+        raise QDeployError(f"--iterations and rounds must be >= 1 and --warmup >= 0, got {iterations}, {rounds} "
+                           f"and {warmup}")
     labels = [target.label for target in targets]
     if len(set(labels)) != len(labels):
         raise QDeployError(f"benchmark targets need distinct labels, got {labels}")
+    per_round = max(1, -(-iterations // rounds))
+    budget = None if time_budget_s is None else time_budget_s / rounds
     results: list[Measurement] = []
     for count in threads:
-        for target in targets:
-            engine = target.load(count)
-            for batch in batches:
-                if progress:
-                    progress(f"{target.label} batch {batch} threads {count}")
-                results.append(measure(engine, target.label, batch, count, warmup, iterations, time_budget_s))
+        engines = {target.label: target.load(count) for target in targets}
+        feeds = {(label, batch): _feeds(engine, label, batch, seed=0)
+                 for label, engine in engines.items() for batch in batches}
+        times: dict[tuple[str, int], list[float]] = {key: [] for key in feeds}
+        for round_index in range(rounds):
+            for label, engine in engines.items():
+                for batch in batches:
+                    if progress:
+                        progress(f"{label} batch {batch} threads {count}"
+                                 + (f" round {round_index + 1}/{rounds}" if rounds > 1 else ""))
+                    times[(label, batch)] += _timed(engine, feeds[(label, batch)], warmup if round_index == 0 else 1,
+                                                    per_round, budget)
+        results += [_measurement(label, engines[label].backend, batch, count, times[(label, batch)])
+                    for label in engines for batch in batches]
     by_key = {(m.label, m.batch, m.threads): m for m in results}
     base_of = {target.label: target.base for target in targets}
     for m in results:

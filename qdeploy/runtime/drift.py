@@ -1,7 +1,9 @@
 """Where do the outputs drift? Every quadratic layer and block compared with PyTorch, in order.
 
 The exporter keeps each node's PyTorch module path (metadata `pkg.torch.onnx.name_scopes`),
-so a module's output in the graph is the output of the last node inside that module. Those
+so a module's output in the graph is the output of the last node inside that module (after
+the export's norm fold, a quadratic layer's tensor holds its output through the folded norm:
+the model's `qdeploy.folded_norms` metadata says which, and the reference applies it too). Those
 tensors become extra graph outputs of a temporary copy of the file; the same modules'
 outputs in PyTorch come from forward hooks. Walking the modules in execution order, the
 first one past tolerance is where the error enters (everything after inherits it).
@@ -10,6 +12,7 @@ first one past tolerance is where the error enters (everything after inherits it
 from __future__ import annotations
 
 import ast
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qdeploy.adaptation import quadratic_layers
@@ -79,12 +83,31 @@ def with_outputs(proto: onnx.ModelProto, tensors: list[str], path: Path) -> Path
     return path
 
 
-def _reference_outputs(model: nn.Module, modules: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
-    """Each module's PyTorch output, in the order the modules finished (execution order)."""
+def folded_norms(proto: onnx.ModelProto) -> dict[str, str]:
+    """{quadratic layer: the norm module the exporter folded into it} (export/norm_fold.py)."""
+    from qdeploy.export.norm_fold import FOLDED_NORMS_KEY
+
+    value = next((p.value for p in proto.metadata_props if p.key == FOLDED_NORMS_KEY), None)
+    return {layer: norm for layer, norm in json.loads(value).items() if norm} if value else {}
+
+
+def _reference_outputs(model: nn.Module, modules: list[str], images: np.ndarray,
+                       folded: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Each module's PyTorch output, in the order the modules finished (execution order).
+
+    A layer with a folded norm is compared after that norm (its affine map only, not a fused
+    activation), since that is what its tensor in the graph now holds.
+    """
     captured: dict[str, np.ndarray] = {}
+    folded = folded or {}
 
     def hook(name: str):
+        norm = model.get_submodule(folded[name]) if name in folded else None
+
         def record(module: nn.Module, args: Any, output: torch.Tensor) -> None:  # None: output unchanged
+            if norm is not None:
+                output = F.batch_norm(output, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                      False, 0.0, norm.eps)
             captured.setdefault(name, output.detach().float().cpu().numpy())
         return record
 
@@ -106,7 +129,7 @@ def localize_drift(onnx_path: str | Path, model: nn.Module, images: np.ndarray, 
     proto = load_onnx(onnx_path, load_external_data=True)
     sites = drift_sites(model)
     tensors = module_outputs(proto, set(sites))
-    reference = _reference_outputs(model.eval(), list(tensors), images)
+    reference = _reference_outputs(model.eval(), list(tensors), images, folded_norms(proto))
     with tempfile.TemporaryDirectory(prefix="qdeploy-drift-") as tmp:
         probe = with_outputs(proto, list(tensors.values()), Path(tmp) / "probe.onnx")
         outputs = load_engine(probe, backend, threads).infer(images)

@@ -1,0 +1,106 @@
+"""`--precision int8`: a QDQ file calibrated on labelled images, judged on answers; refusals leave nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from qdeploy.adaptation import save_adapted
+from qdeploy.cli import main
+from qdeploy.errors import QDeployError
+from qdeploy.export import ExportOptions, export_model, ort_session
+from qdeploy.export import int8
+from qdeploy.runtime.eval_set import load_eval_set
+from tests.test_export import tiny_model
+
+SIZE = (32, 32)
+
+
+def image_folder(root: Path, per_class: int = 6, corrupt: bool = False) -> Path:
+    """Two classes of random RGB images (or of files that are not images)."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            path = root / label / f"{i}.png"
+            if corrupt:
+                path.write_bytes(b"not a png")
+            else:
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+def options(calibration: str | None, **kwargs) -> ExportOptions:
+    return ExportOptions(input_size=SIZE, modes=("decomposed",), precision="int8", calibration=calibration,
+                         tune=False, **kwargs)
+
+
+def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(int8, "INT8_MIN_TOP1", 0.0)  # random weights on random images: answers are near ties
+    monkeypatch.setattr(int8, "INT8_MAX_ACCURACY_DROP", 1.0)
+    model = tiny_model()
+    data = image_folder(tmp_path / "calib")
+    report = export_model(model, tmp_path / "out", options(str(data)))
+    info = report["files"]["decomposed"]
+    path = tmp_path / "out" / "decomposed.onnx"
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "BatchNormalization" not in ops
+    assert info["nodes"]["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert '"precision": "int8"' in meta["qdeploy.export"] and "qdeploy.weights_sha256" in meta
+    eval_set = load_eval_set(str(data), model, SIZE)
+    output = ort_session(path).run(None, {"input": eval_set.images})[0]
+    import torch
+
+    with torch.no_grad():
+        reference = model(torch.from_numpy(eval_set.images)).numpy()
+    expected = int8.int8_parity(reference, output, eval_set.labels)
+    got = info["int8"]
+    assert got["images"] == len(eval_set.labels) == 2 and got["calibration_images"] == 2  # val split of 12 images
+    assert got["top1_agreement"] == pytest.approx(expected["top1_agreement"])
+    assert got["int8_accuracy"] == pytest.approx(expected["int8_accuracy"]) and got["target"] == "ort-cpu"
+    assert info["parity"]["random_b1"]["passed"]  # the fp32 graph it came from met the fp32 preset
+
+
+def test_int8_parity_rule() -> None:
+    reference = np.eye(4)[[0, 1, 2, 3] * 25]  # 100 images, classes 0..3
+    labels = np.array([0, 1, 2, 3] * 25)
+    same = int8.int8_parity(reference, reference.copy(), labels)
+    assert same["passed"] and same["top1_agreement"] == 1.0
+    one_flip = reference.copy()
+    one_flip[0] = np.eye(4)[1]  # 99% agreement, accuracy 1.0 -> 0.99: a drop of 1 point
+    result = int8.int8_parity(reference, one_flip, labels)
+    assert result["top1_agreement"] == 0.99 and not result["passed"]
+    labels_wrong_there = labels.copy()
+    labels_wrong_there[0] = 1  # the flip now fixes an error: accuracy rises, 99% agreement passes
+    assert int8.int8_parity(reference, one_flip, labels_wrong_there)["passed"]
+
+
+def test_int8_refusals_are_one_line_and_write_nothing(tmp_path, monkeypatch) -> None:
+    model = tiny_model()
+    out = tmp_path / "out"
+    with pytest.raises(QDeployError, match="needs calibration images.*--calib DIR"):
+        export_model(model, out, options(None))
+    with pytest.raises(QDeployError, match="decomposed file only; pass --mode decomposed"):
+        ExportOptions(precision="int8", calibration="digits-shift")
+    with pytest.raises(QDeployError, match="no image of .* could be decoded"):
+        export_model(model, out, options(str(image_folder(tmp_path / "corrupt", corrupt=True))))
+    with pytest.raises(QDeployError, match="does not exist"):
+        export_model(model, out, options(str(tmp_path / "missing")))
+    monkeypatch.setattr(int8, "INT8_MIN_TOP1", 1.01)  # a miss whatever the answers
+    with pytest.raises(QDeployError, match=r"int8 file agrees with PyTorch's top-1 on .* nothing was written"):
+        export_model(model, out, options(str(image_folder(tmp_path / "calib"))))
+    assert not out.exists()
+
+
+def test_cli_int8_without_training_data_or_calib_is_refused(tmp_path) -> None:
+    save_adapted(tiny_model(), tmp_path / "model")
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "out"),
+                                       "--mode", "decomposed", "--precision", "int8", "--input-size", "32"])
+    assert result.exit_code != 0 and "pass --calib DIR" in result.output and not (tmp_path / "out").exists()
