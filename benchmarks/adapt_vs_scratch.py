@@ -51,14 +51,9 @@ from qdeploy import atomic  # noqa: E402
 from qdeploy.data import BUILTIN_DATA  # noqa: E402
 from qdeploy.errors import exit_on_user_error  # noqa: E402
 from qdeploy.training import TrainConfig, train  # noqa: E402
-from qdeploy.training.metrics import read_metrics  # noqa: E402
+from qdeploy.training.metrics import first_reaching  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "adapt_vs_scratch.json"
-
-
-def first_reaching(metrics_path: Path, accuracy: float) -> dict | None:
-    """The first evaluation row with val accuracy >= `accuracy` (None: never reached)."""
-    return next((row for row in read_metrics(metrics_path) if row.get("val_acc", -1.0) >= accuracy), None)
 
 
 def run(mode: str, args: argparse.Namespace, epochs: int, minutes: float, lr: float, eval_every: int) -> dict:

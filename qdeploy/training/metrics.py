@@ -28,6 +28,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def first_reaching(path: str | Path, accuracy: float) -> dict[str, Any] | None:
+    """The first evaluation row with val accuracy >= `accuracy` (None: never reached): the
+    time-to-accuracy read-out of the benchmarks."""
+    return next((row for row in read_metrics(path) if row.get("val_acc", -1.0) >= accuracy), None)
+
+
 class MetricsLog:
     """Append-only JSONL writer; `keep_until_step` trims rows a resumed run will redo."""
 
