@@ -132,11 +132,11 @@ def print_table(result: dict, console: Console) -> None:
     for column in ("best", "final", "trainable", "steps", "s to target", "% scratch"):
         table.add_column(column, justify="right", overflow="fold")
     for row in result["rows"]:
-        seconds = row["seconds_to_scratch_best"]
+        seconds, fraction = row["seconds_to_scratch_best"], row["fraction_of_scratch_time"]
         table.add_row(row["mode"], f"{100 * row['best_val_acc']:.1f}%", f"{100 * row['final_val_acc']:.1f}%",
                       f"{row['trainable_params']:,}", str(row["steps"]),
                       "not reached" if seconds is None else f"{seconds:.1f}",
-                      "-" if row["fraction_of_scratch_time"] is None else f"{100 * row['fraction_of_scratch_time']:.1f}%")
+                      "-" if fraction is None else f"{100 * fraction:.1f}%")
     console.print(table)
 
 

@@ -55,13 +55,15 @@ class PipelineOptions:
 
 def _train(options: PipelineOptions, console: Console, mode: str) -> tuple[Path, dict[str, Any]]:
     """One training run of the pipeline: "adapt" (into train/) or the "finetune" baseline (finetune/)."""
+    from qdeploy.nqm.training import torch_threads
     from qdeploy.training import TrainConfig, train
 
     folder = "train" if mode == "adapt" else mode
     config = TrainConfig(model=options.model, data=options.data, out=str(options.out / folder), mode=mode,
                          train_primary=mode == "adapt" and options.train_primary, epochs=options.epochs,
                          max_minutes=options.train_minutes, max_samples=options.max_samples, seed=options.seed)
-    result = train(config, console=console)
+    with torch_threads(options.threads):  # --threads 1 is what a shared, oversubscribed CPU needs
+        result = train(config, console=console)
     return result.model_dir, result.summary
 
 
@@ -215,7 +217,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
               help="Also fine-tune the plain base with the same budget and show its accuracy.")
 @click.option("--max-samples", type=int, default=None, help="Cap train/val images (quick trials).")
 @click.option("--batch", "batches", default="1,32", show_default=True, help="Bench batch sizes.")
-@click.option("--threads", default=os.cpu_count() or 1, show_default=True, help="Threads for ORT and PyTorch.")
+@click.option("--threads", default=os.cpu_count() or 1, show_default=True,
+              help="Threads for ORT and PyTorch (training too; 1 on a shared, busy CPU).")
 @click.option("--bench-seconds", default=2.0, show_default=True, help="Time budget per latency measurement.")
 def pipeline(model: str, data: str, out: Path, epochs: int, train_minutes: float, train_primary: bool,
              baseline: bool, max_samples: int | None, batches: str, threads: int, bench_seconds: float) -> None:

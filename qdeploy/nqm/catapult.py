@@ -143,7 +143,8 @@ class CatapultDetector:
         self._spike = None
         self._recent.clear()
         self._recent.append(loss)
-        if None not in (spike.sharpness_before, spike.sharpness_after) and spike.sharpness_after >= spike.sharpness_before:
+        before, after = spike.sharpness_before, spike.sharpness_after
+        if before is not None and after is not None and after >= before:
             return None
         event = CatapultEvent(
             start_step=spike.start_step,
