@@ -31,8 +31,7 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch"}
     assert all(m["vs_base"] > 0 for m in summary["latency"] if not m["label"].startswith("base"))
     for name in ("train/model/adapter.json", "finetune/model/base.json", "onnx/decomposed.onnx", "onnx/fused.onnx",
-                 "bench/bench.csv",
-                 "bench/bench.png", "verify_fused.json"):
+                 "bench/bench.csv", "bench/bench.png", "verify_fused.json"):
         assert (out / name).is_file(), name
     assert "accuracy after adaptation" in result.output and "latency fused ort-cpu, batch 2" in result.output
     assert "plain base fine-tuned, same budget" in result.output
