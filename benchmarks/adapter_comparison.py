@@ -119,27 +119,30 @@ def compare(data: str, runs: Path, summaries: dict[str, dict]) -> dict:
             "fraction_of_scratch_time": None if seconds is None or not scratch_at["train_s"]
             else seconds / scratch_at["train_s"],
             "steps_to_scratch_best": None if reached is None else reached["step"],
+            "fraction_of_scratch_steps": None if reached is None or not scratch_at["step"]
+            else reached["step"] / scratch_at["step"],
             "curve": [(row["wall_s"], row["val_acc"]) for row in read_metrics(runs / mode / "metrics.jsonl")
                       if "val_acc" in row],
         })
     return {"data": data, "scratch_best_val_acc": target, "scratch_seconds_to_best": scratch_at["train_s"],
-            "rows": rows}
+            "scratch_steps_to_best": scratch_at["step"], "rows": rows}
 
 
 def print_table(result: dict, console: Console) -> None:
     first = result["rows"][0]
     table = Table(title=f"{result['data']}: {first['train_images']} train / {first['val_images']} val, "
                         f"{first['image_size']} px; scratch best {100 * result['scratch_best_val_acc']:.1f}% "
-                        f"after {result['scratch_seconds_to_best']:.0f} s (the target)")
+                        f"after {result['scratch_seconds_to_best']:.0f} s / {result['scratch_steps_to_best']} steps: the target "
+                        "(%: of scratch's time / steps to it)")
     table.add_column("mode", no_wrap=True)
-    for column in ("best", "final", "trainable", "steps", "s to target", "% scratch"):
+    for column in ("best", "trainable", "steps", "s to target", "% time", "% steps"):
         table.add_column(column, justify="right", overflow="fold")
+    percent = lambda value: "-" if value is None else f"{100 * value:.1f}%"  # noqa: E731
     for row in result["rows"]:
-        seconds, fraction = row["seconds_to_scratch_best"], row["fraction_of_scratch_time"]
-        table.add_row(row["mode"], f"{100 * row['best_val_acc']:.1f}%", f"{100 * row['final_val_acc']:.1f}%",
-                      f"{row['trainable_params']:,}", str(row["steps"]),
-                      "not reached" if seconds is None else f"{seconds:.1f}",
-                      "-" if fraction is None else f"{100 * fraction:.1f}%")
+        seconds = row["seconds_to_scratch_best"]
+        table.add_row(row["mode"], f"{100 * row['best_val_acc']:.1f}%", f"{row['trainable_params']:,}",
+                      str(row["steps"]), "not reached" if seconds is None else f"{seconds:.1f}",
+                      percent(row["fraction_of_scratch_time"]), percent(row["fraction_of_scratch_steps"]))
     console.print(table)
 
 
