@@ -8,7 +8,7 @@ one whose LoRA parameter count is nearest to what `adapt` (same --rank, --depthw
 --dilation) would add. The head trains in both.
 
 Targets: the quadratic adapter's targets where PEFT's LoRA takes them. PEFT (0.21) wraps
-`nn.Linear` and `nn.Conv2d` (timm's Conv2dSame too); a grouped conv only at a rank divisible
+`nn.Linear` and `nn.Conv2d`, but a grouped conv only at a rank divisible
 by its groups (its `lora_A` is a dense k x k conv to `r` channels), so a depthwise conv of
 C channels costs at least C * C * k * k parameters, far past the budget (e.g. 33 M for one
 1,152-channel 5x5 layer of EfficientNet-Lite0, against 179 k for the whole quadratic
