@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qdeploy.nqm import CatapultDetector, Regime, TwoLayerReLU, classify_losses, gradient_descent, top_kernel_eigenvalue
+from qdeploy.nqm.catapult import step_noise
 from qdeploy.nqm.data import two_class_digits
 from qdeploy.nqm.experiment import taylor_family
 
@@ -51,6 +52,41 @@ def test_detector_ignores_noise_monotone_decrease_and_divergence() -> None:
     assert _feed(CatapultDetector(), _decay(300).tolist()) == []
     diverging = np.concatenate([_decay(10), 2.0 ** np.arange(20), [math.nan, math.nan]])
     assert _feed(CatapultDetector(), diverging.tolist()) == []
+
+
+# Per-step minibatch losses of `qdeploy train --train-primary --epochs 2` (AdamW, lr 2e-3,
+# batch 32) on digits-shift: ordinary noise, with one hard batch at step 42 (1.70, over
+# twice the running minimum 0.76), which the first detector took for a catapult.
+ADAMW_DIGITS_LOSSES = [
+    2.36, 2.41, 2.35, 2.35, 2.29, 2.08, 1.97, 2.06, 1.94, 1.64, 1.72, 1.83, 1.49, 1.47, 1.34, 1.24, 1.52, 0.93,
+    1.08, 1.05, 1.24, 1.03, 1.12, 1.2, 1.27, 0.94, 1.04, 0.95, 1.33, 1.04, 0.9, 1.1, 1.03, 0.94, 0.9, 0.95, 1.3,
+    0.97, 0.76, 0.97, 0.91, 1.7, 0.78, 0.97, 0.76, 0.79, 0.86, 0.78, 0.85, 0.77, 0.67, 0.95, 0.99, 0.88, 0.77,
+    0.93, 0.79, 0.83, 0.84, 0.79, 0.78, 0.63, 0.62, 0.81, 0.65, 0.72, 0.65, 0.7, 0.74, 0.64, 0.83, 0.74, 0.6,
+    0.62, 0.6, 0.64, 0.67, 0.78, 0.72, 0.65, 0.63, 0.58, 0.77, 0.66, 0.59, 0.71, 0.63, 0.68,
+]
+
+
+def test_minibatch_noise_is_not_a_catapult() -> None:
+    assert _feed(CatapultDetector(), ADAMW_DIGITS_LOSSES) == []
+    # The spike is there: judged against the running minimum alone (no noise test) it fires.
+    [event] = _feed(CatapultDetector(noise_sigmas=0.0), ADAMW_DIGITS_LOSSES)
+    assert event.start_step == 41 and event.peak_loss == 1.7  # _feed counts from 0
+    # The hard batch is 5 noise levels above the window's median, under the 8 a catapult needs.
+    assert step_noise(ADAMW_DIGITS_LOSSES[21:41]) == pytest.approx(0.136, abs=0.01)
+    # Noise comes from step-to-step differences: a steady trend is (next to) none.
+    assert step_noise(np.linspace(2.0, 1.0, 30).tolist()) == pytest.approx(0.0, abs=1e-12)
+    assert step_noise(_decay(50).tolist()) < 0.1 * step_noise(ADAMW_DIGITS_LOSSES)
+
+
+def test_a_spike_without_a_sharpness_drop_is_not_a_catapult() -> None:
+    losses = _decay(40)
+    losses[10:14] = losses[9] * np.array([5.0, 20.0, 3.0, 0.5])
+    losses[14:] = losses[13] * _decay(26)
+    steady = [2.0] * 40
+    assert _feed(CatapultDetector(), losses.tolist(), steady) == []
+    dropping = [2.0 if step < 11 else 1.0 for step in range(40)]
+    assert len(_feed(CatapultDetector(), losses.tolist(), dropping)) == 1
+    assert len(_feed(CatapultDetector(), losses.tolist())) == 1  # not measured: the loss decides
 
 
 def test_classify_losses() -> None:

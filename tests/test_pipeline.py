@@ -11,8 +11,9 @@ from qdeploy.cli import main
 
 def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     out = tmp_path / "pipeline"
-    result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--max-samples", "64", "--train-minutes", "0.5",
-                                       "--batch", "1,2", "--bench-seconds", "0.2"], terminal_width=200)
+    result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--max-samples", "64", "--epochs", "5",
+                                       "--train-minutes", "1", "--batch", "1,2", "--bench-seconds", "0.2"],
+                                terminal_width=200)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "pipeline_summary.json").read_text())
     assert set(summary["parity"]) == {"decomposed", "fused"}
@@ -20,10 +21,18 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     accuracy = summary["accuracy"]
     assert accuracy["onnx_decomposed"] == accuracy["onnx_fused"]
     assert 0.0 <= accuracy["adapted_without_quadratic_terms"] <= 1.0
+    # 10 steps on 64 images lift the val split well above the untrained head (22.6% vs 7.8%
+    # when written; an untrained or diverged model stays near 10%).
+    assert accuracy["adapted"] >= accuracy["step0_untrained_head"] + 0.1, accuracy
+    assert 0.0 <= accuracy["finetuned_base"] <= 1.0
+    training = summary["training"]
+    assert training["adapt"]["steps"] == training["finetune"]["steps"] == 10  # the same budget
+    assert training["adapt"]["trainable_params"] > training["finetune"]["trainable_params"]  # primary trains too
     labels = {m["label"] for m in summary["latency"]}
     assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch"}
     assert all(m["vs_base"] > 0 for m in summary["latency"] if not m["label"].startswith("base"))
-    for name in ("train/model/adapter.json", "onnx/decomposed.onnx", "onnx/fused.onnx", "bench/bench.csv",
-                 "bench/bench.png", "verify_fused.json"):
+    for name in ("train/model/adapter.json", "finetune/model/base.json", "onnx/decomposed.onnx", "onnx/fused.onnx",
+                 "bench/bench.csv", "bench/bench.png", "verify_fused.json"):
         assert (out / name).is_file(), name
     assert "accuracy after adaptation" in result.output and "latency fused ort-cpu, batch 2" in result.output
+    assert "plain base fine-tuned, same budget" in result.output

@@ -39,12 +39,14 @@ def _explicit(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
                    "written by qdeploy train.")
 @click.option("--checkpoint", default=None, help="Local .safetensors/.pth weights for the timm --model.")
 @click.option("--data", default=BUILTIN_DATA, show_default=True,
-              help=f"'{BUILTIN_DATA}' (scikit-learn digits under a nonlinear shift, offline) or an ImageFolder "
-                   "directory (class sub-folders, or train/ and val/ of them).")
+              help=f"'{BUILTIN_DATA}' (scikit-learn digits under a nonlinear shift, offline), 'fashion-mnist' "
+                   "(the IDX files of apt's dataset-fashion-mnist; 'fashion-mnist:DIR' for another folder) or an "
+                   "ImageFolder directory (class sub-folders, or train/ and val/ of them).")
 @click.option("--out", default=None, help="Run folder [default: runs/<mode>-<model>-<data>].")
 @click.option("--mode", type=click.Choice(MODES), default="adapt", show_default=True,
               help="adapt: pretrained + zero-started quadratic terms; scratch: the same quadratic "
-                   "architecture from random weights; finetune: the plain pretrained model.")
+                   "architecture from random weights; finetune: the plain pretrained model; lora: HF PEFT "
+                   "LoRA on the frozen pretrained model, rank matched to the quadratic adapter's parameters.")
 @click.option("--train-primary", is_flag=True, help="adapt: train the pretrained weights too (frozen by default).")
 @click.option("--rank", type=click.IntRange(1), default=8, show_default=True, help="Quadratic rank of dense layers.")
 @click.option("--depthwise-rank", type=click.IntRange(1), default=1, show_default=True,
@@ -74,7 +76,8 @@ def _explicit(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held-out share when the data has no val/ folder.")
 @click.option("--image-size", type=click.IntRange(8), default=None,
-              help=f"[default: 64 for {BUILTIN_DATA}, the model's input size for an ImageFolder]")
+              help=f"[default: 64 for {BUILTIN_DATA}, 32 for fashion-mnist, the model's input size for an "
+                   "ImageFolder]")
 @click.option("--max-samples", type=click.IntRange(1), default=None, help="Use at most N train and N val images.")
 @click.option("--eval-every", type=click.IntRange(1), default=None, help="Also evaluate every N steps.")
 @click.option("--save-every", type=click.IntRange(1), default=None, help="Also checkpoint every N steps.")
@@ -130,6 +133,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("skipped images", str(summary["skipped_images"])),
         ("run folder", summary["out"]),
     ]
+    if summary["lora"]:
+        lora = summary["lora"]
+        rows.insert(4, ("LoRA (HF PEFT)", f"rank {lora['rank']} on {len(lora['targets'])} layers: "
+                                          f"{lora['lora_params']:,} params vs quadratic {lora['quadratic_params']:,}"))
+        if lora["substituted"]:
+            rows.insert(5, ("LoRA targets", lora["note"]))
     if summary["lr_probe"]:
         rows.insert(1, ("--lr auto", f"{summary['config']['lr']:.4g} (lambda0 {summary['lr_probe']['lambda0']:.4g})"))
     for label, value in rows:

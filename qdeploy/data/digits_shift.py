@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from qdeploy.data.image_folder import stratified_split
+from qdeploy.data.in_memory import NormalizedImages
 from qdeploy.errors import QDeployError
 
 SHIFTS = ("gamma-elastic-invert", "none")
@@ -64,23 +65,6 @@ def digits_images(size: int = DEFAULT_SIZE, shift: str = DEFAULT_SHIFT, seed: in
                            padding_mode="zeros", align_corners=False).clamp(0.0, 1.0)
     log_gamma = (torch.rand(count, 1, 1, 1, generator=generator) * 2.0 - 1.0) * math.log(GAMMA_RANGE)
     return 1.0 - warped.pow(log_gamma.exp()), labels
-
-
-class NormalizedImages(Dataset):
-    """(image, label) pairs from a grey [0, 1] tensor, as normalised 3-channel images."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
-                 mean: tuple[float, ...], std: tuple[float, ...]):
-        self.images, self.labels = images, labels
-        self.mean = torch.tensor(mean).view(-1, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index].expand(len(self.mean), -1, -1)
-        return (image - self.mean) / self.std, int(self.labels[index])
 
 
 def digits_shift_datasets(mean: tuple[float, ...], std: tuple[float, ...], size: int = DEFAULT_SIZE,

@@ -4,7 +4,8 @@ Nothing is pickled, so loading a run folder never executes code. Every folder is
 through `atomic.staged_directory`: a crash mid-write leaves the previous checkpoint whole.
 
     <model folder>/       model.safetensors + adapter.json   (quadratic: `load_adapted` reads it)
-                          model.safetensors + base.json      (finetune: a plain timm model)
+                          model.safetensors + base.json      (finetune: a plain timm model;
+                                                              lora: plus its PEFT settings under "lora")
     <checkpoint folder>/  the model files above, plus
                           optimizer.safetensors  optimizer tensors ("optim.<param>.<key>") and
                                                  per-rank RNG states ("rng.<rank>.<device>")
@@ -28,6 +29,7 @@ from qdeploy.adaptation import load_adapted, quadratic_layers
 from qdeploy.adaptation.checkpoint import CONFIG_FILE, WEIGHTS_FILE, adapted_config
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BaseSpec, base_spec_of, build_architecture, load_state_checked, read_state_dict
+from qdeploy.training.lora import inject as inject_lora
 
 BASE_CONFIG_FILE = "base.json"
 BASE_FORMAT = "qdeploy-base/1"
@@ -48,6 +50,8 @@ def model_files(model: nn.Module, extra: dict[str, Any] | None = None) -> dict[s
     else:
         name = BASE_CONFIG_FILE
         config = {"format": BASE_FORMAT, "qdeploy_version": __version__, "base": base_spec_of(model).to_dict()}
+        if hasattr(model, "qdeploy_lora"):
+            config["lora"] = model.qdeploy_lora
     return {WEIGHTS_FILE: safetensors_bytes(state), name: _json_bytes({**config, **(extra or {})})}
 
 
@@ -80,6 +84,8 @@ def load_trained(folder: str | Path, map_location: str | torch.device = "cpu") -
     spec = BaseSpec.from_dict(config["base"])
     model = build_architecture(spec)
     model.qdeploy_base = spec
+    if "lora" in config:
+        model = inject_lora(model, config["lora"])
     weights = folder / WEIGHTS_FILE
     load_state_checked(model, read_state_dict(weights), str(weights))
     return model.to(map_location).eval()

@@ -15,7 +15,7 @@ from qdeploy.data import BUILTIN_DATA
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BUILTIN_DEFAULT
 
-MODES = ("adapt", "scratch", "finetune")
+MODES = ("adapt", "scratch", "finetune", "lora")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -37,9 +37,12 @@ class TrainConfig:
     mode: "adapt" (pretrained primary + zero-started quadratic terms; the primary is frozen
         unless `train_primary`, the classifier head always trains), "scratch" (the same
         quadratic architecture from random weights, all trainable: the paper's baseline),
-        "finetune" (the plain pretrained model, all trainable, no quadratic term).
-    data: the built-in "digits-shift" or an ImageFolder directory (class sub-folders, or
-        `train/` and `val/` folders of them).
+        "finetune" (the plain pretrained model, all trainable, no quadratic term), "lora"
+        (the first-order baseline: HF PEFT LoRA on the pretrained model, frozen, with the
+        quadratic adapter's trainable parameter count; lora.py).
+    data: the built-in "digits-shift", "fashion-mnist[:DIR]" (the IDX files of Debian's
+        dataset-fashion-mnist) or an ImageFolder directory (class sub-folders, or `train/` and
+        `val/` folders of them).
     batch_size: the global batch; under torchrun each process takes batch_size / world_size,
         so hyper-parameters mean the same thing on 1 or 64 devices.
     lr: a number, or "auto": measured at the start from the loss sharpness (probing.py; SGD
@@ -122,7 +125,7 @@ class TrainConfig:
     @property
     def quadratic(self) -> bool:
         """Whether the trained model carries quadratic terms."""
-        return self.mode != "finetune"
+        return self.mode in ("adapt", "scratch")
 
     @property
     def run_name(self) -> str:

@@ -1,4 +1,4 @@
-"""Datasets and loaders for a run: the built-in digits or an ImageFolder, sharded per rank.
+"""Datasets and loaders for a run: the built-in sets or an ImageFolder, sharded per rank.
 
 Each epoch's order is a function of (seed, epoch) alone (DistributedSampler's shuffle), so a
 resumed run replays the interrupted epoch's order and skips the batches already done, and
@@ -14,9 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from qdeploy.data import BUILTIN_DATA
 from qdeploy.data.image_folder import collate_skipping_bad
-from qdeploy.data.splits import capped, default_image_size, labelled_splits
+from qdeploy.data.splits import capped, default_image_size, in_memory, labelled_splits
 from qdeploy.training.config import TrainConfig
 from qdeploy.training.distributed import DistContext
 
@@ -35,7 +34,7 @@ def build_data(config: TrainConfig, model: nn.Module) -> DataBundle:
     size = config.image_size or default_image_size(config.data, model)
     train, val, classes = labelled_splits(config.data, model, size, config.val_fraction, config.seed)
     return DataBundle(capped(train, config.max_samples, config.seed), capped(val, config.max_samples, config.seed + 1),
-                      classes, size, in_memory=config.data == BUILTIN_DATA)
+                      classes, size, in_memory=in_memory(config.data))
 
 
 def train_loader(bundle: DataBundle, context: DistContext, batch_per_rank: int, epoch: int,

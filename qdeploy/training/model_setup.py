@@ -4,6 +4,8 @@
               and the classifier head (the primary too with `train_primary`)
     scratch   the same quadratic architecture from random weights, everything trains
     finetune  the pretrained model as is, everything trains (no quadratic term)
+    lora      the pretrained model + PEFT LoRA at the quadratic adapter's parameter count;
+              trains the LoRA weights and the head (lora.py)
 
 `--model` is the built-in name, a timm name (with `--checkpoint` for local weights), or a
 folder `qdeploy train` wrote (its model/ folder): training continues from those weights.
@@ -22,6 +24,7 @@ from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import base_spec_of, load_base_model
 from qdeploy.training.checkpointing import load_trained
 from qdeploy.training.config import TrainConfig
+from qdeploy.training.lora import LoraPlan, apply_lora, mark_trainable
 
 
 def load_source(config: TrainConfig) -> nn.Module:
@@ -33,8 +36,8 @@ def load_source(config: TrainConfig) -> nn.Module:
         if config.checkpoint:
             raise QDeployError(f"--model {path} is a trained folder with its own weights; drop --checkpoint")
         model = load_trained(path)
-        if config.mode == "finetune" and quadratic_layers(model):
-            raise QDeployError(f"--mode finetune trains a plain model, but {path} is quadratic; use --mode adapt")
+        if config.mode in ("finetune", "lora") and quadratic_layers(model):
+            raise QDeployError(f"--mode {config.mode} trains a plain model, but {path} is quadratic; use --mode adapt")
         return model
     if path.is_file():
         raise QDeployError(
@@ -52,8 +55,11 @@ def fit_head(model: nn.Module, num_classes: int) -> None:
 
 
 def set_trainable(model: nn.Module, config: TrainConfig) -> None:
-    """adapt: quadratic terms + head (+ primary with train_primary); other modes: everything."""
-    if config.mode == "adapt" and not config.train_primary:
+    """adapt: quadratic terms + head (+ primary with train_primary); lora: LoRA weights + head;
+    other modes: everything."""
+    if config.mode == "lora":
+        mark_trainable(model)
+    elif config.mode == "adapt" and not config.train_primary:
         freeze_primary(model)
         for param in model.get_classifier().parameters():
             param.requires_grad_(True)
@@ -63,13 +69,16 @@ def set_trainable(model: nn.Module, config: TrainConfig) -> None:
 
 
 def prepare_model(model: nn.Module, config: TrainConfig, num_classes: int,
-                  image_size: int) -> tuple[nn.Module, AdaptReport | None]:
-    """`model` (from load_source) with a head of `num_classes`, adapted if the mode needs it and
-    not already, and its trainable set; returns the adapt report when it adapted now."""
+                  image_size: int) -> tuple[nn.Module, AdaptReport | LoraPlan | None]:
+    """`model` (from load_source) with a head of `num_classes`, adapted (or given LoRA layers)
+    if the mode needs it and not already, and its trainable set; returns the adapt report (or
+    the LoRA plan) when it changed the model now."""
     fit_head(model, num_classes)
     report = None
+    quad = QuadConfig(rank=config.rank, depthwise_rank=config.depthwise_rank, dilation=config.dilation)
     if config.quadratic and not quadratic_layers(model):
-        quad = QuadConfig(rank=config.rank, depthwise_rank=config.depthwise_rank, dilation=config.dilation)
         model, report = adapt(model, config=quad, input_size=(3, image_size, image_size))
+    elif config.mode == "lora" and not hasattr(model, "qdeploy_lora"):
+        model, report = apply_lora(model, quad, image_size)
     set_trainable(model, config)
     return model, report

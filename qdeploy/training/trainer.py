@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from qdeploy import atomic
+from qdeploy.adaptation import AdaptReport
 from qdeploy.errors import QDeployError
 from qdeploy.training.checkpointing import (Checkpoint, read_checkpoint, read_checkpoint_state, save_checkpoint,
                                            save_trained)
@@ -42,6 +43,7 @@ from qdeploy.training.distributed import (
     shutdown_distributed,
 )
 from qdeploy.training.metrics import MetricsLog, plot_curves
+from qdeploy.training.lora import LoraPlan
 from qdeploy.training.model_setup import load_source, prepare_model, set_trainable
 from qdeploy.training.optim import build_optimizer, lr_factor, set_lr
 from qdeploy.training.probing import CatapultHook, auto_learning_rate, probe_batch, training_loss
@@ -137,7 +139,7 @@ class Trainer:
         if checkpoint is not None:
             self._check_classes(checkpoint)
             set_trainable(model, config)
-            self.adapt_report = None
+            self.adapt_report = None  # what the model got at its start: an AdaptReport or a LoraPlan
         else:
             model, self.adapt_report = prepare_model(model, config, len(self.data.classes), self.data.image_size)
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -439,7 +441,8 @@ class Trainer:
             "total_params": sum(p.numel() for p in params),
             "trainable_params": sum(p.numel() for p in params if p.requires_grad),
             "skipped_images": self.skipped + self.val_skipped,
-            "adapt_report": self.adapt_report.to_dict() if self.adapt_report is not None else None,
+            "adapt_report": self.adapt_report.to_dict() if isinstance(self.adapt_report, AdaptReport) else None,
+            "lora": self.adapt_report.to_dict() if isinstance(self.adapt_report, LoraPlan) else None,
             "lr_probe": self.lr_probe,
             "catapult_events": len(self.catapults.detector.events),
             "config": config.to_dict(),
