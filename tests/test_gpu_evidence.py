@@ -34,7 +34,7 @@ kit = _load_kit()
 
 def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(KIT), "--mode", "cpu", "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
