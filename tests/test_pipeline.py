@@ -12,7 +12,8 @@ from qdeploy.cli import main
 def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     out = tmp_path / "pipeline"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--max-samples", "64", "--epochs", "5",
-                                       "--train-minutes", "1", "--batch", "1,2", "--bench-seconds", "0.2"],
+                                       "--train-minutes", "10", "--threads", "1", "--batch", "1,2",
+                                       "--bench-seconds", "0.2"],
                                 terminal_width=200)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "pipeline_summary.json").read_text())
