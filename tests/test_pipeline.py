@@ -12,7 +12,8 @@ from qdeploy.cli import main
 def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     out = tmp_path / "pipeline"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--max-samples", "64", "--epochs", "5",
-                                       "--train-minutes", "1", "--batch", "1,2", "--bench-seconds", "0.2"],
+                                       "--train-minutes", "10", "--threads", "1", "--batch", "1,2",
+                                       "--bench-seconds", "0.2"],
                                 terminal_width=200)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "pipeline_summary.json").read_text())
@@ -21,8 +22,8 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     accuracy = summary["accuracy"]
     assert accuracy["onnx_decomposed"] == accuracy["onnx_fused"]
     assert 0.0 <= accuracy["adapted_without_quadratic_terms"] <= 1.0
-    # 10 steps on 64 images lift the val split well above the untrained head (22.6% vs 7.8%
-    # when written; an untrained or diverged model stays near 10%).
+    # 10 steps on 64 images lift the val split well above the untrained head (with the
+    # learning rate at 1e-9 every accuracy stayed at 8.4%).
     assert accuracy["adapted"] >= accuracy["step0_untrained_head"] + 0.1, accuracy
     assert 0.0 <= accuracy["finetuned_base"] <= 1.0
     training = summary["training"]
