@@ -55,7 +55,7 @@ class PipelineOptions:
 
 def _train(options: PipelineOptions, console: Console, mode: str) -> tuple[Path, dict[str, Any]]:
     """One training run of the pipeline: "adapt" (into train/) or the "finetune" baseline (finetune/)."""
-    from qdeploy.nqm.training import torch_threads
+    from qdeploy.threads import torch_threads
     from qdeploy.training import TrainConfig, train
 
     folder = "train" if mode == "adapt" else mode
