@@ -43,10 +43,10 @@ CALIBRATION_IMAGES = 128
 def adapted_model(model_dir: str | None) -> torch.nn.Module:
     from qdeploy.adaptation import adapt, randomize_quadratic_terms
     from qdeploy.models.sources import load_base_model
-    from qdeploy.runtime.torch_engine import load_model_source
+    from qdeploy.store import load_model
 
     if model_dir:
-        return load_model_source(model_dir)[0]
+        return load_model(model_dir)
     torch.manual_seed(0)
     model = load_base_model()
     model.reset_classifier(10)
@@ -80,7 +80,7 @@ def files_for_size(model: torch.nn.Module, size: int, folder: Path, console) -> 
     """Every ONNX file of one image size, and the int8 agreement figures."""
     from qdeploy.export import ExportOptions, export_model
     from qdeploy.export.int8 import quantize_qdq
-    from qdeploy.runtime.base_model import base_of, export_plain_onnx
+    from qdeploy.export.base_model import base_of, export_plain_onnx
     from qdeploy.runtime.eval_set import load_eval_set
 
     console.print(f"{size} px: exporting base, plain, rewritten and fused files, then int8 ...")

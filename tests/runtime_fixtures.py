@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qdeploy.adaptation import adapt, randomize_quadratic_terms, save_adapted
+from qdeploy.adaptation import adapt, randomize_quadratic_terms
+from qdeploy.store import save
 from qdeploy.export import ExportOptions, export_model
 from qdeploy.models.sources import load_base_model
 
@@ -22,7 +23,7 @@ INPUT_SIZE = (32, 32)
 @dataclass
 class TinyExport:
     model: torch.nn.Module  # adapted, eval mode
-    folder: Path  # save_adapted folder (the reference)
+    folder: Path  # qdeploy.store.save folder (the reference)
     onnx: Path  # export folder: decomposed.onnx, fused.onnx, export_report.json
 
 
@@ -51,7 +52,7 @@ def tiny_export(tmp_path_factory) -> TinyExport:
     if not _BUILT:
         root = tmp_path_factory.mktemp("runtime")
         model = tiny_adapted()
-        folder = save_adapted(model, root / "adapted")
+        folder = save(model, root / "adapted")
         out = root / "onnx"
         export_model(model, out, ExportOptions(input_size=INPUT_SIZE, source=str(folder)))
         _BUILT.append(TinyExport(model, folder, out))

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qdeploy.adaptation import adapt, load_adapted, quadratic_layers, randomize_quadratic_terms, save_adapted, unadapt
+from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms, unadapt
+from qdeploy.store import load_model, save
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import load_base_model
@@ -41,10 +42,10 @@ def test_save_load_round_trip_is_bit_exact(family: str, tmp_path) -> None:
     x = torch.randn(2, *size)
     with torch.no_grad():
         expected = model(x)
-    save_adapted(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     config = json.loads((tmp_path / "m" / "adapter.json").read_text())
     assert config["base"]["arch"] == FAMILIES[family][0] and config["quad"]["rank"] == 4
-    loaded = load_adapted(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
 
@@ -100,35 +101,35 @@ def test_unknown_target_and_double_adapt_are_errors() -> None:
 def test_load_errors_are_clear(tmp_path) -> None:
     model, _ = family_model("resnet")
     adapt(model, count_model_flops=False)
-    folder = save_adapted(model, tmp_path / "m")
+    folder = save(model, tmp_path / "m")
     weights = folder / "model.safetensors"
 
     state = {k: v for k, v in model.state_dict().items()}
     state["fc.weight"] = torch.zeros(10, 512)
     save_file({k: v.contiguous() for k, v in state.items()}, weights)
     with pytest.raises(QDeployError, match="shape mismatch at 'fc.weight'"):
-        load_adapted(folder)
+        load_model(folder)
 
     weights.write_bytes(b"\x00" * 16)
     with pytest.raises(QDeployError, match="not a readable safetensors file"):
-        load_adapted(folder)
+        load_model(folder)
 
-    with pytest.raises(QDeployError, match="not an adapted-model folder"):
-        load_adapted(tmp_path / "nowhere")
+    with pytest.raises(QDeployError, match="does not exist; pass a train run folder"):
+        load_model(tmp_path / "nowhere")
 
 
 def test_failed_save_leaves_previous_folder_intact(tmp_path, monkeypatch) -> None:
     model, _ = family_model("resnet")
     adapt(model, count_model_flops=False)
-    folder = save_adapted(model, tmp_path / "m")
+    folder = save(model, tmp_path / "m")
     before = (folder / "model.safetensors").read_bytes()
 
     def boom(_state):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("qdeploy.adaptation.checkpoint.safetensors_bytes", boom)
+    monkeypatch.setattr("qdeploy.store.models.safetensors_bytes", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        save_adapted(model, folder)
+        save(model, folder)
     assert (folder / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging leftovers
 

@@ -17,7 +17,8 @@ from onnx import numpy_helper
 
 from qdeploy import __version__
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms
-from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session, read_report
+from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session
+from qdeploy.store import read_report
 from qdeploy.export.report import weights_sha256
 from qdeploy.export.translations import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, plugin_nodes
 from qdeploy.models.sources import load_base_model

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 from torch import nn
 
-from qdeploy.adaptation import quadratic_layers, save_adapted
+from qdeploy.adaptation import quadratic_layers
+from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session
@@ -27,7 +28,7 @@ def _one_line_error(result) -> str:
 
 
 def test_failed_export_leaves_out_as_it_was(tmp_path, monkeypatch) -> None:
-    save_adapted(tiny_model(), tmp_path / "model")
+    save(tiny_model(), tmp_path / "model")
     (tmp_path / "previous").mkdir()
     (tmp_path / "previous" / "keep.txt").write_text("old artifact")
     monkeypatch.setitem(PRESETS, "fp32", Tolerance(atol=-1.0, rtol=0.0))  # parity fails after the file was written and checked
@@ -93,7 +94,7 @@ def test_missing_or_wrong_input_size_is_named(tmp_path) -> None:
 
 
 def test_cli_option_errors_are_one_line(tmp_path) -> None:
-    save_adapted(tiny_model(), tmp_path / "model")
+    save(tiny_model(), tmp_path / "model")
     for args, message in (
         (["--input-size", "64by64"], "--input-size '64by64' is not HxW"),
         (["--batch", "zero"], "--batch 'zero' is neither 'dynamic' nor a positive integer"),

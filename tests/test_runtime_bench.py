@@ -72,7 +72,7 @@ def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
             assert entry["vs_base"] == pytest.approx(entry["p50_ms"] / base["p50_ms"])
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the base ONNX file is the unadapted model: same outputs as the PyTorch base
-    from qdeploy.runtime.base_model import base_of
+    from qdeploy.export.base_model import base_of
 
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     import torch

@@ -230,7 +230,7 @@ def test_a_type_error_inside_an_engine_is_not_blamed_on_options(monkeypatch, tmp
     def broken(path):
         raise TypeError("unsupported operand type(s) inside the model loader")
 
-    monkeypatch.setattr(torch_engine, "load_model_source", broken)
+    monkeypatch.setattr(torch_engine, "locate", broken)
     with pytest.raises(TypeError, match="inside the model loader"):
         load_engine(tmp_path, "torch")
     with pytest.raises(QDeployError, match=r"backend torch does not accept these options \(colour\); it takes "

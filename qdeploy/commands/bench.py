@@ -20,13 +20,12 @@ from qdeploy import atomic
 from qdeploy.commands.parsing import parse_ints
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS, load_engine
-from qdeploy.runtime.base_model import base_of, export_plain_onnx
+from qdeploy.export.base_model import base_of, export_plain_onnx
 from qdeploy.runtime.benchmark import Measurement, Target, run_benchmark, write_results
-from qdeploy.runtime.plan_info import PLAN_SUFFIXES
 from qdeploy.runtime.profile import Profile, profile_onnx
-from qdeploy.runtime.torch_engine import TorchEngine, load_model_source
+from qdeploy.runtime.torch_engine import TorchEngine
+from qdeploy.store import PLAN_SUFFIXES, load, locate
 
-EXPORT_MODES = ("decomposed", "fused")
 PROFILE_RUNS = 20  # profiled runs per file, batch and thread count (at most --iterations)
 
 
@@ -40,25 +39,16 @@ def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list
     model_folder: Path | None = None
     size: tuple[int, ...] | None = None
     for path in paths:
-        if not path.exists():
-            raise QDeployError(f"{path} does not exist; pass ONNX files, export folders, plans or model folders")
-        if path.is_dir() and (path / "export_report.json").is_file():
-            from qdeploy.export import read_report
-
-            report = read_report(path)
-            source = report.get("source")
-            if model_folder is None and source and Path(source).is_dir():
-                model_folder = Path(source)
-            size = size or tuple(report["input"]["shape"][2:])
-            files = [path / f"{mode}.onnx" for mode in EXPORT_MODES if (path / f"{mode}.onnx").is_file()]
-        elif path.is_dir():
+        stored = locate(path)
+        if stored.kind == "model":
             label = "adapted torch" if model_folder is None else f"{path.name} torch"
-            model_folder = model_folder or path
+            model_folder = model_folder or stored.model_folder
             targets.append(Target(label, _engine_factory(path, "torch"), base="base torch"))
             continue
-        else:
-            files = [path]
-        for file in files:
+        model_folder = model_folder or stored.model_folder  # named by the export report beside it
+        if stored.report is not None:
+            size = size or tuple(stored.report["input"]["shape"][2:])
+        for file in stored.files:
             for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
                 targets.append(Target(f"{file.stem} {backend}", _engine_factory(file, backend), base=f"base {backend}",
                                       onnx=file if backend == "ort-cpu" else None))
@@ -68,8 +58,8 @@ def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list
 def base_targets(model_folder: Path, targets: Sequence[Target], backends: Sequence[str], out: Path,
                  size: tuple[int, ...] | None) -> list[Target]:
     """The unadapted model on every backend the targets use (its ONNX file written to `out`)."""
-    model, trained_size = load_model_source(model_folder)
-    base = base_of(model)
+    stored = load(model_folder)
+    base, trained_size = base_of(stored.model), stored.image_size
     input_size = tuple(size) if size else ((trained_size,) * 2 if trained_size else None)
     engine = TorchEngine(base, input_size=input_size)
     wanted = {t.base for t in targets}
@@ -148,7 +138,8 @@ def bench(models: tuple[Path, ...], backends: tuple[str, ...], batches: str, thr
     targets, model_folder, size = expand_targets(models, backends)
     if base:
         if model_folder is None:
-            raise QDeployError("--base needs the adapted model: pass its folder too, or use --no-base")
+            raise QDeployError("--base needs the adapted model, and no export report beside the files names an existing one: "
+                               "pass its folder too, or use --no-base")
         targets += base_targets(model_folder, targets, backends, out, size)
     console = Console()
     with console.status("benchmarking") as status:

@@ -14,11 +14,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from qdeploy.adaptation import adapt, load_adapted, save_adapted
+from qdeploy.adaptation import adapt
 from qdeploy.data.samples import cat_photo, imagenet_top_k, preprocess_for
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import BUILTIN_DEFAULT, load_base_model
+from qdeploy.store import load_model, save
 
 
 @click.command()
@@ -47,9 +48,9 @@ def demo(model_name: str, rank: int, dilation: int, out: Path) -> None:
     model, report = adapt(model, config=QuadConfig(rank=rank, dilation=dilation))
     with torch.no_grad():
         adapted_logits = model(image)
-    save_adapted(model, out)
+    save(model, out)
     with torch.no_grad():
-        reloaded_logits = load_adapted(out)(image)
+        reloaded_logits = load_model(out)(image)
     zero_start_error = (adapted_logits - base_logits).abs().max().item()
     reload_exact = torch.equal(reloaded_logits, adapted_logits)
 

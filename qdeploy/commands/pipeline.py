@@ -69,10 +69,10 @@ def _train(options: PipelineOptions, console: Console, mode: str) -> tuple[Path,
 
 def _export(model_dir: Path, out: Path, image_size: int) -> dict[str, Any]:
     from qdeploy.export import ExportOptions, export_model
-    from qdeploy.training import load_trained
+    from qdeploy.store import load_model
 
     options = ExportOptions(modes=("decomposed", "fused"), input_size=(image_size, image_size), source=str(model_dir))
-    return export_model(load_trained(model_dir), out, options)
+    return export_model(load_model(model_dir), out, options)
 
 
 def _eval_entry(report: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
     from qdeploy.commands.bench import base_targets, print_results
     from qdeploy.commands.verify import print_report, run_verify
     from qdeploy.runtime import load_engine
-    from qdeploy.runtime.base_model import base_of
+    from qdeploy.export.base_model import base_of
     from qdeploy.runtime.benchmark import Target, run_benchmark, write_results
     from qdeploy.runtime.eval_set import load_eval_set
     from qdeploy.runtime.parity import resolve_tolerance

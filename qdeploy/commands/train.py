@@ -92,8 +92,8 @@ def _explicit(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 def train(resume: bool, **options: Any) -> None:
     """Train a quadratic network by adaptation (or the scratch / finetune baselines).
 
-    Writes to the run folder: model/ (safetensors + config; qdeploy.adaptation.load_adapted
-    reads quadratic models), checkpoint/ (for --resume), metrics.jsonl, curves.png and
+    Writes to the run folder: model/ (safetensors + config; `qdeploy.load` reads the run
+    or the folder, and `qdeploy export RUN` takes it), checkpoint/ (for --resume), metrics.jsonl, curves.png and
     summary.json. Multi-GPU / multi-node: torchrun --nproc_per_node N --no-python qdeploy train ...
     """
     from qdeploy.training import saved_config

@@ -6,7 +6,6 @@ where the drift starts), 2 for bad input (a QDeployError).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,33 +20,18 @@ from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS, Engine, load_engine
 from qdeploy.runtime.drift import localize_drift
 from qdeploy.runtime.eval_set import EvalSet, load_eval_set, training_split
-from qdeploy.runtime.plan_info import PLAN_SUFFIXES
 from qdeploy.runtime.parity import PRESETS, Tolerance, resolve_tolerance, verify
-from qdeploy.runtime.torch_engine import TorchEngine, training_info
-
-EXPORT_REPORT = "export_report.json"
+from qdeploy.runtime.torch_engine import TorchEngine
+from qdeploy.store import REPORT_FILE, locate
 
 
 def find_reference(model: Path) -> Path:
     """The PyTorch model an ONNX file (or a plan built from one) came from: its export report's `source`."""
-    if model.suffix in PLAN_SUFFIXES:
-        from qdeploy.runtime.plan_info import read_engine_info
-
-        model = Path(read_engine_info(model).onnx_path)
-    report = (model if model.is_dir() else model.parent) / EXPORT_REPORT
-    if report.is_file():
-        source = json.loads(report.read_text()).get("source")
-        if source and Path(source).exists():
-            return Path(source)
-    raise QDeployError(f"cannot tell which PyTorch model {model} came from (no {EXPORT_REPORT} naming an existing "
-                       "source beside it); pass --reference MODEL_FOLDER")
-
-
-def trained_with(reference: TorchEngine) -> dict[str, Any]:
-    """What `qdeploy train` recorded about the reference (its data and split), or {}."""
-    if reference.path is None or not reference.path.is_dir():
-        return {}
-    return training_info(reference.path)
+    folder = locate(model).model_folder
+    if folder is None:
+        raise QDeployError(f"cannot tell which PyTorch model {model} came from (no {REPORT_FILE} naming an existing "
+                           "source beside it); pass --reference MODEL_FOLDER")
+    return folder
 
 
 def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance, eval_set: EvalSet | None,
@@ -122,8 +106,9 @@ def verify_command(model: Path, reference: Path | None, backend: str, data: str 
     size = engine.inputs[0].shape[2:]
     if not all(isinstance(d, int) for d in size):
         raise QDeployError(f"{model} has a dynamic image size; export it with a fixed --input-size")
-    reference_engine = TorchEngine(reference or find_reference(model), threads=threads, input_size=tuple(size))
-    training = trained_with(reference_engine)  # the natural eval set: the held-out part of its training data
+    reference_path = reference or find_reference(model)
+    reference_engine = TorchEngine(reference_path, threads=threads, input_size=tuple(size))
+    training = locate(reference_path).record  # the natural eval set: the held-out part of its training data
     data = None if data == "none" else (data or training.get("data"))
     eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit,
                              **training_split(training, data)) if data else None
