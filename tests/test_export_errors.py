@@ -93,6 +93,16 @@ def test_missing_or_wrong_input_size_is_named(tmp_path) -> None:
         export_model(adapted(vit), tmp_path / "out", ExportOptions(input_size=(64, 64)))
 
 
+def test_a_model_that_fails_at_any_size_is_not_blamed_on_the_input_size(tmp_path) -> None:
+    model = tiny_model()
+    block = model.layer1[0]
+    block.forward = lambda x: x.view(-1)[:3]  # broken whatever the input size
+    for size in ((32, 32), (64, 64)):  # a custom size and the model's own (224)
+        with pytest.raises(QDeployError, match=r"module 'layer2.0.conv1' fails in forward \(.*\), at the model's own "
+                                               r"input size too: the model is broken, not the input size"):
+            export_model(model, tmp_path / "out", ExportOptions(input_size=size, modes=("decomposed",)))
+
+
 def test_cli_option_errors_are_one_line(tmp_path) -> None:
     save(tiny_model(), tmp_path / "model")
     for args, message in (

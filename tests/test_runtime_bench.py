@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -85,7 +86,9 @@ def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
 
 def test_bench_cli_errors(tiny_export, tmp_path) -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["bench", str(tiny_export.onnx / "decomposed.onnx"), "--out", str(tmp_path / "b")])
+    lone = tmp_path / "lone.onnx"  # without the export report that names its model
+    shutil.copy(tiny_export.onnx / "decomposed.onnx", lone)
+    result = runner.invoke(main, ["bench", str(lone), "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "--base needs the adapted model" in result.output
     assert not (tmp_path / "b").exists()  # a refused run leaves nothing behind
     result = runner.invoke(main, ["bench", str(tiny_export.onnx), "--batch", "0", "--no-base", "--out", str(tmp_path)])
