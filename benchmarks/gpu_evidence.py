@@ -164,7 +164,7 @@ def engine(settings: Settings, work: Path) -> dict[str, Any]:
 
     from qdeploy.adaptation import adapt, randomize_quadratic_terms
     from qdeploy.store import save
-    from qdeploy.export.parity import PRESETS, compare
+    from qdeploy.compare import PRESETS, compare
     from qdeploy.models.sources import load_base_model
     from qdeploy.runtime import load_engine
 

@@ -81,7 +81,7 @@ def files_for_size(model: torch.nn.Module, size: int, folder: Path, console) -> 
     from qdeploy.export import ExportOptions, export_model
     from qdeploy.export.int8 import quantize_qdq
     from qdeploy.export.base_model import base_of, export_plain_onnx
-    from qdeploy.runtime.eval_set import load_eval_set
+    from qdeploy.data.eval_set import load_eval_set
 
     console.print(f"{size} px: exporting base, plain, rewritten and fused files, then int8 ...")
     files = {"base fp32": export_plain_onnx(base_of(model), folder / "base.onnx", (3, size, size))}

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "input", "output", "batch"
+# ONNX metadata: quadratic layer -> the norm folded into it (written by the exporter, read by the drift localizer)
+FOLDED_NORMS_KEY = "qdeploy.folded_norms"
 
 
 def model_input_size(model: Any) -> tuple[int, int, int]:

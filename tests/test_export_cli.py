@@ -14,7 +14,7 @@ from onnx import TensorProto
 
 from qdeploy.cli import main
 from qdeploy.store import read_report, save
-from qdeploy.export.parity import PRESETS
+from qdeploy.compare import PRESETS
 from qdeploy.export.translations import PLUGIN_DOMAIN
 from qdeploy.serving.repository import read_config
 from tests.test_export import polygraphy_cli_runs, run_onnx, tiny_model

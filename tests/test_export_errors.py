@@ -14,7 +14,7 @@ from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session
-from qdeploy.export.parity import PRESETS, Tolerance
+from qdeploy.compare import PRESETS, Tolerance
 from qdeploy.layers import QuadConfig
 from tests.conftest import family_model
 from tests.test_export import adapted, assert_parity, tiny_model

@@ -83,7 +83,8 @@ def _eval_entry(report: dict[str, Any]) -> dict[str, Any]:
 def _accuracy(engine: Any, eval_set: Any) -> float:
     from qdeploy.runtime.parity import run_all
 
-    return float(np.mean(run_all(engine, eval_set.images, 64).argmax(axis=1) == eval_set.labels))
+    logits = run_all(engine, eval_set.images, 64)[engine.outputs[0].name]
+    return float(np.mean(logits.argmax(axis=1) == eval_set.labels))
 
 
 def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
@@ -93,8 +94,8 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
     from qdeploy.runtime import load_engine
     from qdeploy.export.base_model import base_of
     from qdeploy.runtime.benchmark import Target, run_benchmark, write_results
-    from qdeploy.runtime.eval_set import load_eval_set
-    from qdeploy.runtime.parity import resolve_tolerance
+    from qdeploy.data.eval_set import load_eval_set
+    from qdeploy.compare import resolve_tolerance
     from qdeploy.runtime.torch_engine import TorchEngine
 
     for folder in ("train", "finetune"):

@@ -19,8 +19,9 @@ from qdeploy.commands.parsing import parse_ints
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS, Engine, load_engine
 from qdeploy.runtime.drift import localize_drift
-from qdeploy.runtime.eval_set import EvalSet, load_eval_set, training_split
-from qdeploy.runtime.parity import PRESETS, Tolerance, resolve_tolerance, verify
+from qdeploy.data.eval_set import EvalSet, load_eval_set, training_split
+from qdeploy.compare import PRESETS, Tolerance, resolve_tolerance
+from qdeploy.runtime.parity import verify
 from qdeploy.runtime.torch_engine import TorchEngine
 from qdeploy.store import REPORT_FILE, locate
 

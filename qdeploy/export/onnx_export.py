@@ -30,7 +30,8 @@ from qdeploy.export.fp16 import fp16_compute
 from qdeploy.export.graph_rewrites import Forms, rewrite_graph
 from qdeploy.export.int8 import INT8_TARGETS, int8_parity, quantize_qdq
 from qdeploy.export.rewrite import export_copy
-from qdeploy.export.parity import PRESETS, check_parity, random_batch, sample_batch
+from qdeploy.compare import PRESETS
+from qdeploy.export.parity import check_parity, random_batch, sample_batch
 from qdeploy.export.report import REPORT_FORMAT, files_bytes, node_counts, weights_sha256
 from qdeploy.export.validate import check_onnx_file
 from qdeploy.model_io import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, model_input_size
@@ -122,6 +123,11 @@ def run_reference(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def _as_list(outputs: torch.Tensor | tuple | list) -> list[torch.Tensor]:
+    """A model's outputs in order (one tensor, or a tuple/list of them), as the ONNX graph lists them."""
+    return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
 
 
 def _runs_at_own_size(model: nn.Module, batch: torch.Tensor) -> bool:
@@ -233,7 +239,7 @@ def _calibration_set(model: nn.Module, shape: tuple[int, int, int], options: Exp
     """The labelled images that calibrate and judge an int8 export (None for other precisions)."""
     if options.precision != "int8":
         return None
-    from qdeploy.runtime.eval_set import load_eval_set
+    from qdeploy.data.eval_set import load_eval_set
 
     return load_eval_set(options.calibration, model, shape[1:])  # type: ignore[arg-type]
 
@@ -279,7 +285,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
     shape = _input_shape(model, options)
     layers = quadratic_layers(model)
     inputs = _input_sets(model, shape, options.batch)
-    references = {name: run_reference(model, batch).float().numpy() for name, batch in inputs.items()}
+    references = {name: [t.float().numpy() for t in _as_list(run_reference(model, batch))] for name, batch in inputs.items()}
 
     eval_set = _calibration_set(model, shape, options)
     exportable = export_copy(model, fused="fused" in options.modes)
