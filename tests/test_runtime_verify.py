@@ -117,6 +117,9 @@ def test_verify_cli_passes_then_fails_with_the_layer_named(tiny_export, corrupte
     assert good.exit_code == 0, good.output
     report = json.loads((tmp_path / "good.json").read_text())  # reference found via export_report.json
     assert report["passed"] and report["backend"] == "ort-cpu" and report["sets"][-1]["images"] == 16
+    # In a log (not a terminal, 80 columns) the table names its file and keeps every number whole.
+    assert "fused.onnx on ort-cpu vs PyTorch" in good.output and "…" not in good.output
+    assert f"{report['sets'][0]['max_abs']:.2e}" in good.output
     bad = runner.invoke(main, ["verify", str(corrupted), "--reference", str(tiny_export.folder), "--backend", "ort-cpu",
                                "--data", "none", "--out", str(tmp_path / "bad.json")], terminal_width=200)
     assert bad.exit_code == 1, bad.output

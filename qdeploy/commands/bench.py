@@ -25,6 +25,7 @@ from qdeploy.runtime.benchmark import Measurement, Target, run_benchmark, write_
 from qdeploy.runtime.profile import Profile, profile_onnx
 from qdeploy.runtime.torch_engine import TorchEngine
 from qdeploy.store import PLAN_SUFFIXES, load, locate
+from qdeploy.commands.tables import print_table
 
 PROFILE_RUNS = 20  # profiled runs per file, batch and thread count (at most --iterations)
 
@@ -83,7 +84,7 @@ def print_results(results: Sequence[Measurement], console: Console, title: str =
     for m in results:
         table.add_row(m.label, str(m.batch), str(m.threads), f"{m.p50_ms:.1f}", f"{m.p90_ms:.1f}", f"{m.p99_ms:.1f}",
                       f"{m.throughput:.1f}", ratio(m.vs_first), ratio(m.vs_base))
-    console.print(table)
+    print_table(console, table)
 
 
 def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
@@ -95,7 +96,7 @@ def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
         ops.add_column(column, overflow="fold", no_wrap=column != "op type")
     for op, ms in profile.by_op.items():
         ops.add_row(op, f"{ms:.3f}", f"{ms / total:.1%}")
-    console.print(ops)
+    print_table(console, ops)
     if not profile.by_layer:
         return
     layers = Table(title=f"quadratic layers of {title}: {profile.layers_ms:.2f} ms "
@@ -106,7 +107,7 @@ def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
         ms = sum(by_op.values())
         detail = ", ".join(f"{op} {t:.2f}" for op, t in list(by_op.items())[:top_ops])
         layers.add_row(layer, f"{ms:.3f}", f"{ms / total:.1%}", detail)
-    console.print(layers)
+    print_table(console, layers)
 
 
 def machine() -> dict[str, object]:

@@ -13,6 +13,7 @@ from qdeploy.errors import QDeployError
 from qdeploy.export.int8 import INT8_TARGETS
 from qdeploy.export.onnx_export import DEFAULT_OPSET, PRECISIONS, ExportOptions, export_model
 from qdeploy.store import REPORT_FILE, locate
+from qdeploy.commands.tables import print_table
 
 
 def _batch(value: str) -> int | None:
@@ -94,7 +95,7 @@ def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, in
                       f"{info['file_bytes'] / 1e6:.1f}", f"{worst['max_rel']:.1e}", f"{top1:.0%}",
                       f"{info['export_s']:.1f}")
     console = Console()
-    console.print(table)
+    print_table(console, table)
     tolerance = report["tolerance"]
     console.print(f"parity passed (tolerance atol {tolerance['atol']:.0e} + rtol {tolerance['rtol']:.0e} of the "
                   f"output scale); report: {out / REPORT_FILE}")

@@ -29,6 +29,7 @@ from qdeploy import atomic
 from qdeploy.commands.parsing import parse_ints
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BUILTIN_DEFAULT
+from qdeploy.commands.tables import print_table
 
 SUMMARY_FILE = "pipeline_summary.json"
 
@@ -201,7 +202,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
                 table.add_row(f"latency {label}, batch {batch}",
                               f"{m['p50_ms']:.2f} ms vs base {m['p50_ms'] / m['vs_base']:.2f} ms "
                               f"({m['vs_base']:.2f}x, base {base})")
-    console.print(table)
+    print_table(console, table)
 
 
 @click.command("pipeline")

@@ -16,6 +16,7 @@ from rich.table import Table
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BUILTIN_DEFAULT
 from qdeploy.training.config import AMP_MODES, AUTO_LR, BUILTIN_DATA, DEVICES, MODES, OPTIMIZERS, SCHEDULERS, TrainConfig
+from qdeploy.commands.tables import print_table
 
 
 def _learning_rate(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
@@ -143,4 +144,4 @@ def _print_summary(summary: dict[str, Any]) -> None:
         rows.insert(1, ("--lr auto", f"{summary['config']['lr']:.4g} (lambda0 {summary['lr_probe']['lambda0']:.4g})"))
     for label, value in rows:
         table.add_row(label, value)
-    Console().print(table)
+    print_table(Console(), table)

@@ -24,6 +24,7 @@ from qdeploy.compare import PRESETS, Tolerance, resolve_tolerance
 from qdeploy.runtime.parity import verify
 from qdeploy.runtime.torch_engine import TorchEngine
 from qdeploy.store import REPORT_FILE, locate
+from qdeploy.commands.tables import print_table
 
 
 def find_reference(model: Path) -> Path:
@@ -52,15 +53,20 @@ def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance, eva
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     tol = report["tolerance"]
-    table = Table(title=f"{report['backend']} vs PyTorch (atol {tol['atol']:.0e}, rtol {tol['rtol']:.0e} of scale)")
-    for column in ("set", "n", "max abs", "max rel", "cosine", "top-1", "top-5", "acc torch", "acc", "ok"):
-        table.add_column(column, no_wrap=column == "set")
+    limits = (f"atol {tol['atol']:.0e}, rtol {tol['rtol']:.0e} of scale" if "atol" in tol
+              else "per-output tolerances")
+    table = Table(title=f"{Path(report['model']).name or 'model'} on {report['backend']} vs PyTorch ({limits})")
+    several = len({s["output"] for s in report["sets"]}) > 1
+    for column in ("set", *(("output",) if several else ()), "n", "max abs", "q99 abs", "max rel", "cosine", "top-1",
+                   "top-5", "acc torch", "acc", "ok"):
+        table.add_column(column, no_wrap=True)
     percent = lambda value: "-" if value is None else f"{value:.1%}"  # noqa: E731
     for s in report["sets"]:
-        table.add_row(s["name"], str(s["images"]), f"{s['max_abs']:.2e}", f"{s['max_rel']:.2e}", f"{s['cosine']:.5f}",
+        table.add_row(s["name"], *((s["output"],) if several else ()), str(s["images"]), f"{s['max_abs']:.2e}",
+                      f"{s['quantile_abs']:.2e}", f"{s['max_rel']:.2e}", f"{s['cosine']:.5f}",
                       percent(s["top1_agreement"]), percent(s["top5_agreement"]), percent(s["reference_accuracy"]),
                       percent(s["backend_accuracy"]), "yes" if s["passed"] else "[red]NO[/red]")
-    console.print(table)
+    print_table(console, table)
     drift = report.get("drift")
     if drift:
         if drift["first_layer"] or drift["first_block"]:
