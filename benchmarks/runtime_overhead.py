@@ -112,7 +112,8 @@ def main() -> None:
     from rich.table import Table
 
     from qdeploy import atomic
-    from qdeploy.commands.bench import machine, print_results
+    from qdeploy.commands.bench import print_results
+    from qdeploy.workflows.bench import machine
     from qdeploy.runtime import load_engine
     from qdeploy.runtime.benchmark import Target, run_benchmark
     from qdeploy.runtime.torch_engine import TorchEngine

@@ -1,7 +1,7 @@
 """Dependency direction: each sub-package imports only the stages below it (read from the source with ast).
 
-Data flows model -> adapted model -> store -> training / export -> runtime -> serving, and
-the CLI sits on top. Shared names (I/O names, input size, thread control, the comparator)
+Data flows model -> adapted model -> store -> training / export -> runtime -> serving; the
+workflows join the stages, and the CLI sits on top. Shared names (I/O names, input size, thread control, the comparator)
 live in top-level neutral modules that every package may import.
 """
 
@@ -26,8 +26,9 @@ ALLOWED = {
     "export": {"layers", "models", "adaptation", "data", "store"},
     "runtime": {"adaptation", "data", "store", "export"},
     "serving": {"export", "runtime", "store"},
+    "workflows": {"models", "data", "store", "training", "export", "runtime"},
     "commands": {"layers", "models", "adaptation", "data", "store", "nqm", "training", "export", "runtime",
-                 "serving"},
+                 "serving", "workflows"},
 }
 # The runtime reads ONNX files and names; the exporter's implementation stays out of it.
 RUNTIME_MAY_USE_FROM_EXPORT = {"qdeploy.export.validate", "qdeploy.export.layer_names", "qdeploy.export.parity"}

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import qdeploy
 from qdeploy.cli import main
-from qdeploy.commands.bench import expand_targets
+from qdeploy.workflows.bench import expand_targets
 from qdeploy.errors import QDeployError
 from qdeploy.store import load, locate, read_record, save
 from tests.runtime_fixtures import tiny_adapted, tiny_export  # noqa: F401

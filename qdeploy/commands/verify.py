@@ -14,41 +14,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from qdeploy import atomic
 from qdeploy.commands.parsing import parse_ints
-from qdeploy.errors import QDeployError
-from qdeploy.runtime import BACKENDS, Engine, load_engine
-from qdeploy.runtime.drift import localize_drift
-from qdeploy.data.eval_set import EvalSet, load_eval_set, training_split
-from qdeploy.compare import PRESETS, Tolerance, resolve_tolerance
-from qdeploy.runtime.parity import verify
-from qdeploy.runtime.torch_engine import TorchEngine
-from qdeploy.store import REPORT_FILE, locate
 from qdeploy.commands.tables import print_table
-
-
-def find_reference(model: Path) -> Path:
-    """The PyTorch model an ONNX file (or a plan built from one) came from: its export report's `source`."""
-    folder = locate(model).model_folder
-    if folder is None:
-        raise QDeployError(f"cannot tell which PyTorch model {model} came from (no {REPORT_FILE} naming an existing "
-                           "source beside it); pass --reference MODEL_FOLDER")
-    return folder
-
-
-def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance, eval_set: EvalSet | None,
-               random_batches: tuple[int, ...], batch_size: int, localize: bool | None, threads: int) -> dict[str, Any]:
-    """verify(), plus the drift localisation of an ONNX engine that failed (or always with localize=True)."""
-    report = verify(engine, reference, tolerance, eval_set, random_batches, batch_size)
-    onnx_file = getattr(engine, "path", None)
-    wants = localize if localize is not None else not report["passed"]
-    if wants and onnx_file is not None and Path(onnx_file).suffix == ".onnx":
-        from qdeploy.export.parity import random_batch
-
-        images = random_batch(tuple(engine.inputs[0].shape[1:]), 2, seed=0).numpy()
-        backend = engine.backend if engine.backend.startswith("ort-") else "ort-cpu"
-        report["drift"] = localize_drift(onnx_file, reference.model, images, tolerance, backend, threads)
-    return report
+from qdeploy.compare import PRESETS, resolve_tolerance
+from qdeploy.runtime import BACKENDS
+from qdeploy.workflows.verify import verify_model
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
@@ -104,27 +74,13 @@ def verify_command(model: Path, reference: Path | None, backend: str, data: str 
                    precision: str, atol: float | None, rtol: float | None, random_batches: str, batch_size: int,
                    threads: int, localize: bool | None, check_finite: bool, out: Path | None) -> None:
     """Compare MODEL (ONNX file, TensorRT plan or model folder) on a backend with the PyTorch model."""
-    tolerance = resolve_tolerance(precision, atol, rtol)
-    engine = load_engine(model, backend, threads, check_finite)
+    result = verify_model(model, resolve_tolerance(precision, atol, rtol), reference, backend, data, limit,
+                          parse_ints(random_batches, "--random-batches", minimum=1), batch_size, threads, localize,
+                          check_finite, out)
     console = Console()
-    console.print(f"backend: {engine.describe()}")
-    if len(engine.inputs) != 1 or len(engine.inputs[0].shape) != 4:
-        raise QDeployError(f"{model} does not take one image batch (N, C, H, W); verify compares image classifiers")
-    size = engine.inputs[0].shape[2:]
-    if not all(isinstance(d, int) for d in size):
-        raise QDeployError(f"{model} has a dynamic image size; export it with a fixed --input-size")
-    reference_path = reference or find_reference(model)
-    reference_engine = TorchEngine(reference_path, threads=threads, input_size=tuple(size))
-    training = locate(reference_path).record  # the natural eval set: the held-out part of its training data
-    data = None if data == "none" else (data or training.get("data"))
-    eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit,
-                             **training_split(training, data)) if data else None
-    report = run_verify(engine, reference_engine, tolerance, eval_set, parse_ints(random_batches, "--random-batches", minimum=1),
-                        batch_size, localize, threads)
-    out = out or (model if model.is_dir() else model.parent) / f"verify_{engine.backend}.json"
-    atomic.write_json(out, report)
-    print_report(report, console)
-    console.print(f"report: {out}")
-    if not report["passed"]:
+    console.print(f"backend: {result.engine.describe()}")
+    print_report(result.report, console)
+    console.print(f"report: {result.path}")
+    if not result.passed:
         console.print("[red]out of tolerance[/red]")
         sys.exit(1)

@@ -32,9 +32,11 @@ def run_all(engine: Engine, images: np.ndarray, batch_size: int) -> dict[str, np
 
 def verify(engine: Engine, reference: Engine, tolerance: Tolerance | Mapping[str, Tolerance],
            eval_set: EvalSet | None = None,
-           random_batches: tuple[int, ...] = (1, 8), batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
+           random_batches: tuple[int, ...] = (1, 8), batch_size: int = 32, seed: int = 0,
+           cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """Compare every output of `engine` with `reference` on random inputs and the labelled
-    `eval_set` (tolerance: one, or one per output name); the report dict."""
+    `eval_set` (tolerance: one, or one per output name); the report dict. `cache`: the
+    reference's outputs by set name, filled on first use (several engines, one reference run)."""
     shape = tuple(d for d in engine.inputs[0].shape[1:])
     if not all(isinstance(d, int) for d in shape):
         raise QDeployError(f"{engine.describe()} has a dynamic image size {shape}; export with a fixed --input-size")
@@ -43,9 +45,12 @@ def verify(engine: Engine, reference: Engine, tolerance: Tolerance | Mapping[str
     ]
     if eval_set is not None:
         sets.append((eval_set.name, eval_set.images, eval_set.labels))
-    comparisons = [c for name, images, labels in sets
-                   for c in compare_all(name, run_all(reference, images, batch_size), run_all(engine, images, batch_size),
-                                        tolerance, labels)]
+    cache = {} if cache is None else cache
+    comparisons = []
+    for name, images, labels in sets:
+        if name not in cache:
+            cache[name] = run_all(reference, images, batch_size)
+        comparisons += compare_all(name, cache[name], run_all(engine, images, batch_size), tolerance, labels)
     return {
         "backend": engine.backend,
         "backend_detail": engine.describe(),
