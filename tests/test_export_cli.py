@@ -17,7 +17,7 @@ from qdeploy.store import read_report, save
 from qdeploy.compare import PRESETS
 from qdeploy.export.translations import PLUGIN_DOMAIN
 from qdeploy.serving.repository import read_config
-from tests.test_export import polygraphy_cli_runs, run_onnx, tiny_model
+from tests.export_helpers import polygraphy_cli_runs, run_onnx, tiny_model
 
 
 def test_cli_fp16_export_from_a_checkpoint_writes_files_and_a_true_report(tmp_path) -> None:

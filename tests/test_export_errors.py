@@ -17,7 +17,7 @@ from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_ses
 from qdeploy.compare import PRESETS, Tolerance
 from qdeploy.layers import QuadConfig
 from tests.conftest import family_model
-from tests.test_export import adapted, assert_parity, tiny_model
+from tests.export_helpers import adapted, assert_parity, tiny_model
 
 
 def _one_line_error(result) -> str:

@@ -16,7 +16,7 @@ from qdeploy.errors import QDeployError
 from qdeploy.export import ExportOptions, export_model, ort_session
 from qdeploy.export import int8
 from qdeploy.data.eval_set import load_eval_set
-from tests.test_export import tiny_model
+from tests.export_helpers import tiny_model
 
 SIZE = (32, 32)
 

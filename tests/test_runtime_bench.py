@@ -14,7 +14,6 @@ from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import load_engine
 from qdeploy.runtime.benchmark import Target, measure, run_benchmark
-from tests.runtime_fixtures import tiny_export  # noqa: F401
 
 
 def test_measure_respects_iterations_and_time_budget(tiny_export) -> None:

@@ -62,7 +62,7 @@ def test_bad_inputs_are_clear_errors(tiny_onnx, tmp_path) -> None:
 
 from qdeploy.runtime import Engine, TensorSpec, tensorrt_provider_options  # noqa: E402
 from qdeploy.runtime.tensorrt_engine import explain_deserialize_failure  # noqa: E402
-from tests.runtime_fixtures import INPUT_SIZE, tiny_export  # noqa: E402,F401
+from tests.runtime_fixtures import INPUT_SIZE
 
 
 def test_torch_backend_and_ort_agree_with_the_model(tiny_export) -> None:

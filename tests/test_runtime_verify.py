@@ -18,7 +18,7 @@ from qdeploy.data.eval_set import load_eval_set
 from qdeploy.compare import Tolerance, compare, compare_all, resolve_tolerance
 from qdeploy.runtime.parity import verify
 from qdeploy.runtime.torch_engine import TorchEngine
-from tests.runtime_fixtures import INPUT_SIZE, tiny_export  # noqa: F401
+from tests.runtime_fixtures import INPUT_SIZE
 
 CORRUPTED_LAYER = "layer3.0.conv2"
 

@@ -31,7 +31,7 @@ from qdeploy.runtime import load_engine
 from qdeploy.serving import ServeOptions, load_models, write_triton_model
 from qdeploy.serving.triton_install import install_triton
 from qdeploy.serving.triton_server import TritonServer
-from tests.test_serving_app import images, quad_repo, torch_logits  # noqa: F401 - quad_repo is a fixture
+from tests.serving_helpers import images, torch_logits
 
 START = "from qdeploy.cli import main; main()"
 

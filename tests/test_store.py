@@ -14,7 +14,7 @@ from qdeploy.cli import main
 from qdeploy.workflows.bench import expand_targets
 from qdeploy.errors import QDeployError
 from qdeploy.store import load, locate, read_record, save
-from tests.runtime_fixtures import tiny_adapted, tiny_export  # noqa: F401
+from tests.runtime_fixtures import tiny_adapted
 
 RECORD = {"data": "digits-shift", "image_size": 32, "seed": 1, "val_fraction": 0.3}
 
