@@ -50,6 +50,11 @@ def _private_cache(tmp_path_factory):
         yield
 
 
+# Tests that mean a CPU backend name it ("ort-cpu"); the few that check what `auto` picks
+# on a machine without a GPU skip where one is present (auto would take ort-cuda there).
+HAS_NVIDIA_GPU = Path("/dev/nvidiactl").exists()
+needs_no_gpu = pytest.mark.skipif(HAS_NVIDIA_GPU, reason="checks the CPU fallback of `auto`; this machine has a GPU")
+
 _TINY_EXPORT: list[TinyExport] = []
 
 

@@ -112,7 +112,7 @@ def test_drift_localizer_names_the_corrupted_layer(tiny_export, corrupted) -> No
 
 def test_verify_cli_passes_then_fails_with_the_layer_named(tiny_export, corrupted, tmp_path) -> None:
     runner = CliRunner()
-    good = runner.invoke(main, ["verify", str(tiny_export.onnx / "fused.onnx"), "--data", "digits-shift",
+    good = runner.invoke(main, ["verify", str(tiny_export.onnx / "fused.onnx"), "--backend", "ort-cpu", "--data", "digits-shift",
                                 "--limit", "16", "--random-batches", "2", "--out", str(tmp_path / "good.json")])
     assert good.exit_code == 0, good.output
     report = json.loads((tmp_path / "good.json").read_text())  # reference found via export_report.json
