@@ -136,3 +136,12 @@ def test_benchmark_refuses_a_missing_data_folder_in_one_line(tmp_path) -> None:
         f"error: data folder {tmp_path / 'missing'} does not exist; pass an ImageFolder directory (one sub-folder "
         "per class) or the built-in 'digits-shift'"]
     assert not runs.exists() and not report.exists()
+
+
+def test_the_cli_defaults_are_the_train_config_defaults() -> None:
+    from qdeploy.commands.train import train as train_command
+    from qdeploy.training import TrainConfig
+
+    params = train_command.make_context("train", []).params
+    params.pop("resume")
+    assert TrainConfig(**params) == TrainConfig()  # each default is defined once, in TrainConfig
