@@ -163,14 +163,15 @@ def engine(settings: Settings, work: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from qdeploy.adaptation import adapt, randomize_quadratic_terms, save_adapted
-    from qdeploy.export.parity import PRESETS, compare
+    from qdeploy.adaptation import adapt, randomize_quadratic_terms
+    from qdeploy.store import save
+    from qdeploy.compare import PRESETS, compare
     from qdeploy.models.sources import load_base_model
     from qdeploy.runtime import load_engine
 
     torch.manual_seed(0)
     model, _ = adapt(load_base_model("efficientnet_lite0"), count_model_flops=False)
-    folder = save_adapted(randomize_quadratic_terms(model), work / "model")
+    folder = save(randomize_quadratic_terms(model), work / "model")
     x = np.random.default_rng(0).standard_normal(
         (settings.engine_batch, 3, settings.engine_image, settings.engine_image)).astype(np.float32)
     options = {"input_size": (settings.engine_image, settings.engine_image)}

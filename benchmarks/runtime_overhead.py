@@ -43,10 +43,10 @@ CALIBRATION_IMAGES = 128
 def adapted_model(model_dir: str | None) -> torch.nn.Module:
     from qdeploy.adaptation import adapt, randomize_quadratic_terms
     from qdeploy.models.sources import load_base_model
-    from qdeploy.runtime.torch_engine import load_model_source
+    from qdeploy.store import load_model
 
     if model_dir:
-        return load_model_source(model_dir)[0]
+        return load_model(model_dir)
     torch.manual_seed(0)
     model = load_base_model()
     model.reset_classifier(10)
@@ -80,8 +80,8 @@ def files_for_size(model: torch.nn.Module, size: int, folder: Path, console) -> 
     """Every ONNX file of one image size, and the int8 agreement figures."""
     from qdeploy.export import ExportOptions, export_model
     from qdeploy.export.int8 import quantize_qdq
-    from qdeploy.runtime.base_model import base_of, export_plain_onnx
-    from qdeploy.runtime.eval_set import load_eval_set
+    from qdeploy.export.base_model import base_of, export_plain_onnx
+    from qdeploy.data.eval_set import load_eval_set
 
     console.print(f"{size} px: exporting base, plain, rewritten and fused files, then int8 ...")
     files = {"base fp32": export_plain_onnx(base_of(model), folder / "base.onnx", (3, size, size))}
@@ -112,7 +112,8 @@ def main() -> None:
     from rich.table import Table
 
     from qdeploy import atomic
-    from qdeploy.commands.bench import machine, print_results
+    from qdeploy.commands.bench import print_results
+    from qdeploy.workflows.bench import machine
     from qdeploy.runtime import load_engine
     from qdeploy.runtime.benchmark import Target, run_benchmark
     from qdeploy.runtime.torch_engine import TorchEngine

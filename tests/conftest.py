@@ -1,11 +1,17 @@
-"""Shared fixtures: small timm models of each family, built offline with random weights."""
+"""Shared fixtures: small timm models of each family (random weights, offline), a tiny exported model,
+a quadratic model in a Triton repository. Test modules take these from here, never from each other."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from torch import nn
 
 from qdeploy.models.sources import load_base_model
+from tests.runtime_fixtures import INPUT_SIZE, TinyExport, tiny_adapted
+from tests.serving_helpers import SHAPE
 
 # (timm name, constructor kwargs, input (C, H, W)): one per family the defaults cover.
 FAMILIES = {
@@ -42,3 +48,47 @@ def _private_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
         yield
+
+
+# Tests that mean a CPU backend name it ("ort-cpu"); the few that check what `auto` picks
+# on a machine without a GPU skip where one is present (auto would take ort-cuda there).
+HAS_NVIDIA_GPU = Path("/dev/nvidiactl").exists()
+needs_no_gpu = pytest.mark.skipif(HAS_NVIDIA_GPU, reason="checks the CPU fallback of `auto`; this machine has a GPU")
+
+_TINY_EXPORT: list[TinyExport] = []
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> TinyExport:
+    """A tiny adapted model, saved and exported (both modes) once per session, for the runtime tests."""
+    if not _TINY_EXPORT:
+        from qdeploy.export import ExportOptions, export_model
+        from qdeploy.store import save
+
+        root = tmp_path_factory.mktemp("runtime")
+        model = tiny_adapted()
+        folder = save(model, root / "adapted")
+        export_model(model, root / "onnx", ExportOptions(input_size=INPUT_SIZE, source=str(folder)))
+        _TINY_EXPORT.append(TinyExport(model, folder, root / "onnx"))
+    return _TINY_EXPORT[0]
+
+
+@pytest.fixture(scope="module")
+def quad_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, nn.Module]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    from qdeploy.adaptation import adapt, randomize_quadratic_terms
+    from qdeploy.serving import write_triton_model
+
+    model, report = adapt(model, targets=["0", "2", "5"], input_size=SHAPE)
+    assert len(report.layers) == 3
+    randomize_quadratic_terms(model)
+    folder = tmp_path_factory.mktemp("serving")
+    onnx_path = folder / "quad.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(model, (torch.randn(2, *SHAPE),), str(onnx_path), input_names=["input"],
+                      output_names=["logits"], dynamic_shapes={"input": {0: batch}}, dynamo=True, verbose=False)
+    repo = folder / "repo"
+    write_triton_model(repo, "quad", onnx_path, max_batch=8, max_queue_delay_us=2000)
+    return repo, onnx_path, model

@@ -1,19 +1,13 @@
-"""A tiny adapted model, saved and exported once per test session, for the runtime tests.
-
-A fixture imported into several test modules is a separate fixture in each, so the export
-itself is cached here, once per process.
-"""
+"""The tiny adapted model the runtime tests export (conftest.py's `tiny_export` fixture)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
-from qdeploy.adaptation import adapt, randomize_quadratic_terms, save_adapted
-from qdeploy.export import ExportOptions, export_model
+from qdeploy.adaptation import adapt, randomize_quadratic_terms
 from qdeploy.models.sources import load_base_model
 
 INPUT_SIZE = (32, 32)
@@ -22,7 +16,7 @@ INPUT_SIZE = (32, 32)
 @dataclass
 class TinyExport:
     model: torch.nn.Module  # adapted, eval mode
-    folder: Path  # save_adapted folder (the reference)
+    folder: Path  # qdeploy.store.save folder (the reference)
     onnx: Path  # export folder: decomposed.onnx, fused.onnx, export_report.json
 
 
@@ -41,18 +35,3 @@ def tiny_adapted() -> torch.nn.Module:
     adapt(model, count_model_flops=False)
     randomize_quadratic_terms(model)
     return model.eval()
-
-
-_BUILT: list[TinyExport] = []
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory) -> TinyExport:
-    if not _BUILT:
-        root = tmp_path_factory.mktemp("runtime")
-        model = tiny_adapted()
-        folder = save_adapted(model, root / "adapted")
-        out = root / "onnx"
-        export_model(model, out, ExportOptions(input_size=INPUT_SIZE, source=str(folder)))
-        _BUILT.append(TinyExport(model, folder, out))
-    return _BUILT[0]

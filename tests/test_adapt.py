@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qdeploy.adaptation import adapt, load_adapted, quadratic_layers, randomize_quadratic_terms, save_adapted, unadapt
+from qdeploy.adaptation import DEFAULT_TARGETS, adapt, quadratic_layers, randomize_quadratic_terms, resolve_targets, unadapt
+from qdeploy.store import load_model, save
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import load_base_model
@@ -41,10 +42,10 @@ def test_save_load_round_trip_is_bit_exact(family: str, tmp_path) -> None:
     x = torch.randn(2, *size)
     with torch.no_grad():
         expected = model(x)
-    save_adapted(model, tmp_path / "m")
+    save(model, tmp_path / "m")
     config = json.loads((tmp_path / "m" / "adapter.json").read_text())
     assert config["base"]["arch"] == FAMILIES[family][0] and config["quad"]["rank"] == 4
-    loaded = load_adapted(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
 
@@ -100,35 +101,35 @@ def test_unknown_target_and_double_adapt_are_errors() -> None:
 def test_load_errors_are_clear(tmp_path) -> None:
     model, _ = family_model("resnet")
     adapt(model, count_model_flops=False)
-    folder = save_adapted(model, tmp_path / "m")
+    folder = save(model, tmp_path / "m")
     weights = folder / "model.safetensors"
 
     state = {k: v for k, v in model.state_dict().items()}
     state["fc.weight"] = torch.zeros(10, 512)
     save_file({k: v.contiguous() for k, v in state.items()}, weights)
     with pytest.raises(QDeployError, match="shape mismatch at 'fc.weight'"):
-        load_adapted(folder)
+        load_model(folder)
 
     weights.write_bytes(b"\x00" * 16)
     with pytest.raises(QDeployError, match="not a readable safetensors file"):
-        load_adapted(folder)
+        load_model(folder)
 
-    with pytest.raises(QDeployError, match="not an adapted-model folder"):
-        load_adapted(tmp_path / "nowhere")
+    with pytest.raises(QDeployError, match="does not exist; pass a train run folder"):
+        load_model(tmp_path / "nowhere")
 
 
 def test_failed_save_leaves_previous_folder_intact(tmp_path, monkeypatch) -> None:
     model, _ = family_model("resnet")
     adapt(model, count_model_flops=False)
-    folder = save_adapted(model, tmp_path / "m")
+    folder = save(model, tmp_path / "m")
     before = (folder / "model.safetensors").read_bytes()
 
     def boom(_state):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("qdeploy.adaptation.checkpoint.safetensors_bytes", boom)
+    monkeypatch.setattr("qdeploy.store.models.safetensors_bytes", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        save_adapted(model, folder)
+        save(model, folder)
     assert (folder / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging leftovers
 
@@ -163,3 +164,32 @@ def test_base_model_sources(tmp_path) -> None:
         load_base_model("resnet34", checkpoint=tmp_path / "w.safetensors")
     with pytest.raises(QDeployError, match="unexpected key 'bn1.num_batches_tracked'"):
         load_base_model("convnext_atto", checkpoint=tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("family, count, examples", [
+    ("depthwise-cnn", 11, ["blocks.0.0.conv_dw", "blocks.4.2.conv_dw"]),  # MobileNetV3: every depthwise conv
+    ("resnet", 8, ["layer1.0.conv2", "layer4.1.conv2"]),  # the 3x3 conv of each basic block
+    ("convnext", 24, ["stages.0.blocks.0.conv_dw", "stages.3.blocks.1.mlp.fc1"]),  # dw conv + MLP fc1 per block
+    ("vit", 12, ["blocks.0.mlp.fc1", "blocks.11.mlp.fc1"]),  # the first MLP linear per block
+])
+def test_default_targets_of_each_family(family: str, count: int, examples: list[str]) -> None:
+    model, _ = family_model(family)
+    targets = resolve_targets(model, None)
+    assert len(targets) == count and all(name in targets for name in examples), targets
+    kinds = {type(dict(model.named_modules())[name]).__name__ for name in targets}
+    assert kinds == ({"Linear"} if family == "vit" else {"Conv2d"})  # convnext_atto: its mlp.fc1 is a 1x1 conv
+
+
+def test_unknown_family_falls_back_to_spatial_convs_and_mlp_fc1() -> None:
+    class Net(torch.nn.Module):  # no entry in DEFAULT_TARGETS
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3)
+            self.point = torch.nn.Conv2d(8, 8, 1)  # 1x1: not spatial, left alone
+            self.mlp = torch.nn.Module()
+            self.mlp.fc1, self.mlp.fc2 = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+    assert "Net" not in DEFAULT_TARGETS
+    assert resolve_targets(Net(), None) == ["stem", "mlp.fc1"]
+    with pytest.raises(QDeployError, match="no default quadratic targets for Linear: pass targets"):
+        resolve_targets(torch.nn.Linear(2, 2), None)

@@ -8,7 +8,7 @@ import sys
 
 from click.testing import CliRunner
 
-from qdeploy.adaptation import load_adapted, read_adapted_config
+from qdeploy.store import load_model, model_config
 from qdeploy.cli import main
 
 
@@ -17,9 +17,9 @@ def test_demo_runs_offline_and_writes_a_reloadable_model(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "tiger cat" in result.output and "reload bit-exact" in result.output
     assert "0.0e+00" in result.output  # zero-start error
-    config = read_adapted_config(tmp_path / "demo")
+    config = model_config(tmp_path / "demo")
     assert config["base"]["name"] == "efficientnet_lite0" and len(config["targets"]) == 16
-    assert len(load_adapted(tmp_path / "demo").state_dict()) > 296
+    assert len(load_model(tmp_path / "demo").state_dict()) > 296
 
 
 def test_unknown_model_is_a_one_line_error(tmp_path) -> None:

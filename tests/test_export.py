@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -16,67 +14,14 @@ import torch
 from onnx import numpy_helper
 
 from qdeploy import __version__
-from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms
-from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session, read_report
+from qdeploy.adaptation import quadratic_layers
+from qdeploy.export import ExportOptions, check_onnx_file, export_model
+from qdeploy.store import read_report
 from qdeploy.export.report import weights_sha256
 from qdeploy.export.translations import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, plugin_nodes
 from qdeploy.models.sources import load_base_model
 from tests.conftest import FAMILIES, family_model
-
-FP32_TOLERANCE = 1e-4  # max |ort - torch| <= 1e-4 * max |torch|
-
-
-def unsilence_residual_branches(model: torch.nn.Module) -> None:
-    """Undo the init that mutes residual branches (a trained network has no such mute).
-
-    timm zero-inits the last BatchNorm of each ResNet block and starts ConvNeXt's layer
-    scale at 1e-6: left so, the quadratic terms in those branches barely reach the logits
-    and a parity check would pass even if the exported terms were wrong.
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d) and not module.weight.any():
-                module.weight.fill_(1.0)
-        for name, param in model.named_parameters():
-            if name.endswith(".gamma"):  # timm's layer scale
-                param.fill_(1.0)
-
-
-def adapted(model: torch.nn.Module, **adapt_kwargs) -> torch.nn.Module:
-    """`model` adapted (family defaults unless overridden) with non-zero quadratic weights."""
-    torch.manual_seed(0)
-    unsilence_residual_branches(model)
-    adapt(model, count_model_flops=False, **adapt_kwargs)
-    randomize_quadratic_terms(model)
-    return model.eval()
-
-
-def tiny_model(**adapt_kwargs) -> torch.nn.Module:
-    """timm's 4-block test ResNet, adapted: the cheapest real export (a few seconds)."""
-    return adapted(load_base_model("test_resnet", pretrained=False), **adapt_kwargs)
-
-
-def run_onnx(path: Path, batch: torch.Tensor) -> np.ndarray:
-    session = ort_session(path)
-    return session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
-
-
-def assert_parity(path: Path, model: torch.nn.Module, batch: torch.Tensor, tolerance: float) -> None:
-    with torch.no_grad():
-        expected = model(batch).numpy()
-    error = np.abs(run_onnx(path, batch) - expected).max()
-    assert error <= tolerance * np.abs(expected).max(), (path.name, error, np.abs(expected).max())
-
-
-def polygraphy_cli_runs(paths: list[Path], shape: tuple[int, ...]) -> None:
-    """`polygraphy run <file> --onnxrt` succeeds on every file (run side by side: each is a new process)."""
-    options = ["--onnxrt", "--input-shapes", f"input:[{','.join(map(str, shape))}]"]  # after the model path
-    runs = [subprocess.Popen([shutil.which("polygraphy") or "polygraphy", "run", str(path), *options],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for path in paths]
-    for path, run in zip(paths, runs):
-        output, _ = run.communicate(timeout=300)
-        assert run.returncode == 0 and "PASSED" in output, (path.name, output)
+from tests.export_helpers import FP32_TOLERANCE, adapted, assert_parity
 
 
 def assert_node_contract(node: onnx.NodeProto, weights: dict[str, tuple[int, ...]]) -> None:

@@ -15,8 +15,7 @@ from qdeploy.adaptation import quadratic_layers
 from qdeploy.export import ExportOptions, export_model
 from qdeploy.export.translations import PLUGIN_DOMAIN, PRODUCT_OP
 from qdeploy.models.sources import load_base_model
-from tests.test_export import FP32_TOLERANCE, adapted, assert_parity, polygraphy_cli_runs
-from tests.test_export_layers import asymmetric_same_pads
+from tests.export_helpers import FP32_TOLERANCE, adapted, assert_parity, asymmetric_same_pads, polygraphy_cli_runs
 
 SIZE = (3, 64, 64)
 pytestmark = pytest.mark.slow

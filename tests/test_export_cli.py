@@ -12,18 +12,17 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto
 
-from qdeploy.adaptation import save_adapted
 from qdeploy.cli import main
-from qdeploy.export import read_report
-from qdeploy.export.parity import PRESETS
+from qdeploy.store import read_report, save
+from qdeploy.compare import PRESETS
 from qdeploy.export.translations import PLUGIN_DOMAIN
 from qdeploy.serving.repository import read_config
-from tests.test_export import polygraphy_cli_runs, run_onnx, tiny_model
+from tests.export_helpers import polygraphy_cli_runs, run_onnx, tiny_model
 
 
 def test_cli_fp16_export_from_a_checkpoint_writes_files_and_a_true_report(tmp_path) -> None:
     model = tiny_model()
-    save_adapted(model, tmp_path / "model")
+    save(model, tmp_path / "model")
     checkpoint = tmp_path / "model" / "step-100.safetensors"  # a checkpoint beside adapter.json
     shutil.copy(tmp_path / "model" / "model.safetensors", checkpoint)
     out = tmp_path / "onnx"

@@ -9,14 +9,15 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 from torch import nn
 
-from qdeploy.adaptation import quadratic_layers, save_adapted
+from qdeploy.adaptation import quadratic_layers
+from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session
-from qdeploy.export.parity import PRESETS, Tolerance
+from qdeploy.compare import PRESETS, Tolerance
 from qdeploy.layers import QuadConfig
 from tests.conftest import family_model
-from tests.test_export import adapted, assert_parity, tiny_model
+from tests.export_helpers import adapted, assert_parity, tiny_model
 
 
 def _one_line_error(result) -> str:
@@ -27,7 +28,7 @@ def _one_line_error(result) -> str:
 
 
 def test_failed_export_leaves_out_as_it_was(tmp_path, monkeypatch) -> None:
-    save_adapted(tiny_model(), tmp_path / "model")
+    save(tiny_model(), tmp_path / "model")
     (tmp_path / "previous").mkdir()
     (tmp_path / "previous" / "keep.txt").write_text("old artifact")
     monkeypatch.setitem(PRESETS, "fp32", Tolerance(atol=-1.0, rtol=0.0))  # parity fails after the file was written and checked
@@ -92,8 +93,18 @@ def test_missing_or_wrong_input_size_is_named(tmp_path) -> None:
         export_model(adapted(vit), tmp_path / "out", ExportOptions(input_size=(64, 64)))
 
 
+def test_a_model_that_fails_at_any_size_is_not_blamed_on_the_input_size(tmp_path) -> None:
+    model = tiny_model()
+    block = model.layer1[0]
+    block.forward = lambda x: x.view(-1)[:3]  # broken whatever the input size
+    for size in ((32, 32), (64, 64)):  # a custom size and the model's own (224)
+        with pytest.raises(QDeployError, match=r"module 'layer2.0.conv1' fails in forward \(.*\), at the model's own "
+                                               r"input size too: the model is broken, not the input size"):
+            export_model(model, tmp_path / "out", ExportOptions(input_size=size, modes=("decomposed",)))
+
+
 def test_cli_option_errors_are_one_line(tmp_path) -> None:
-    save_adapted(tiny_model(), tmp_path / "model")
+    save(tiny_model(), tmp_path / "model")
     for args, message in (
         (["--input-size", "64by64"], "--input-size '64by64' is not HxW"),
         (["--batch", "zero"], "--batch 'zero' is neither 'dynamic' nor a positive integer"),

@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from qdeploy.adaptation import save_adapted
+from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.export import ExportOptions, export_model, ort_session
 from qdeploy.export import int8
-from qdeploy.runtime.eval_set import load_eval_set
-from tests.test_export import tiny_model
+from qdeploy.data.eval_set import load_eval_set
+from tests.export_helpers import tiny_model
 
 SIZE = (32, 32)
 
@@ -100,7 +100,7 @@ def test_int8_refusals_are_one_line_and_write_nothing(tmp_path, monkeypatch) -> 
 
 
 def test_cli_int8_without_training_data_or_calib_is_refused(tmp_path) -> None:
-    save_adapted(tiny_model(), tmp_path / "model")
+    save(tiny_model(), tmp_path / "model")
     result = CliRunner().invoke(main, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "out"),
                                        "--mode", "decomposed", "--precision", "int8", "--input-size", "32"])
     assert result.exit_code != 0 and "pass --calib DIR" in result.output and not (tmp_path / "out").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import onnx
 import pytest
@@ -15,10 +14,9 @@ from qdeploy.adaptation import quadratic_layers
 from qdeploy.export import ExportOptions, check_onnx_file, export_model
 from qdeploy.export.ops import interleave_factors
 from qdeploy.export.rewrite import ConvTermOp, LinearTermOp
-from qdeploy.export.translations import plugin_nodes
 from qdeploy.layers import QuadConfig, quadratic_conv2d, quadratic_linear
 from qdeploy.models.sources import load_base_model
-from tests.test_export import FP32_TOLERANCE, adapted, assert_parity
+from tests.export_helpers import FP32_TOLERANCE, adapted, assert_parity, asymmetric_same_pads
 
 CONV_CASES = {
     "grouped, rank > groups": (nn.Conv2d(8, 16, 3, padding=1, groups=4), QuadConfig(rank=8)),
@@ -104,30 +102,6 @@ def test_grouped_layers_with_rank_above_groups_export_exactly(grouped_export) ->
     for mode in ("decomposed", "fused"):
         assert all(s["passed"] for s in report["files"][mode]["parity"].values())
         assert_parity(out / f"{mode}.onnx", model, torch.randn(3, 3, 32, 32), FP32_TOLERANCE)
-
-
-def asymmetric_same_pads(model: nn.Module, fused_path: Path, size: tuple[int, int, int]) -> int:
-    """Check each plugin node's pads are its layer's TF-"same" pads at the export size; count uneven ones."""
-    layers = quadratic_layers(model)
-    input_hw: dict[str, tuple[int, int]] = {}
-
-    def record(name: str):
-        def hook(module, args) -> None:  # returns None: a pre-hook's return value would replace the inputs
-            input_hw[name] = tuple(args[0].shape[-2:])
-        return hook
-
-    hooks = [layer.register_forward_pre_hook(record(name)) for name, layer in layers.items()]
-    with torch.no_grad():
-        model(torch.zeros(1, *size))
-    for hook in hooks:
-        hook.remove()
-    asymmetric = 0
-    for node in plugin_nodes(onnx.load(fused_path)):
-        top, bottom, left, right = layers[node.name].quad.a.explicit_pads(*input_hw[node.name])
-        pads = next(list(a.ints) for a in node.attribute if a.name == "pads")
-        assert pads == [top, left, bottom, right], node.name
-        asymmetric += (top, left) != (bottom, right)
-    return asymmetric
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from qdeploy.export.graph_rewrites import rewrite_graph
 from qdeploy.export.layer_names import layer_of, part_of
 from qdeploy.export.norm_fold import fold_norms
 from qdeploy.models.sources import load_base_model
-from tests.test_export import adapted
+from tests.export_helpers import adapted
 
 SIZE = (3, 64, 64)
 

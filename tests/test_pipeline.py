@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -37,3 +38,20 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
         assert (out / name).is_file(), name
     assert "accuracy after adaptation" in result.output and "latency fused ort-cpu, batch 2" in result.output
     assert "plain base fine-tuned, same budget" in result.output
+
+
+def test_every_pipeline_option_is_settable_from_the_cli() -> None:
+    from dataclasses import fields
+
+    from qdeploy.commands.parsing import parse_dataclass_options
+    from qdeploy.commands.pipeline import pipeline
+    from qdeploy.workflows.pipeline import PipelineOptions
+
+    args = ["--model", "resnet18", "--data", "d", "--out", "o", "--epochs", "2", "--train-minutes", "0.5",
+            "--max-samples", "9", "--batch", "1,4", "--threads", "1", "--bench-seconds", "0.1", "--seed", "5",
+            "--freeze-primary", "--no-baseline"]
+    options = parse_dataclass_options(PipelineOptions, pipeline.make_context("pipeline", args).params)
+    assert options == PipelineOptions("resnet18", "d", Path("o"), 2, 0.5, 9, (1, 4), 1, 0.1, 5, False, False)
+    assert {f.name for f in fields(PipelineOptions)} == {p.name for p in pipeline.params}  # no field without option
+    defaults = parse_dataclass_options(PipelineOptions, pipeline.make_context("pipeline", []).params)
+    assert defaults == PipelineOptions()  # the defaults are the dataclass's, defined once

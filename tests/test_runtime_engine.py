@@ -23,8 +23,8 @@ def tiny_onnx(tmp_path_factory) -> tuple[str, torch.nn.Module]:
 
 def test_metadata_and_inference_match_torch(tiny_onnx) -> None:
     path, model = tiny_onnx
-    engine = load_engine(path, "auto")
-    assert engine.backend == "ort-cpu"  # no GPU here: auto falls through to the CPU
+    engine = load_engine(path, "ort-cpu")
+    assert engine.backend == "ort-cpu"
     assert engine.inputs[0].name == "x" and engine.inputs[0].shape[1:] == (3, 8, 8)
     assert engine.inputs[0].dynamic_axes == (0,)
     engine.warmup()
@@ -62,7 +62,15 @@ def test_bad_inputs_are_clear_errors(tiny_onnx, tmp_path) -> None:
 
 from qdeploy.runtime import Engine, TensorSpec, tensorrt_provider_options  # noqa: E402
 from qdeploy.runtime.tensorrt_engine import explain_deserialize_failure  # noqa: E402
-from tests.runtime_fixtures import INPUT_SIZE, tiny_export  # noqa: E402,F401
+from tests.conftest import needs_no_gpu
+from tests.runtime_fixtures import INPUT_SIZE
+
+
+@needs_no_gpu
+def test_auto_falls_through_to_the_cpu_without_a_gpu(tiny_export) -> None:
+    engine = load_engine(tiny_export.onnx / "fused.onnx", "auto")
+    assert engine.backend == "ort-cpu"
+    assert "auto; not available: ort-trt:" in engine.describe() and "ort-cuda:" in engine.describe()
 
 
 def test_torch_backend_and_ort_agree_with_the_model(tiny_export) -> None:
@@ -74,9 +82,8 @@ def test_torch_backend_and_ort_agree_with_the_model(tiny_export) -> None:
     assert torch_engine.inputs[0].shape == (None, 3, *INPUT_SIZE)
     np.testing.assert_array_equal(torch_engine.infer(x)["output"], expected)
     for mode in ("decomposed", "fused"):
-        engine = load_engine(tiny_export.onnx / f"{mode}.onnx", "auto")
+        engine = load_engine(tiny_export.onnx / f"{mode}.onnx", "ort-cpu")
         assert engine.backend == "ort-cpu"
-        assert "auto; not available: ort-trt:" in engine.describe() and "ort-cuda:" in engine.describe()
         out = engine.infer(torch.from_numpy(x))["output"]  # torch in -> torch out
         assert isinstance(out, torch.Tensor)
         np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
@@ -230,7 +237,7 @@ def test_a_type_error_inside_an_engine_is_not_blamed_on_options(monkeypatch, tmp
     def broken(path):
         raise TypeError("unsupported operand type(s) inside the model loader")
 
-    monkeypatch.setattr(torch_engine, "load_model_source", broken)
+    monkeypatch.setattr(torch_engine, "locate", broken)
     with pytest.raises(TypeError, match="inside the model loader"):
         load_engine(tmp_path, "torch")
     with pytest.raises(QDeployError, match=r"backend torch does not accept these options \(colour\); it takes "

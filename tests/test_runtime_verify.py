@@ -14,10 +14,11 @@ from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import load_engine
 from qdeploy.runtime.drift import block_of, localize_drift
-from qdeploy.runtime.eval_set import load_eval_set
-from qdeploy.runtime.parity import Tolerance, compare_outputs, resolve_tolerance, verify
+from qdeploy.data.eval_set import load_eval_set
+from qdeploy.compare import Tolerance, compare, compare_all, resolve_tolerance
+from qdeploy.runtime.parity import verify
 from qdeploy.runtime.torch_engine import TorchEngine
-from tests.runtime_fixtures import INPUT_SIZE, tiny_export  # noqa: F401
+from tests.runtime_fixtures import INPUT_SIZE
 
 CORRUPTED_LAYER = "layer3.0.conv2"
 
@@ -38,14 +39,38 @@ def test_compare_outputs_statistics() -> None:
     output = reference.copy()
     output[0, 2] = 4.4  # +0.4: same ranking
     output[1, 0] = 6.0  # class 0 jumps to the top of sample 1
-    stats = compare_outputs("s", reference, output, Tolerance(atol=0.0, rtol=0.1), labels=np.array([2, 0]))
+    stats = compare(reference, output, Tolerance(atol=0.0, rtol=0.1), "s", labels=np.array([2, 0]))
     assert stats.max_abs == pytest.approx(6.0) and stats.max_rel == pytest.approx(6.0 / 5.0)
     assert stats.mean_abs == pytest.approx(6.4 / 12)
+    assert stats.median_abs == 0.0 and stats.quantile_abs == pytest.approx(np.quantile([0] * 10 + [0.4, 6.0], 0.99))
     assert stats.top1_agreement == 0.5 and stats.top5_agreement == 0.5  # sample 1's top-5 set changed
     assert stats.reference_accuracy == 0.5 and stats.backend_accuracy == 1.0
     assert not stats.passed
-    assert compare_outputs("s", reference, reference + 0.4, Tolerance(atol=0.0, rtol=0.1)).passed  # 0.4 <= 0.1 * 5
-    assert not compare_outputs("s", reference, reference + 0.6, Tolerance(atol=0.0, rtol=0.1)).passed
+    assert compare(reference, reference + 0.4, Tolerance(atol=0.0, rtol=0.1)).passed  # 0.4 <= 0.1 * 5
+    assert not compare(reference, reference + 0.6, Tolerance(atol=0.0, rtol=0.1)).passed
+
+
+def test_every_output_is_compared_with_its_own_tolerance() -> None:
+    reference = {"logits": np.array([[1.0, 2.0]]), "features": np.array([[10.0, 0.0]])}
+    output = {"logits": np.array([[1.0, 2.0]]), "features": np.array([[10.5, 0.0]])}  # only the second output drifts
+    loose, tight = Tolerance(0.0, 0.1), Tolerance(0.0, 0.01)
+    results = compare_all("s", reference, output, {"logits": tight, "features": loose}, labels=np.array([1]))
+    assert [(c.output, c.passed) for c in results] == [("logits", True), ("features", True)]
+    assert results[0].reference_accuracy == 1.0 and results[1].reference_accuracy is None  # labels score the logits
+    results = compare_all("s", reference, output, tight)
+    assert [(c.output, c.passed) for c in results] == [("logits", True), ("features", False)]
+    with pytest.raises(QDeployError, match=r"s: the outputs differ: reference \['features', 'logits'\], backend \['logits'\]"):
+        compare_all("s", reference, {"logits": output["logits"]}, tight)
+    with pytest.raises(QDeployError, match="no tolerance for output\\(s\\) features"):
+        compare_all("s", reference, output, {"logits": tight})
+
+
+def test_the_comparator_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, qdeploy.compare; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 def test_tolerance_presets_and_overrides() -> None:
@@ -87,11 +112,14 @@ def test_drift_localizer_names_the_corrupted_layer(tiny_export, corrupted) -> No
 
 def test_verify_cli_passes_then_fails_with_the_layer_named(tiny_export, corrupted, tmp_path) -> None:
     runner = CliRunner()
-    good = runner.invoke(main, ["verify", str(tiny_export.onnx / "fused.onnx"), "--data", "digits-shift",
+    good = runner.invoke(main, ["verify", str(tiny_export.onnx / "fused.onnx"), "--backend", "ort-cpu", "--data", "digits-shift",
                                 "--limit", "16", "--random-batches", "2", "--out", str(tmp_path / "good.json")])
     assert good.exit_code == 0, good.output
     report = json.loads((tmp_path / "good.json").read_text())  # reference found via export_report.json
     assert report["passed"] and report["backend"] == "ort-cpu" and report["sets"][-1]["images"] == 16
+    # In a log (not a terminal, 80 columns) the table names its file and keeps every number whole.
+    assert "fused.onnx on ort-cpu vs PyTorch" in good.output and "…" not in good.output
+    assert f"{report['sets'][0]['max_abs']:.2e}" in good.output
     bad = runner.invoke(main, ["verify", str(corrupted), "--reference", str(tiny_export.folder), "--backend", "ort-cpu",
                                "--data", "none", "--out", str(tmp_path / "bad.json")], terminal_width=200)
     assert bad.exit_code == 1, bad.output

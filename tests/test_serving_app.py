@@ -13,43 +13,21 @@ import re
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import gevent
 import numpy as np
 import onnx
 import pytest
-import torch
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
-from torch import nn
 
-from qdeploy.adaptation import adapt, randomize_quadratic_terms
-from qdeploy.serving import BackgroundServer, ServeOptions, create_app, load_models, serve_engines, write_triton_model
+from qdeploy.adaptation import adapt
+from qdeploy.serving import BackgroundServer, ServeOptions, create_app, load_models, serve_engines
 from qdeploy.serving.loadgen import batch_size_histogram, run_load
-from tests.test_serving_batcher import SlowDoubler
+from tests.serving_helpers import SHAPE, SlowDoubler, images, torch_logits
 
-SHAPE = (3, 16, 16)
 MAX_BODY = 256 * 1024
-
-
-@pytest.fixture(scope="module")
-def quad_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, nn.Module]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-    model, report = adapt(model, targets=["0", "2", "5"], input_size=SHAPE)
-    assert len(report.layers) == 3
-    randomize_quadratic_terms(model)
-    folder = tmp_path_factory.mktemp("serving")
-    onnx_path = folder / "quad.onnx"
-    batch = torch.export.Dim("batch", min=1, max=64)
-    torch.onnx.export(model, (torch.randn(2, *SHAPE),), str(onnx_path), input_names=["input"],
-                      output_names=["logits"], dynamic_shapes={"input": {0: batch}}, dynamo=True, verbose=False)
-    repo = folder / "repo"
-    write_triton_model(repo, "quad", onnx_path, max_batch=8, max_queue_delay_us=2000)
-    return repo, onnx_path, model
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +40,6 @@ def server(quad_repo):
 
 def address(server: BackgroundServer) -> str:
     return urlsplit(server.url).netloc
-
-
-def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.from_numpy(x)).numpy()
-
-
-def images(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, *SHAPE)).astype(np.float32)
 
 
 def raw(server: BackgroundServer, method: str, path: str, body: bytes | None = None,

@@ -3,48 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Awaitable, Callable, TypeVar
 
 import numpy as np
 import pytest
 
-from qdeploy.runtime import Engine, TensorSpec
 from qdeploy.serving import DynamicBatcher, RequestError
+from tests.serving_helpers import SlowDoubler
 
 T = TypeVar("T")
-
-
-class SlowDoubler(Engine):
-    """y = 2x after `delay_s`; records each batch's shape and time span, fails on demand."""
-
-    backend = "test"
-
-    def __init__(self, delay_s: float = 0.0, width: int | str = 4) -> None:
-        super().__init__()
-        self.inputs = [TensorSpec("x", ("batch", width), np.dtype(np.float32))]
-        self.outputs = [TensorSpec("y", ("batch", width), np.dtype(np.float32))]
-        self.delay_s = delay_s
-        self.shapes: list[tuple[int, ...]] = []
-        self.spans: list[tuple[float, float]] = []
-        self.fail_next = False
-        self._lock = threading.Lock()
-
-    @property
-    def batches(self) -> list[int]:
-        return [shape[0] for shape in self.shapes]
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        started = time.monotonic()
-        time.sleep(self.delay_s)
-        with self._lock:
-            self.shapes.append(feeds["x"].shape)
-            self.spans.append((started, time.monotonic()))
-            if self.fail_next:
-                self.fail_next = False
-                raise RuntimeError("device lost")
-        return {"y": feeds["x"] * 2}
 
 
 def rows(count: int, value: float, width: int = 4) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ import pytest
 
 from qdeploy.errors import QDeployError
 from qdeploy.serving import bind_socket, write_triton_model
-from tests.test_serving_repository import make_onnx
+from tests.serving_helpers import make_onnx
 
 
 def _post(url: str, x: np.ndarray, results: list) -> None:

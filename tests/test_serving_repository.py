@@ -4,41 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.serving import ServeOptions, load_models, read_config, scan_repository, write_triton_model
 from qdeploy.serving.repository import model_config_pb2
-
-
-def make_onnx(path: Path, batch: str | int = "batch", external: bool = False, node_domain: str = "",
-              local_function: bool = False) -> Path:
-    """input [batch,3,4,4] -> Relu(+bias) -> probs [batch,3,4,4], and a mean [batch] output."""
-    bias = helper.make_tensor("bias", TensorProto.FLOAT, [3, 4, 4], np.linspace(0, 1, 48, dtype=np.float32))
-    op = "QuadTerm" if node_domain else "Relu"
-    nodes = [helper.make_node("Add", ["input", "bias"], ["shifted"]),
-             helper.make_node(op, ["shifted"], ["probs"], domain=node_domain),
-             helper.make_node("ReduceMean", ["probs"], ["mean"], keepdims=0, axes=[1, 2, 3])]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 4, 4])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 3, 4, 4]),
-         helper.make_tensor_value_info("mean", TensorProto.FLOAT, [batch])],
-        [bias])
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(node_domain, 1)] if node_domain else [])
-    functions = [helper.make_function(node_domain, op, ["x"], ["y"], [helper.make_node("Relu", ["x"], ["y"])],
-                                      [helper.make_opsetid("", 17)])] if local_function else []
-    model = helper.make_model(graph, opset_imports=opsets, functions=functions)
-    model.ir_version = 8
-    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-              location=path.name + ".data", size_threshold=0)
-    return path
+from tests.serving_helpers import make_onnx
 
 
 def test_config_names_the_same_tensors_as_the_onnx_file(tmp_path: Path) -> None:

@@ -23,14 +23,15 @@ import tritonclient.grpc as grpcclient
 import torch
 import tritonclient.http as httpclient
 
-from qdeploy.adaptation import adapt, randomize_quadratic_terms, save_adapted
+from qdeploy.adaptation import adapt, randomize_quadratic_terms
+from qdeploy.store import save
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import load_base_model
 from qdeploy.runtime import load_engine
 from qdeploy.serving import ServeOptions, load_models, write_triton_model
 from qdeploy.serving.triton_install import install_triton
 from qdeploy.serving.triton_server import TritonServer
-from tests.test_serving_app import images, quad_repo, torch_logits  # noqa: F401 - quad_repo is a fixture
+from tests.serving_helpers import images, torch_logits
 
 START = "from qdeploy.cli import main; main()"
 
@@ -52,7 +53,7 @@ def python_repo(quad_repo, tmp_path_factory):  # noqa: F811 - the imported fixtu
     timm_model, _ = adapt(load_base_model("mobilenetv3_small_050", pretrained=False, num_classes=5).eval(),
                           input_size=(3, 32, 32))
     randomize_quadratic_terms(timm_model)
-    save_adapted(timm_model, folder / "adapted")
+    save(timm_model, folder / "adapted")
     repo = folder / "repo"
     write_triton_model(repo, "quad", onnx_path, backend="python", engine_backend="ort-cpu", threads=1,
                        max_batch=8, max_queue_delay_us=50_000)

@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qdeploy.adaptation import load_adapted, quadratic_layers, unadapt
+from qdeploy.adaptation import quadratic_layers, unadapt
 from qdeploy.data.image_folder import SkippedImageWarning
 from qdeploy.errors import QDeployError
-from qdeploy.training import TrainConfig, load_trained, train
+from qdeploy.store import load_model
+from qdeploy.training import TrainConfig, train
 from qdeploy.training.data import build_data
 from qdeploy.training.device import Precision, memory_format, resolve_precision
 from qdeploy.training.metrics import read_metrics
@@ -61,25 +62,25 @@ def test_adapt_on_builtin_digits_learns_and_writes_every_output(tmp_path) -> Non
     assert {"lr", "wall_s", "samples_per_s"} <= set(rows[1])
 
     # The deliverable reloads through the foundation API and reproduces the reported accuracy.
-    model = load_adapted(result.model_dir)
+    model = load_model(result.model_dir)
     assert quadratic_layers(model) and model.num_classes == 10
     assert _val_accuracy(model, config) == pytest.approx(summary["final_val_acc"])
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         outputs = model(images)
-        assert torch.equal(outputs, load_trained(out / "checkpoint")(images))
+        assert torch.equal(outputs, load_model(out / "checkpoint")(images))
         # The quadratic terms left their zero start: removing them changes the outputs.
         assert not torch.allclose(outputs, unadapt(copy.deepcopy(model))(images))
 
 
 def test_finetune_and_scratch_modes(tmp_path) -> None:
     finetune = train(tiny_config(tmp_path, mode="finetune", max_steps=2, out=str(tmp_path / "ft")))
-    plain = load_trained(finetune.model_dir)
+    plain = load_model(finetune.model_dir)
     assert not quadratic_layers(plain) and plain.num_classes == 10
     assert finetune.summary["trainable_params"] == finetune.summary["total_params"]
 
     scratch = train(tiny_config(tmp_path, mode="scratch", checkpoint=None, max_steps=2, out=str(tmp_path / "sc")))
-    model = load_adapted(scratch.model_dir)
+    model = load_model(scratch.model_dir)
     assert quadratic_layers(model)
     assert scratch.summary["trainable_params"] == scratch.summary["total_params"]
     # The quadratic architecture adapt builds, from random weights.
@@ -128,7 +129,7 @@ def test_image_folder_with_an_undecodable_image(tmp_path) -> None:
     assert any(issubclass(w.category, SkippedImageWarning) and "broken.png" in str(w.message) for w in caught)
     assert result.summary["classes"] == ["circle", "square", "stripes"]
     assert result.summary["skipped_images"] >= 1
-    assert load_adapted(result.model_dir).num_classes == 3
+    assert load_model(result.model_dir).num_classes == 3
     losses = _train_losses(result.out)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert result.summary["best_val_acc"] > 0.5  # three easy patterns, chance is 1/3

@@ -136,3 +136,26 @@ def test_benchmark_refuses_a_missing_data_folder_in_one_line(tmp_path) -> None:
         f"error: data folder {tmp_path / 'missing'} does not exist; pass an ImageFolder directory (one sub-folder "
         "per class) or the built-in 'digits-shift'"]
     assert not runs.exists() and not report.exists()
+
+
+def test_the_cli_defaults_are_the_train_config_defaults() -> None:
+    from qdeploy.commands.train import train as train_command
+    from qdeploy.training import TrainConfig
+
+    params = train_command.make_context("train", []).params
+    params.pop("resume")
+    assert TrainConfig(**params) == TrainConfig()  # each default is defined once, in TrainConfig
+
+
+def test_the_progress_line_keeps_its_numbers_whole_in_a_log() -> None:
+    import io
+
+    from rich.console import Console
+
+    from qdeploy.training.progress import ProgressBar
+
+    log = io.StringIO()
+    with ProgressBar(132, 0, True, Console(file=log, width=80)) as bar:  # a file: not a terminal, 80 columns
+        bar.evaluated(0.9471)
+        bar.step(132, 2, 0.5427, 3.16e-07, 31.4)
+    assert "…" not in log.getvalue() and "val acc 94.71%  lr 3.16e-07  31 img/s" in log.getvalue()

@@ -10,7 +10,8 @@ import torch
 
 from qdeploy.adaptation import adapt
 from qdeploy.layers import QuadConfig
-from qdeploy.training import load_trained, train
+from qdeploy.store import load_model
+from qdeploy.training import train
 from qdeploy.training.lora import plan_lora
 from tests.conftest import family_model
 from tests.fashion_helpers import write_fashion_mnist
@@ -48,7 +49,7 @@ def test_lora_trains_saves_and_reloads_to_the_same_outputs(tmp_path) -> None:
     head = sum(p.numel() for p in trained["model"].get_classifier().parameters())
     assert summary["trainable_params"] == lora["lora_params"] + head == _peft_params(trained["model"]) + head
 
-    reloaded = load_trained(result.model_dir)
+    reloaded = load_model(result.model_dir)
     assert type(reloaded.get_submodule(lora["targets"][0])).__module__.startswith("peft.")
     assert _peft_params(reloaded) == lora["lora_params"]
     lora_b = [p for name, p in reloaded.named_parameters() if ".lora_B." in name]

@@ -1,6 +1,8 @@
-"""Adaptation: turn a pretrained model into a quadratic one (config + layers + injection)."""
+"""Adaptation: turn a pretrained model into a quadratic one (config + layers + injection).
 
-from qdeploy.adaptation.checkpoint import load_adapted, read_adapted_config, save_adapted
+Saving and loading adapted models is the model store's (`qdeploy.store`).
+"""
+
 from qdeploy.adaptation.inject import (adapt, adapter_config, freeze_primary, quadratic_layers,
                                       randomize_quadratic_terms, unadapt)
 from qdeploy.adaptation.report import AdaptReport
@@ -12,11 +14,8 @@ __all__ = [
     "adapt",
     "adapter_config",
     "freeze_primary",
-    "load_adapted",
     "quadratic_layers",
     "randomize_quadratic_terms",
-    "read_adapted_config",
     "resolve_targets",
-    "save_adapted",
     "unadapt",
 ]

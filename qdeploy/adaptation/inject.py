@@ -11,7 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from qdeploy.adaptation.report import AdaptReport, count_flops, model_input_size
+from qdeploy.adaptation.report import AdaptReport, count_flops
+from qdeploy.model_io import model_input_size
 from qdeploy.adaptation.targets import SUPPORTED_TYPES, resolve_targets
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig, QuadraticLayer, quadratic_layer

@@ -12,16 +12,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from qdeploy.errors import QDeployError
 
 
-def model_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) the model runs at: the ViT patch grid's size if fixed, else timm's data config."""
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is not None:
-        return (getattr(model.patch_embed.proj, "in_channels", 3), *img_size)
-    from timm.data import resolve_model_data_config
-
-    return tuple(resolve_model_data_config(model)["input_size"])  # type: ignore[return-value]
-
-
 def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """FLOPs of one forward pass at batch 1 (PyTorch's operator-level counter)."""
     param = next(model.parameters())

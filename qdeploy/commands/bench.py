@@ -1,14 +1,7 @@
-"""`qdeploy bench`: latency and throughput of exported models, backends side by side, vs the base model.
-
-Targets are ONNX files (or export folders: both modes), TensorRT plans and model folders
-(run by PyTorch). With an adapted model among them (or named by an export report), its
-unadapted base model runs beside each backend, so the quadratic overhead is a ratio.
-"""
+"""`qdeploy bench`: parses the options of `qdeploy.workflows.bench.bench` and prints its tables."""
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 from typing import Sequence
 
@@ -16,72 +9,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from qdeploy import atomic
 from qdeploy.commands.parsing import parse_ints
-from qdeploy.errors import QDeployError
-from qdeploy.runtime import BACKENDS, load_engine
-from qdeploy.runtime.base_model import base_of, export_plain_onnx
-from qdeploy.runtime.benchmark import Measurement, Target, run_benchmark, write_results
-from qdeploy.runtime.plan_info import PLAN_SUFFIXES
-from qdeploy.runtime.profile import Profile, profile_onnx
-from qdeploy.runtime.torch_engine import TorchEngine, load_model_source
-
-EXPORT_MODES = ("decomposed", "fused")
-PROFILE_RUNS = 20  # profiled runs per file, batch and thread count (at most --iterations)
-
-
-def _engine_factory(path: Path, backend: str, **options):
-    return lambda threads: load_engine(path, backend, threads, **options)
-
-
-def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list[Target], Path | None, tuple[int, ...] | None]:
-    """Targets for the given paths; also the adapted model folder found (for --base) and the image size."""
-    targets: list[Target] = []
-    model_folder: Path | None = None
-    size: tuple[int, ...] | None = None
-    for path in paths:
-        if not path.exists():
-            raise QDeployError(f"{path} does not exist; pass ONNX files, export folders, plans or model folders")
-        if path.is_dir() and (path / "export_report.json").is_file():
-            from qdeploy.export import read_report
-
-            report = read_report(path)
-            source = report.get("source")
-            if model_folder is None and source and Path(source).is_dir():
-                model_folder = Path(source)
-            size = size or tuple(report["input"]["shape"][2:])
-            files = [path / f"{mode}.onnx" for mode in EXPORT_MODES if (path / f"{mode}.onnx").is_file()]
-        elif path.is_dir():
-            label = "adapted torch" if model_folder is None else f"{path.name} torch"
-            model_folder = model_folder or path
-            targets.append(Target(label, _engine_factory(path, "torch"), base="base torch"))
-            continue
-        else:
-            files = [path]
-        for file in files:
-            for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
-                targets.append(Target(f"{file.stem} {backend}", _engine_factory(file, backend), base=f"base {backend}",
-                                      onnx=file if backend == "ort-cpu" else None))
-    return targets, model_folder, size
-
-
-def base_targets(model_folder: Path, targets: Sequence[Target], backends: Sequence[str], out: Path,
-                 size: tuple[int, ...] | None) -> list[Target]:
-    """The unadapted model on every backend the targets use (its ONNX file written to `out`)."""
-    model, trained_size = load_model_source(model_folder)
-    base = base_of(model)
-    input_size = tuple(size) if size else ((trained_size,) * 2 if trained_size else None)
-    engine = TorchEngine(base, input_size=input_size)
-    wanted = {t.base for t in targets}
-    extra: list[Target] = []
-    if "base torch" in wanted:
-        extra.append(Target("base torch", lambda threads: TorchEngine(base, threads=threads, input_size=input_size)))
-    onnx_backends = [b for b in backends if f"base {b}" in wanted]
-    if onnx_backends:
-        path = export_plain_onnx(base, out / "base.onnx", tuple(engine.inputs[0].shape[1:]))
-        extra += [Target(f"base {b}", _engine_factory(path, b), onnx=path if b == "ort-cpu" else None)
-                  for b in onnx_backends]
-    return extra
+from qdeploy.commands.tables import print_table
+from qdeploy.runtime import BACKENDS
+from qdeploy.runtime.benchmark import Measurement
+from qdeploy.runtime.profile import Profile
+from qdeploy.workflows.bench import bench as run_bench
 
 
 def print_results(results: Sequence[Measurement], console: Console, title: str = "latency") -> None:
@@ -93,7 +26,7 @@ def print_results(results: Sequence[Measurement], console: Console, title: str =
     for m in results:
         table.add_row(m.label, str(m.batch), str(m.threads), f"{m.p50_ms:.1f}", f"{m.p90_ms:.1f}", f"{m.p99_ms:.1f}",
                       f"{m.throughput:.1f}", ratio(m.vs_first), ratio(m.vs_base))
-    console.print(table)
+    print_table(console, table)
 
 
 def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
@@ -105,7 +38,7 @@ def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
         ops.add_column(column, overflow="fold", no_wrap=column != "op type")
     for op, ms in profile.by_op.items():
         ops.add_row(op, f"{ms:.3f}", f"{ms / total:.1%}")
-    console.print(ops)
+    print_table(console, ops)
     if not profile.by_layer:
         return
     layers = Table(title=f"quadratic layers of {title}: {profile.layers_ms:.2f} ms "
@@ -116,11 +49,7 @@ def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
         ms = sum(by_op.values())
         detail = ", ".join(f"{op} {t:.2f}" for op, t in list(by_op.items())[:top_ops])
         layers.add_row(layer, f"{ms:.3f}", f"{ms / total:.1%}", detail)
-    console.print(layers)
-
-
-def machine() -> dict[str, object]:
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
+    print_table(console, layers)
 
 
 @click.command("bench")
@@ -143,26 +72,14 @@ def machine() -> dict[str, object]:
 def bench(models: tuple[Path, ...], backends: tuple[str, ...], batches: str, threads: str | None, warmup: int,
           iterations: int, time_budget: float | None, rounds: int, base: bool, out: Path, profile: bool) -> None:
     """Measure latency (p50/p90/p99/mean) and throughput of MODELS side by side."""
-    batch_sizes = parse_ints(batches, "--batch", minimum=1)
-    thread_counts = parse_ints(threads, "--threads") if threads else (os.cpu_count() or 1,)
-    targets, model_folder, size = expand_targets(models, backends)
-    if base:
-        if model_folder is None:
-            raise QDeployError("--base needs the adapted model: pass its folder too, or use --no-base")
-        targets += base_targets(model_folder, targets, backends, out, size)
     console = Console()
     with console.status("benchmarking") as status:
-        results = run_benchmark(targets, batch_sizes, thread_counts, warmup, iterations, time_budget,
-                                progress=lambda text: status.update(f"benchmarking {text}"), rounds=rounds)
-    paths = write_results(results, out, {"machine": machine(), "models": [str(m) for m in models]})
-    print_results(results, console)
-    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
-    if profile:
-        profiles = [profile_onnx(t.onnx, b, n, runs=min(iterations, PROFILE_RUNS), warmup=warmup)
-                    for n in thread_counts for t in targets if t.onnx is not None for b in batch_sizes]
-        if not profiles:
-            raise QDeployError("--profile needs an ONNX file run on ort-cpu; pass an export folder or .onnx file")
-        for item in profiles:
-            print_profile(item, console)
-        atomic.write_json(out / "profile.json", {"machine": machine(), "profiles": [p.to_dict() for p in profiles]})
-        console.print(f"wrote {out / 'profile.json'}")
+        result = run_bench(models, backends, parse_ints(batches, "--batch", minimum=1),
+                           parse_ints(threads, "--threads") if threads else None, warmup, iterations, time_budget,
+                           rounds, base, out, profile, progress=lambda text: status.update(f"benchmarking {text}"))
+    print_results(result.results, console)
+    console.print("wrote " + ", ".join(str(p) for name, p in result.paths.items() if name != "profile"))
+    for item in result.profiles:
+        print_profile(item, console)
+    if "profile" in result.paths:
+        console.print(f"wrote {result.paths['profile']}")

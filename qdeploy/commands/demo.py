@@ -14,11 +14,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from qdeploy.adaptation import adapt, load_adapted, save_adapted
+from qdeploy.adaptation import adapt
 from qdeploy.data.samples import cat_photo, imagenet_top_k, preprocess_for
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import BUILTIN_DEFAULT, load_base_model
+from qdeploy.store import load_model, save
+from qdeploy.commands.tables import print_table
 
 
 @click.command()
@@ -42,14 +44,14 @@ def demo(model_name: str, rank: int, dilation: int, out: Path) -> None:
         top5.add_column(column)
     for index, label, prob in imagenet_top_k(base_logits):
         top5.add_row(str(index), label, f"{prob:.3f}")
-    console.print(top5)
+    print_table(console, top5)
 
     model, report = adapt(model, config=QuadConfig(rank=rank, dilation=dilation))
     with torch.no_grad():
         adapted_logits = model(image)
-    save_adapted(model, out)
+    save(model, out)
     with torch.no_grad():
-        reloaded_logits = load_adapted(out)(image)
+        reloaded_logits = load_model(out)(image)
     zero_start_error = (adapted_logits - base_logits).abs().max().item()
     reload_exact = torch.equal(reloaded_logits, adapted_logits)
 
@@ -62,6 +64,6 @@ def demo(model_name: str, rank: int, dilation: int, out: Path) -> None:
     summary.add_row("saved to", str(out))
     summary.add_row("reload bit-exact", str(reload_exact))
     summary.add_row("wall time", f"{time.perf_counter() - start:.1f} s")
-    console.print(summary)
+    print_table(console, summary)
     if zero_start_error != 0.0 or not reload_exact:
         raise QDeployError("adapted model differs from the base model at step 0; please report this bug")

@@ -12,8 +12,8 @@ from rich.table import Table
 from qdeploy.errors import QDeployError
 from qdeploy.export.int8 import INT8_TARGETS
 from qdeploy.export.onnx_export import DEFAULT_OPSET, PRECISIONS, ExportOptions, export_model
-from qdeploy.export.report import REPORT_FILE
-from qdeploy.export.source import load_source
+from qdeploy.store import REPORT_FILE, locate
+from qdeploy.commands.tables import print_table
 
 
 def _batch(value: str) -> int | None:
@@ -65,24 +65,25 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
 def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, input_size: str | None,
            precision: str, calib: str | None, int8_target: str, rewrites: bool, tune: bool, tune_cache: Path | None,
            triton_repo: Path | None, triton_name: str | None) -> None:
-    """Export an adapted model folder (or a checkpoint inside one) to ONNX and verify it in ONNX Runtime."""
-    folder = source if source.is_dir() else source.parent
+    """Export an adapted model (a train run, its model folder or a checkpoint in one) to ONNX and verify it."""
+    stored = locate(source)
+    if stored.kind != "model":
+        raise QDeployError(f"{source} is already an {stored.kind} file or folder; pass the model it came from "
+                           "(a train run or model folder)")
     if precision == "int8" and calib is None:
-        from qdeploy.runtime.torch_engine import training_info
-
-        calib = training_info(folder).get("data")
+        calib = stored.record.get("data")
     options = ExportOptions(
         modes=("decomposed", "fused") if mode == "both" else (mode,),
         opset=opset, batch=_batch(batch), input_size=_input_size(input_size), precision=precision,
         rewrites=rewrites, tune=tune, tune_cache=tune_cache, calibration=calib, int8_target=int8_target,
-        source=str(source),
+        source=str(stored.weights or stored.model_folder),
     )
-    out = out or Path("export") / f"{folder.resolve().name}-onnx"
+    out = out or Path("export") / f"{(source if source.is_dir() else source.parent).resolve().name}-onnx"
     if triton_repo is not None:
         from qdeploy.serving.repository import check_model_name
 
         triton_name = check_model_name(triton_name or out.resolve().name)  # refuse before the long export
-    report = export_model(load_source(source), out, options)
+    report = export_model(stored.build(), out, options)
 
     table = Table(title=f"ONNX export of {report['base']['name']} ({precision}, batch {report['batch']})")
     for column in ("file", "nodes", "plugin nodes", "MB", "max err / scale", "top-1 agree", "export s"):
@@ -94,7 +95,7 @@ def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, in
                       f"{info['file_bytes'] / 1e6:.1f}", f"{worst['max_rel']:.1e}", f"{top1:.0%}",
                       f"{info['export_s']:.1f}")
     console = Console()
-    console.print(table)
+    print_table(console, table)
     tolerance = report["tolerance"]
     console.print(f"parity passed (tolerance atol {tolerance['atol']:.0e} + rtol {tolerance['rtol']:.0e} of the "
                   f"output scale); report: {out / REPORT_FILE}")

@@ -12,6 +12,7 @@ from rich.table import Table
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.nqm import defaults
+from qdeploy.commands.tables import print_table
 
 MODELS = ("mlp2",)
 
@@ -126,7 +127,7 @@ def lr_probe(
             f"{point.peak_loss:.4g}",
             f"{point.final_loss:.4g}",
         )
-    console.print(table)
+    print_table(console, table)
     best = probe.recommended
     console.print(
         f"recommended learning rate: {best.lr:.6g}  (= {best.lr_times_lambda0:g}/lambda0, {best.regime.value})"
@@ -206,5 +207,5 @@ def catapult(
             accuracy, regime = row[kind]["best_test_accuracy"], row[kind]["regime"]
             cells.append(regime if accuracy is None else f"{accuracy:.3f} {regime}")
         table.add_row(f"{row['multiple']:g}", f"{row['lr']:.4g}", *cells)
-    console.print(table)
+    print_table(console, table)
     console.print(f"wrote {png} and {json_path}")

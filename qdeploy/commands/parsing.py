@@ -1,6 +1,10 @@
-"""Option values the commands share: comma-separated integer lists ("1,8,32")."""
+"""Option values the commands share: comma-separated integer lists ("1,8,32"), options from dataclasses."""
 
 from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
 
 from qdeploy.errors import QDeployError
 
@@ -14,3 +18,42 @@ def parse_ints(value: str, option: str, minimum: int = 0) -> tuple[int, ...]:
     if not numbers or min(numbers) < minimum:
         raise QDeployError(f"{option} {value!r} is not a comma-separated list of integers >= {minimum}; e.g. 1,32")
     return numbers
+
+
+def dataclass_options(cls: type) -> Callable[[Callable], Callable]:
+    """click options generated from the fields of the dataclass `cls`, so each default and help
+    text is written once (in the dataclass). Field metadata: "help"; "option" (the option name,
+    default --field-name); "off" (a bool's negative flag, default --no-<name>). A bool is an
+    on/off flag pair, a tuple of ints a comma-separated list (parse_ints), `X | None` optional.
+    Build the dataclass back with `cls(**options)` after `parse_dataclass_options`."""
+    import click
+
+    types = {"str": str, "int": int, "float": float, "int | None": int, "Path": click.Path(path_type=Path)}
+
+    def decorate(command: Callable) -> Callable:
+        for spec in reversed(fields(cls)):
+            name = spec.metadata.get("option", "--" + spec.name.replace("_", "-"))
+            help_text = spec.metadata.get("help", "")
+            if spec.type == "bool":
+                off = spec.metadata.get("off", "--no-" + name[2:])
+                option = click.option(f"{name}/{off}", spec.name, default=spec.default, show_default=True, help=help_text)
+            elif spec.type == "tuple[int, ...]":
+                option = click.option(name, spec.name, default=",".join(map(str, spec.default)), show_default=True,
+                                      help=help_text + " Comma-separated.")
+            else:
+                option = click.option(name, spec.name, type=types[spec.type], default=spec.default,
+                                      show_default=spec.default is not None, help=help_text)
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def parse_dataclass_options(cls: type, options: dict[str, Any]) -> Any:
+    """The dataclass `cls` from the options `dataclass_options` generated (lists parsed, one-line errors)."""
+    values = dict(options)
+    for spec in fields(cls):
+        if spec.type == "tuple[int, ...]":
+            name = spec.metadata.get("option", "--" + spec.name.replace("_", "-"))
+            values[spec.name] = parse_ints(values[spec.name], name, minimum=1)
+    return cls(**values)

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from qdeploy.errors import QDeployError
-from qdeploy.models.sources import BUILTIN_DEFAULT
 from qdeploy.training.config import AMP_MODES, AUTO_LR, BUILTIN_DATA, DEVICES, MODES, OPTIMIZERS, SCHEDULERS, TrainConfig
+from qdeploy.commands.tables import print_table
 
 
 def _learning_rate(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
@@ -33,67 +33,71 @@ def _explicit(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
 
 
+# Every default is TrainConfig's, so the CLI and the Python API cannot disagree.
+DEFAULT = TrainConfig()
+
+
 @click.command("train")
-@click.option("--model", default=BUILTIN_DEFAULT, show_default=True,
+@click.option("--model", default=DEFAULT.model, show_default=True,
               help="Built-in name, timm name (with --checkpoint for local weights), or a model/ folder "
                    "written by qdeploy train.")
-@click.option("--checkpoint", default=None, help="Local .safetensors/.pth weights for the timm --model.")
-@click.option("--data", default=BUILTIN_DATA, show_default=True,
+@click.option("--checkpoint", default=DEFAULT.checkpoint, help="Local .safetensors/.pth weights for the timm --model.")
+@click.option("--data", default=DEFAULT.data, show_default=True,
               help=f"'{BUILTIN_DATA}' (scikit-learn digits under a nonlinear shift, offline), 'fashion-mnist' "
                    "(the IDX files of apt's dataset-fashion-mnist; 'fashion-mnist:DIR' for another folder) or an "
                    "ImageFolder directory (class sub-folders, or train/ and val/ of them).")
-@click.option("--out", default=None, help="Run folder [default: runs/<mode>-<model>-<data>].")
-@click.option("--mode", type=click.Choice(MODES), default="adapt", show_default=True,
+@click.option("--out", default=DEFAULT.out, help="Run folder [default: runs/<mode>-<model>-<data>].")
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT.mode, show_default=True,
               help="adapt: pretrained + zero-started quadratic terms; scratch: the same quadratic "
                    "architecture from random weights; finetune: the plain pretrained model; lora: HF PEFT "
                    "LoRA on the frozen pretrained model, rank matched to the quadratic adapter's parameters.")
 @click.option("--train-primary", is_flag=True, help="adapt: train the pretrained weights too (frozen by default).")
-@click.option("--rank", type=click.IntRange(1), default=8, show_default=True, help="Quadratic rank of dense layers.")
-@click.option("--depthwise-rank", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--rank", type=click.IntRange(1), default=DEFAULT.rank, show_default=True, help="Quadratic rank of dense layers.")
+@click.option("--depthwise-rank", type=click.IntRange(1), default=DEFAULT.depthwise_rank, show_default=True,
               help="Per-channel quadratic rank of depthwise layers.")
-@click.option("--dilation", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--dilation", type=click.IntRange(1), default=DEFAULT.dilation, show_default=True,
               help="Dilation of the atrous factor convs.")
-@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many optimizer steps.")
-@click.option("--max-minutes", type=float, default=None, help="Stop after this much wall time (checkpoint kept).")
-@click.option("--target-acc", type=float, default=None, help="Stop once val accuracy reaches this fraction (0.9).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+@click.option("--epochs", type=click.IntRange(1), default=DEFAULT.epochs, show_default=True)
+@click.option("--max-steps", type=click.IntRange(1), default=DEFAULT.max_steps, help="Stop after this many optimizer steps.")
+@click.option("--max-minutes", type=float, default=DEFAULT.max_minutes, help="Stop after this much wall time (checkpoint kept).")
+@click.option("--target-acc", type=float, default=DEFAULT.target_acc, help="Stop once val accuracy reaches this fraction (0.9).")
+@click.option("--batch-size", type=click.IntRange(1), default=DEFAULT.batch_size, show_default=True,
               help="Global batch (split over torchrun processes).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
-@click.option("--lr", default="2e-3", show_default=True, callback=_learning_rate,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULT.optimizer, show_default=True)
+@click.option("--lr", default=str(DEFAULT.lr), show_default=True, callback=_learning_rate,
               help="Peak learning rate, or 'auto': measured from the loss sharpness (lambda0 and a short "
                    "scan, qdeploy.nqm.lr_probe), for SGD (implied unless --optimizer is given).")
-@click.option("--lr-probe-steps", type=click.IntRange(1), default=40, show_default=True,
+@click.option("--lr-probe-steps", type=click.IntRange(1), default=DEFAULT.lr_probe_steps, show_default=True,
               help="--lr auto: full-batch steps per scanned learning rate.")
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD (Nesterov) momentum.")
-@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="cosine", show_default=True,
+@click.option("--weight-decay", type=float, default=DEFAULT.weight_decay, show_default=True)
+@click.option("--momentum", type=float, default=DEFAULT.momentum, show_default=True, help="SGD (Nesterov) momentum.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default=DEFAULT.scheduler, show_default=True,
               help="After the linear warmup.")
-@click.option("--warmup-steps", type=click.IntRange(0), default=None, help="[default: 5% of the steps]")
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping (0: off).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+@click.option("--warmup-steps", type=click.IntRange(0), default=DEFAULT.warmup_steps, help="[default: 5% of the steps]")
+@click.option("--label-smoothing", type=float, default=DEFAULT.label_smoothing, show_default=True)
+@click.option("--max-grad-norm", type=float, default=DEFAULT.max_grad_norm, show_default=True, help="Gradient clipping (0: off).")
+@click.option("--seed", type=int, default=DEFAULT.seed, show_default=True)
+@click.option("--val-fraction", type=float, default=DEFAULT.val_fraction, show_default=True,
               help="Held-out share when the data has no val/ folder.")
-@click.option("--image-size", type=click.IntRange(8), default=None,
+@click.option("--image-size", type=click.IntRange(8), default=DEFAULT.image_size,
               help=f"[default: 64 for {BUILTIN_DATA}, 32 for fashion-mnist, the model's input size for an "
                    "ImageFolder]")
-@click.option("--max-samples", type=click.IntRange(1), default=None, help="Use at most N train and N val images.")
-@click.option("--eval-every", type=click.IntRange(1), default=None, help="Also evaluate every N steps.")
-@click.option("--save-every", type=click.IntRange(1), default=None, help="Also checkpoint every N steps.")
-@click.option("--sharpness-every", type=click.IntRange(1), default=None,
+@click.option("--max-samples", type=click.IntRange(1), default=DEFAULT.max_samples, help="Use at most N train and N val images.")
+@click.option("--eval-every", type=click.IntRange(1), default=DEFAULT.eval_every, help="Also evaluate every N steps.")
+@click.option("--save-every", type=click.IntRange(1), default=DEFAULT.save_every, help="Also checkpoint every N steps.")
+@click.option("--sharpness-every", type=click.IntRange(1), default=DEFAULT.sharpness_every,
               help="Log the top Gauss-Newton eigenvalue every N steps (catapult events then carry it).")
-@click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Image-decoding processes.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--amp", type=click.Choice(AMP_MODES), default="auto", show_default=True,
+@click.option("--workers", type=click.IntRange(0), default=DEFAULT.workers, show_default=True, help="Image-decoding processes.")
+@click.option("--device", type=click.Choice(DEVICES), default=DEFAULT.device, show_default=True)
+@click.option("--amp", type=click.Choice(AMP_MODES), default=DEFAULT.amp, show_default=True,
               help="CUDA mixed precision (auto: bf16 where supported, else fp16 with loss scaling).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress bar.")
+@click.option("--progress/--no-progress", default=DEFAULT.progress, show_default=True, help="Live progress bar.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train(resume: bool, **options: Any) -> None:
     """Train a quadratic network by adaptation (or the scratch / finetune baselines).
 
-    Writes to the run folder: model/ (safetensors + config; qdeploy.adaptation.load_adapted
-    reads quadratic models), checkpoint/ (for --resume), metrics.jsonl, curves.png and
+    Writes to the run folder: model/ (safetensors + config; `qdeploy.load` reads the run
+    or the folder, and `qdeploy export RUN` takes it), checkpoint/ (for --resume), metrics.jsonl, curves.png and
     summary.json. Multi-GPU / multi-node: torchrun --nproc_per_node N --no-python qdeploy train ...
     """
     from qdeploy.training import saved_config
@@ -143,4 +147,4 @@ def _print_summary(summary: dict[str, Any]) -> None:
         rows.insert(1, ("--lr auto", f"{summary['config']['lr']:.4g} (lambda0 {summary['lr_probe']['lambda0']:.4g})"))
     for label, value in rows:
         table.add_row(label, value)
-    Console().print(table)
+    print_table(Console(), table)

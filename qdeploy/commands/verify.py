@@ -6,7 +6,6 @@ where the drift starts), 2 for bad input (a QDeployError).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,67 +14,29 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from qdeploy import atomic
 from qdeploy.commands.parsing import parse_ints
-from qdeploy.errors import QDeployError
-from qdeploy.runtime import BACKENDS, Engine, load_engine
-from qdeploy.runtime.drift import localize_drift
-from qdeploy.runtime.eval_set import EvalSet, load_eval_set, training_split
-from qdeploy.runtime.plan_info import PLAN_SUFFIXES
-from qdeploy.runtime.parity import PRESETS, Tolerance, resolve_tolerance, verify
-from qdeploy.runtime.torch_engine import TorchEngine, training_info
-
-EXPORT_REPORT = "export_report.json"
-
-
-def find_reference(model: Path) -> Path:
-    """The PyTorch model an ONNX file (or a plan built from one) came from: its export report's `source`."""
-    if model.suffix in PLAN_SUFFIXES:
-        from qdeploy.runtime.plan_info import read_engine_info
-
-        model = Path(read_engine_info(model).onnx_path)
-    report = (model if model.is_dir() else model.parent) / EXPORT_REPORT
-    if report.is_file():
-        source = json.loads(report.read_text()).get("source")
-        if source and Path(source).exists():
-            return Path(source)
-    raise QDeployError(f"cannot tell which PyTorch model {model} came from (no {EXPORT_REPORT} naming an existing "
-                       "source beside it); pass --reference MODEL_FOLDER")
-
-
-def trained_with(reference: TorchEngine) -> dict[str, Any]:
-    """What `qdeploy train` recorded about the reference (its data and split), or {}."""
-    if reference.path is None or not reference.path.is_dir():
-        return {}
-    return training_info(reference.path)
-
-
-def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance, eval_set: EvalSet | None,
-               random_batches: tuple[int, ...], batch_size: int, localize: bool | None, threads: int) -> dict[str, Any]:
-    """verify(), plus the drift localisation of an ONNX engine that failed (or always with localize=True)."""
-    report = verify(engine, reference, tolerance, eval_set, random_batches, batch_size)
-    onnx_file = getattr(engine, "path", None)
-    wants = localize if localize is not None else not report["passed"]
-    if wants and onnx_file is not None and Path(onnx_file).suffix == ".onnx":
-        from qdeploy.export.parity import random_batch
-
-        images = random_batch(tuple(engine.inputs[0].shape[1:]), 2, seed=0).numpy()
-        backend = engine.backend if engine.backend.startswith("ort-") else "ort-cpu"
-        report["drift"] = localize_drift(onnx_file, reference.model, images, tolerance, backend, threads)
-    return report
+from qdeploy.commands.tables import print_table
+from qdeploy.compare import PRESETS, resolve_tolerance
+from qdeploy.runtime import BACKENDS
+from qdeploy.workflows.verify import verify_model
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     tol = report["tolerance"]
-    table = Table(title=f"{report['backend']} vs PyTorch (atol {tol['atol']:.0e}, rtol {tol['rtol']:.0e} of scale)")
-    for column in ("set", "n", "max abs", "max rel", "cosine", "top-1", "top-5", "acc torch", "acc", "ok"):
-        table.add_column(column, no_wrap=column == "set")
+    limits = (f"atol {tol['atol']:.0e}, rtol {tol['rtol']:.0e} of scale" if "atol" in tol
+              else "per-output tolerances")
+    table = Table(title=f"{Path(report['model']).name or 'model'} on {report['backend']} vs PyTorch ({limits})")
+    several = len({s["output"] for s in report["sets"]}) > 1
+    for column in ("set", *(("output",) if several else ()), "n", "max abs", "q99 abs", "max rel", "cosine", "top-1",
+                   "top-5", "acc torch", "acc", "ok"):
+        table.add_column(column, no_wrap=True)
     percent = lambda value: "-" if value is None else f"{value:.1%}"  # noqa: E731
     for s in report["sets"]:
-        table.add_row(s["name"], str(s["images"]), f"{s['max_abs']:.2e}", f"{s['max_rel']:.2e}", f"{s['cosine']:.5f}",
+        table.add_row(s["name"], *((s["output"],) if several else ()), str(s["images"]), f"{s['max_abs']:.2e}",
+                      f"{s['quantile_abs']:.2e}", f"{s['max_rel']:.2e}", f"{s['cosine']:.5f}",
                       percent(s["top1_agreement"]), percent(s["top5_agreement"]), percent(s["reference_accuracy"]),
                       percent(s["backend_accuracy"]), "yes" if s["passed"] else "[red]NO[/red]")
-    console.print(table)
+    print_table(console, table)
     drift = report.get("drift")
     if drift:
         if drift["first_layer"] or drift["first_block"]:
@@ -113,26 +74,13 @@ def verify_command(model: Path, reference: Path | None, backend: str, data: str 
                    precision: str, atol: float | None, rtol: float | None, random_batches: str, batch_size: int,
                    threads: int, localize: bool | None, check_finite: bool, out: Path | None) -> None:
     """Compare MODEL (ONNX file, TensorRT plan or model folder) on a backend with the PyTorch model."""
-    tolerance = resolve_tolerance(precision, atol, rtol)
-    engine = load_engine(model, backend, threads, check_finite)
+    result = verify_model(model, resolve_tolerance(precision, atol, rtol), reference, backend, data, limit,
+                          parse_ints(random_batches, "--random-batches", minimum=1), batch_size, threads, localize,
+                          check_finite, out)
     console = Console()
-    console.print(f"backend: {engine.describe()}")
-    if len(engine.inputs) != 1 or len(engine.inputs[0].shape) != 4:
-        raise QDeployError(f"{model} does not take one image batch (N, C, H, W); verify compares image classifiers")
-    size = engine.inputs[0].shape[2:]
-    if not all(isinstance(d, int) for d in size):
-        raise QDeployError(f"{model} has a dynamic image size; export it with a fixed --input-size")
-    reference_engine = TorchEngine(reference or find_reference(model), threads=threads, input_size=tuple(size))
-    training = trained_with(reference_engine)  # the natural eval set: the held-out part of its training data
-    data = None if data == "none" else (data or training.get("data"))
-    eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit,
-                             **training_split(training, data)) if data else None
-    report = run_verify(engine, reference_engine, tolerance, eval_set, parse_ints(random_batches, "--random-batches", minimum=1),
-                        batch_size, localize, threads)
-    out = out or (model if model.is_dir() else model.parent) / f"verify_{engine.backend}.json"
-    atomic.write_json(out, report)
-    print_report(report, console)
-    console.print(f"report: {out}")
-    if not report["passed"]:
+    console.print(f"backend: {result.engine.describe()}")
+    print_report(result.report, console)
+    console.print(f"report: {result.path}")
+    if not result.passed:
         console.print("[red]out of tolerance[/red]")
         sys.exit(1)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from qdeploy.adaptation.report import model_input_size
+from qdeploy.model_io import model_input_size
 from qdeploy.data import BUILTIN_DATA
 from qdeploy.data import digits_shift, fashion_mnist
 from qdeploy.data.digits_shift import digits_shift_datasets

@@ -13,7 +13,6 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ExportOptions": "onnx_export",
     "export_model": "onnx_export",
     "ort_session": "parity",
-    "read_report": "report",
     "check_onnx_file": "validate",
     "load_onnx": "validate",
 })

@@ -16,7 +16,8 @@ import onnx_ir as ir
 
 from qdeploy.export.forms import DEFAULT_FORM, TuneSettings, apply_forms, choosable, tune_forms
 from qdeploy.export.layer_names import name_layer_nodes
-from qdeploy.export.norm_fold import FOLDED_NORMS_KEY, fold_norms
+from qdeploy.export.norm_fold import fold_norms
+from qdeploy.model_io import FOLDED_NORMS_KEY
 
 Forms = dict[str, dict[str, Any]]  # layer -> {"form": ..., timings or "cached"}
 

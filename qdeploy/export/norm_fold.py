@@ -34,7 +34,6 @@ from qdeploy.plugin_contract import CONV_OP, LINEAR_OP, PLUGIN_DOMAIN, PRODUCT_O
 
 # Model metadata: {quadratic layer: norm module folded into it}, so the drift localizer
 # (runtime/drift.py) compares the layer's tensor, now BN(P(x) + Q(x)), with BN of PyTorch's output.
-FOLDED_NORMS_KEY = "qdeploy.folded_norms"
 
 # Input slots (weight, bias) whose output channels scale the node's output, per plugin op.
 _PLUGIN_SCALE_SLOTS = {CONV_OP: (5, 6), LINEAR_OP: (5, 6), PRODUCT_OP: (1, 2)}

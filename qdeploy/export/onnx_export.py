@@ -23,8 +23,6 @@ from torch import nn
 
 from qdeploy import __version__, atomic
 from qdeploy.adaptation import quadratic_layers
-from qdeploy.adaptation.checkpoint import adapted_config
-from qdeploy.adaptation.report import model_input_size
 from qdeploy.errors import QDeployError, first_line
 from qdeploy.export import translations
 from qdeploy.export.forms import TuneSettings
@@ -32,16 +30,18 @@ from qdeploy.export.fp16 import fp16_compute
 from qdeploy.export.graph_rewrites import Forms, rewrite_graph
 from qdeploy.export.int8 import INT8_TARGETS, int8_parity, quantize_qdq
 from qdeploy.export.rewrite import export_copy
-from qdeploy.export.parity import PRESETS, check_parity, random_batch, sample_batch
-from qdeploy.export.report import REPORT_FORMAT, files_bytes, node_counts, weights_sha256, write_report
+from qdeploy.compare import PRESETS
+from qdeploy.export.parity import check_parity, random_batch, sample_batch
+from qdeploy.export.report import REPORT_FORMAT, files_bytes, node_counts, weights_sha256
 from qdeploy.export.validate import check_onnx_file
+from qdeploy.model_io import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, model_input_size
+from qdeploy.store import EXPORT_MODES, config_of, write_report
 
-MODES = ("decomposed", "fused")
+MODES = EXPORT_MODES
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = translations.MIN_OPSET
 # Protobuf messages stop at 2 GiB; keep headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
-INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "input", "output", "batch"
 MAX_DYNAMIC_BATCH = 65536  # torch.export needs a bound; no runtime batch comes near it
 CALIBRATION_IMAGES = 256  # int8 calibrates on the first of the eval images (parity uses them all)
 TUNE_BATCH = 8  # forms of a dynamic-batch export are timed at this batch (big enough to time a layer)
@@ -113,13 +113,35 @@ def run_reference(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
             return model(batch)
     except Exception as exc:
         where = stack[-1] if stack else "the model"
-        raise QDeployError(
-            f"module {where!r} fails at input size {tuple(batch.shape[1:])} ({first_line(exc)}); "
-            "pass an --input-size the model accepts"
-        ) from exc
+        for hook in hooks:
+            hook.remove()
+        if _runs_at_own_size(model, batch):
+            raise QDeployError(f"module {where!r} fails at input size {tuple(batch.shape[1:])} ({first_line(exc)}); "
+                               "pass an --input-size the model accepts") from exc
+        raise QDeployError(f"module {where!r} fails in forward ({first_line(exc)}), at the model's own input size "
+                           "too: the model is broken, not the input size") from exc
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def _as_list(outputs: torch.Tensor | tuple | list) -> list[torch.Tensor]:
+    """A model's outputs in order (one tensor, or a tuple/list of them), as the ONNX graph lists them."""
+    return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+
+
+def _runs_at_own_size(model: nn.Module, batch: torch.Tensor) -> bool:
+    """Whether `model` runs at its own input size while it failed at `batch`'s: only then is
+    the input size to blame (a model that fails everywhere has another fault)."""
+    try:
+        own = model_input_size(model)
+        if tuple(own) == tuple(batch.shape[1:]):
+            return False
+        with torch.no_grad():
+            model(torch.zeros((1, *own), dtype=batch.dtype, device=batch.device))
+    except Exception:  # noqa: BLE001 - any failure here means the size is not the cause
+        return False
+    return True
 
 
 def _module_of(node: torch.fx.Node) -> str:
@@ -217,7 +239,7 @@ def _calibration_set(model: nn.Module, shape: tuple[int, int, int], options: Exp
     """The labelled images that calibrate and judge an int8 export (None for other precisions)."""
     if options.precision != "int8":
         return None
-    from qdeploy.runtime.eval_set import load_eval_set
+    from qdeploy.data.eval_set import load_eval_set
 
     return load_eval_set(options.calibration, model, shape[1:])  # type: ignore[arg-type]
 
@@ -263,7 +285,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
     shape = _input_shape(model, options)
     layers = quadratic_layers(model)
     inputs = _input_sets(model, shape, options.batch)
-    references = {name: run_reference(model, batch).float().numpy() for name, batch in inputs.items()}
+    references = {name: [t.float().numpy() for t in _as_list(run_reference(model, batch))] for name, batch in inputs.items()}
 
     eval_set = _calibration_set(model, shape, options)
     exportable = export_copy(model, fused="fused" in options.modes)
@@ -275,7 +297,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
     convert_s = time.perf_counter() - convert_start
     metadata = {
         "qdeploy.version": __version__,
-        "qdeploy.adapter": json.dumps(adapted_config(model), sort_keys=True),
+        "qdeploy.adapter": json.dumps(config_of(model)[1], sort_keys=True),
         "qdeploy.weights_sha256": weights_sha256(model),
     }
     tolerance = PRESETS["fp32" if options.precision == "int8" else options.precision]  # int8: of the fp32 graph
@@ -330,7 +352,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
             "format": REPORT_FORMAT,
             "qdeploy_version": __version__,
             "source": options.source,
-            "base": adapted_config(model)["base"],
+            "base": config_of(model)[1]["base"],
             "quadratic_layers": len(layers),
             "weights_sha256": metadata["qdeploy.weights_sha256"],
             "precision": options.precision,

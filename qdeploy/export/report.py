@@ -1,20 +1,16 @@
-"""What an export produced, as numbers: `export_report.json` beside the ONNX files."""
+"""What an export produced, as numbers, for `export_report.json` (read and written by `qdeploy.store`)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
-from qdeploy.atomic import write_json
 
-REPORT_FILE = "export_report.json"
 REPORT_FORMAT = "qdeploy-export-report/2"  # 2: "tolerance" {atol, rtol} replaced "tolerance_max_rel"
 
 
@@ -44,13 +40,3 @@ def weights_sha256(model: nn.Module) -> str:
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
-
-def write_report(folder: Path, report: dict[str, Any]) -> Path:
-    """Write `report` as is (it carries its own `format`), so reading it back gives the same dict."""
-    path = folder / REPORT_FILE
-    write_json(path, report)
-    return path
-
-
-def read_report(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / REPORT_FILE).read_text())

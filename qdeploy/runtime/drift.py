@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qdeploy.adaptation import quadratic_layers
-from qdeploy.export.parity import Tolerance, compare
+from qdeploy.compare import Tolerance, compare
 from qdeploy.export.validate import load_onnx
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -85,7 +85,7 @@ def with_outputs(proto: onnx.ModelProto, tensors: list[str], path: Path) -> Path
 
 def folded_norms(proto: onnx.ModelProto) -> dict[str, str]:
     """{quadratic layer: the norm module the exporter folded into it} (export/norm_fold.py)."""
-    from qdeploy.export.norm_fold import FOLDED_NORMS_KEY
+    from qdeploy.model_io import FOLDED_NORMS_KEY
 
     value = next((p.value for p in proto.metadata_props if p.key == FOLDED_NORMS_KEY), None)
     return {layer: norm for layer, norm in json.loads(value).items() if norm} if value else {}

@@ -15,7 +15,7 @@ from typing import Any
 from qdeploy.errors import QDeployError
 from qdeploy.runtime.engine import Engine
 from qdeploy.runtime.onnxruntime_engine import PROVIDER_CHAINS, OrtEngine, tensorrt_provider_options
-from qdeploy.runtime.plan_info import PLAN_SUFFIXES
+from qdeploy.store import PLAN_SUFFIXES
 
 # Fastest first: `auto` takes the first that starts on this machine.
 AUTO_ORDER = ("ort-trt", "ort-cuda", "ort-cpu")

@@ -15,10 +15,9 @@ from typing import Any
 from qdeploy.atomic import write_json
 from qdeploy.errors import QDeployError
 from qdeploy.runtime.tensorrt_support import Version, format_version, parse_version
+from qdeploy.store import PLAN_INFO_FILE as INFO_FILE, PLAN_SUFFIXES
 
 PLAN_FILE = "model.plan"
-PLAN_SUFFIXES = (".plan", ".engine")  # serialized TensorRT engines, as `qdeploy build` and trtexec name them
-INFO_FILE = "engine.json"
 FORMAT = 1
 
 

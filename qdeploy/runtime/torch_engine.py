@@ -7,7 +7,6 @@ gives the same outputs (names `input` / `output`) as the exported ONNX files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,39 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from qdeploy.adaptation.report import model_input_size
 from qdeploy.errors import QDeployError
-from qdeploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME  # the same names: engines are interchangeable
+from qdeploy.model_io import INPUT_NAME, OUTPUT_NAME, model_input_size  # the same names: engines are interchangeable
 from qdeploy.threads import set_intra_op_threads
 from qdeploy.runtime.engine import Engine, TensorSpec
-_CONFIG_FILES = ("adapter.json", "base.json")
-
-
-def training_info(folder: Path) -> dict[str, Any]:
-    """What `qdeploy train` recorded in a model folder (data, classes, image_size...), or {}."""
-    for name in _CONFIG_FILES:
-        path = folder / name
-        if path.is_file():
-            return json.loads(path.read_text()).get("training", {})
-    return {}
-
-
-def load_model_source(path: str | Path) -> tuple[nn.Module, int | None]:
-    """(model in eval mode, trained image size or None) from a model folder or a checkpoint in one."""
-    from qdeploy.export.source import load_source
-    from qdeploy.training.checkpointing import load_trained
-
-    path = Path(path)
-    if path.is_dir():
-        if not any((path / name).is_file() for name in _CONFIG_FILES):
-            raise QDeployError(f"{path} holds no model ({' or '.join(_CONFIG_FILES)}); pass a folder that "
-                               "`qdeploy train` or `qdeploy adapt` wrote, or an ONNX file")
-        return load_trained(path), training_info(path).get("image_size")
-    return load_source(path), training_info(path.parent).get("image_size")
+from qdeploy.store import locate
 
 
 class TorchEngine(Engine):
-    """PyTorch eager inference of a model folder, a checkpoint in one, or an in-memory module.
+    """PyTorch eager inference of a model folder (or a run, or a checkpoint in one), or an in-memory module.
 
     input_size: (H, W); default the size it was trained at, else the model's own.
     threads: intra-op threads (0 = PyTorch's current setting). PyTorch's count is process-wide,
@@ -61,7 +36,10 @@ class TorchEngine(Engine):
         if isinstance(source, nn.Module):
             model, trained_size = source, None
         else:
-            model, trained_size = load_model_source(source)
+            stored = locate(source)
+            if stored.kind != "model":
+                raise QDeployError(f"{source} is {stored.kind}, not a PyTorch model; pass a model folder (or a run)")
+            model, trained_size = stored.build(), stored.image_size
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise QDeployError(f"device {device!r} needs a CUDA GPU, and PyTorch sees none; use --device cpu")
         self.device = torch.device(device)

@@ -1,10 +1,9 @@
 """Training: adapt, scratch and finetune runs on the built-in digits or an ImageFolder.
 
 `train(TrainConfig(...))` is the API behind `qdeploy train`; see trainer.py for the loop,
-config.py for every setting, checkpointing.py for the on-disk formats.
+config.py for every setting; model folders are `qdeploy.store`'s, checkpoints checkpointing.py's.
 """
 
-from qdeploy.training.checkpointing import load_trained, save_trained
 from qdeploy.training.config import AUTO_LR, BUILTIN_DATA, MODES, TrainConfig
 from qdeploy.training.probing import CatapultHook, auto_learning_rate
 from qdeploy.training.trainer import StepHook, StepInfo, TrainResult, saved_config, train
@@ -19,8 +18,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "auto_learning_rate",
-    "load_trained",
-    "save_trained",
     "saved_config",
     "train",
 ]

@@ -1,12 +1,11 @@
-"""Trained models and resumable checkpoints on disk: safetensors for tensors, JSON for the rest.
+"""Resumable checkpoints on disk: safetensors for tensors, JSON for the rest.
 
 Nothing is pickled, so loading a run folder never executes code. Every folder is written
-through `atomic.staged_directory`: a crash mid-write leaves the previous checkpoint whole.
+through `atomic.staged_directory` (store.write_folder): a crash mid-write leaves the previous
+checkpoint whole.
 
-    <model folder>/       model.safetensors + adapter.json   (quadratic: `load_adapted` reads it)
-                          model.safetensors + base.json      (finetune: a plain timm model;
-                                                              lora: plus its PEFT settings under "lora")
-    <checkpoint folder>/  the model files above, plus
+    <checkpoint folder>/  a model folder (qdeploy.store: model.safetensors + adapter.json or
+                          base.json), plus
                           optimizer.safetensors  optimizer tensors ("optim.<param>.<key>") and
                                                  per-rank RNG states ("rng.<rank>.<device>")
                           train_state.json       config, counters, optimizer scalars
@@ -24,71 +23,13 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from qdeploy import __version__, atomic
-from qdeploy.adaptation import load_adapted, quadratic_layers
-from qdeploy.adaptation.checkpoint import CONFIG_FILE, WEIGHTS_FILE, adapted_config
+from qdeploy import __version__
 from qdeploy.errors import QDeployError
-from qdeploy.models.sources import BaseSpec, base_spec_of, build_architecture, load_state_checked, read_state_dict
-from qdeploy.training.lora import inject as inject_lora
+from qdeploy.store import load_model, model_files, write_folder
 
-BASE_CONFIG_FILE = "base.json"
-BASE_FORMAT = "qdeploy-base/1"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "train_state.json"
 CHECKPOINT_FORMAT = "qdeploy-train-checkpoint/1"
-
-
-def _json_bytes(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, indent=2, sort_keys=True).encode("utf-8")
-
-
-def model_files(model: nn.Module, extra: dict[str, Any] | None = None) -> dict[str, bytes]:
-    """File name -> contents for a trained model: adapted models in the foundation's format."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if quadratic_layers(model):
-        name, config = CONFIG_FILE, adapted_config(model)
-    else:
-        name = BASE_CONFIG_FILE
-        config = {"format": BASE_FORMAT, "qdeploy_version": __version__, "base": base_spec_of(model).to_dict()}
-        if hasattr(model, "qdeploy_lora"):
-            config["lora"] = model.qdeploy_lora
-    return {WEIGHTS_FILE: safetensors_bytes(state), name: _json_bytes({**config, **(extra or {})})}
-
-
-def _write(folder: Path, files: dict[str, bytes]) -> Path:
-    with atomic.staged_directory(folder) as stage:
-        for name, data in files.items():
-            (stage / name).write_bytes(data)
-    return folder
-
-
-def save_trained(model: nn.Module, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the trained model alone (the run's deliverable), replacing `folder` atomically."""
-    return _write(Path(folder), model_files(model, extra))
-
-
-def load_trained(folder: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model that `save_trained` or a checkpoint wrote, in eval mode."""
-    folder = Path(folder)
-    if (folder / CONFIG_FILE).is_file():
-        return load_adapted(folder, map_location)
-    config_path = folder / BASE_CONFIG_FILE
-    if not config_path.is_file():
-        raise QDeployError(
-            f"{folder} holds no trained model ({CONFIG_FILE} or {BASE_CONFIG_FILE}); pass a folder "
-            "written by `qdeploy train` (its model/ or checkpoint/ folder)"
-        )
-    config = json.loads(config_path.read_text())
-    if config.get("format") != BASE_FORMAT:
-        raise QDeployError(f"{config_path} has format {config.get('format')!r}, expected {BASE_FORMAT!r}")
-    spec = BaseSpec.from_dict(config["base"])
-    model = build_architecture(spec)
-    model.qdeploy_base = spec
-    if "lora" in config:
-        model = inject_lora(model, config["lora"])
-    weights = folder / WEIGHTS_FILE
-    load_state_checked(model, read_state_dict(weights), str(weights))
-    return model.to(map_location).eval()
 
 
 def _optimizer_split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -120,9 +61,9 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     tensors.update({f"rng.{name}": value.contiguous().cpu() for name, value in rng_states.items()})
     files = model_files(model)
     files[OPTIMIZER_FILE] = safetensors_bytes(tensors)
-    files[STATE_FILE] = _json_bytes({"format": CHECKPOINT_FORMAT, "qdeploy_version": __version__,
-                                     "optimizer": optimizer_meta, **state})
-    return _write(folder, files)
+    files[STATE_FILE] = json.dumps({"format": CHECKPOINT_FORMAT, "qdeploy_version": __version__,
+                                     "optimizer": optimizer_meta, **state}, indent=2, sort_keys=True).encode()
+    return write_folder(folder, files)
 
 
 @dataclass
@@ -135,7 +76,7 @@ class Checkpoint:
     rng_states: dict[str, torch.Tensor]
 
     def load_model(self) -> nn.Module:
-        return load_trained(self.folder)
+        return load_model(self.folder)
 
 
 def read_checkpoint_state(folder: str | Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ projection convs around each depthwise conv); the run's summary says so.
 
 On disk, a LoRA model is the plain model's folder (base.json + model.safetensors, the
 wrapped layers' weights included) with the LoRA settings under base.json's "lora" key;
-`inject` rebuilds the same layers on reload (checkpointing.load_trained).
+`qdeploy.store.inject_lora` rebuilds the same layers on reload.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from qdeploy.adaptation import adapt
 from qdeploy.adaptation.targets import resolve_targets
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
+from qdeploy.store import inject_lora
 
 LORA_MARK = "lora_"  # PEFT's parameter names: <layer>.lora_A.<adapter>.weight, lora_B likewise
 
@@ -106,20 +107,10 @@ def lora_settings(plan: LoraPlan) -> dict[str, Any]:
     return {"r": plan.rank, "lora_alpha": plan.rank, "target_modules": plan.targets, "lora_dropout": 0.0}
 
 
-def inject(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
-    """Wrap the named layers with PEFT LoRA layers (zero-started lora_B), in place; the settings
-    ride on the model as `qdeploy_lora`, which save_trained records."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    model = inject_adapter_in_model(LoraConfig(**settings), model)
-    model.qdeploy_lora = settings
-    return model
-
-
 def apply_lora(model: nn.Module, quad: QuadConfig, image_size: int) -> tuple[nn.Module, LoraPlan]:
     """Plan and inject LoRA at the quadratic budget."""
     plan = plan_lora(model, quad, image_size)
-    return inject(model, lora_settings(plan)), plan
+    return inject_lora(model, lora_settings(plan)), plan
 
 
 def mark_trainable(model: nn.Module) -> None:

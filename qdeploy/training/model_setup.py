@@ -8,7 +8,7 @@
               trains the LoRA weights and the head (lora.py)
 
 `--model` is the built-in name, a timm name (with `--checkpoint` for local weights), or a
-folder `qdeploy train` wrote (its model/ folder): training continues from those weights.
+folder `qdeploy train` wrote (the run or its model/ folder): training continues from those weights.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from qdeploy.adaptation import AdaptReport, adapt, freeze_primary, quadratic_lay
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import base_spec_of, load_base_model
-from qdeploy.training.checkpointing import load_trained
+from qdeploy.store import load_model
 from qdeploy.training.config import TrainConfig
 from qdeploy.training.lora import LoraPlan, apply_lora, mark_trainable
 
@@ -35,7 +35,7 @@ def load_source(config: TrainConfig) -> nn.Module:
             raise QDeployError(f"--mode scratch starts from random weights; --model {path} is a trained folder")
         if config.checkpoint:
             raise QDeployError(f"--model {path} is a trained folder with its own weights; drop --checkpoint")
-        model = load_trained(path)
+        model = load_model(path)
         if config.mode in ("finetune", "lora") and quadratic_layers(model):
             raise QDeployError(f"--mode {config.mode} trains a plain model, but {path} is quadratic; use --mode adapt")
         return model

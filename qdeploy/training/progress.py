@@ -7,11 +7,16 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+LOG_WIDTH = 140  # columns of the bar's line when the output is not a terminal
+
 
 class ProgressBar:
     """A rich progress bar over optimizer steps; disabled, every call is a no-op."""
 
     def __init__(self, total_steps: int, completed: int, enabled: bool, console: Console | None = None):
+        console = console or Console()
+        if not console.is_terminal:  # a log: one line at the width the bar needs, so no number is cut to "…"
+            console = Console(file=console.file, width=max(console.width, LOG_WIDTH))
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 from qdeploy import atomic
 from qdeploy.adaptation import AdaptReport
 from qdeploy.errors import QDeployError
-from qdeploy.training.checkpointing import (Checkpoint, read_checkpoint, read_checkpoint_state, save_checkpoint,
-                                           save_trained)
+from qdeploy.store import RUN_MODEL_DIR, save
+from qdeploy.training.checkpointing import Checkpoint, read_checkpoint, read_checkpoint_state, save_checkpoint
 from qdeploy.training.config import AUTO_LR, TrainConfig
 from qdeploy.training.data import build_data, steps_per_epoch, train_loader, val_loader
 from qdeploy.training.device import autocast, memory_format, resolve_device, resolve_precision
@@ -52,7 +52,6 @@ from qdeploy.training.progress import ProgressBar
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 SUMMARY_FILE = "summary.json"
-MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -410,13 +409,13 @@ class Trainer:
     # ---- outputs -----------------------------------------------------------------------------
 
     def _finish(self, reason: str) -> TrainResult:
-        model_dir = self.out / MODEL_DIR
+        model_dir = self.out / RUN_MODEL_DIR
         summary = self._summary(reason)
         if self.context.is_main:
             # The split (seed, val fraction) too: verify must score the held-out images only.
-            save_trained(self.model, model_dir, extra={"training": {
+            save(self.model, model_dir, record={
                 **{k: summary[k] for k in ("mode", "data", "classes", "image_size", "steps", "final_val_acc")},
-                "seed": self.config.seed, "val_fraction": self.config.val_fraction}})
+                "seed": self.config.seed, "val_fraction": self.config.val_fraction})
             plot_curves(self.out / METRICS_FILE, self.out / PLOT_FILE,
                         f"{self.config.mode}: {self.config.model} on {self.config.data}")
             atomic.write_json(self.out / SUMMARY_FILE, summary)

@@ -1,0 +1,111 @@
+"""`qdeploy bench` as a function: latency of exported models, backends side by side, vs the base model.
+
+Targets are ONNX files (or export folders: both modes), TensorRT plans and model folders
+(run by PyTorch). With an adapted model among them (or named by the export report beside a
+file), its unadapted base model runs beside each backend, so the quadratic overhead is a ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from torch import nn
+
+from qdeploy import atomic
+from qdeploy.errors import QDeployError
+from qdeploy.export.base_model import base_of, export_plain_onnx
+from qdeploy.runtime import load_engine
+from qdeploy.runtime.benchmark import Measurement, Target, run_benchmark, write_results
+from qdeploy.runtime.profile import Profile, profile_onnx
+from qdeploy.runtime.torch_engine import TorchEngine
+from qdeploy.store import PLAN_SUFFIXES, load, locate
+
+PROFILE_RUNS = 20  # profiled runs per file, batch and thread count (at most `iterations`)
+
+
+@dataclass
+class BenchResult:
+    """The measurements, the files written (bench.json/csv/png, profile.json) and the profiles."""
+
+    results: list[Measurement]
+    paths: dict[str, Path]
+    profiles: list[Profile] = field(default_factory=list)
+
+
+def _engine_factory(path: Path, backend: str, **options):
+    return lambda threads: load_engine(path, backend, threads, **options)
+
+
+def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list[Target], Path | None, tuple[int, ...] | None]:
+    """Targets for the given paths; also the adapted model folder found (for --base) and the image size."""
+    targets: list[Target] = []
+    model_folder: Path | None = None
+    size: tuple[int, ...] | None = None
+    for path in paths:
+        stored = locate(path)
+        if stored.kind == "model":
+            label = "adapted torch" if model_folder is None else f"{path.name} torch"
+            model_folder = model_folder or stored.model_folder
+            targets.append(Target(label, _engine_factory(path, "torch"), base="base torch"))
+            continue
+        model_folder = model_folder or stored.model_folder  # named by the export report beside it
+        if stored.report is not None:
+            size = size or tuple(stored.report["input"]["shape"][2:])
+        for file in stored.files:
+            for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
+                targets.append(Target(f"{file.stem} {backend}", _engine_factory(file, backend), base=f"base {backend}",
+                                      onnx=file if backend == "ort-cpu" else None))
+    return targets, model_folder, size
+
+
+def base_targets(model: nn.Module, targets: Sequence[Target], backends: Sequence[str], out: Path,
+                 input_size: tuple[int, ...] | None) -> list[Target]:
+    """The unadapted `model` on every backend the targets use (its ONNX file written to `out`)."""
+    base = base_of(model)
+    engine = TorchEngine(base, input_size=input_size)
+    wanted = {t.base for t in targets}
+    extra: list[Target] = []
+    if "base torch" in wanted:
+        extra.append(Target("base torch", lambda threads: TorchEngine(base, threads=threads, input_size=input_size)))
+    onnx_backends = [b for b in backends if f"base {b}" in wanted]
+    if onnx_backends:
+        path = export_plain_onnx(base, out / "base.onnx", tuple(engine.inputs[0].shape[1:]))
+        extra += [Target(f"base {b}", _engine_factory(path, b), onnx=path if b == "ort-cpu" else None)
+                  for b in onnx_backends]
+    return extra
+
+
+def machine() -> dict[str, object]:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
+
+
+def bench(models: Sequence[Path], backends: Sequence[str] = ("ort-cpu",), batches: Sequence[int] = (1, 32),
+          threads: Sequence[int] | None = None, warmup: int = 5, iterations: int = 100,
+          time_budget: float | None = None, rounds: int = 1, base: bool = True, out: Path = Path("bench"),
+          profile: bool = False, progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Measure latency (p50/p90/p99/mean) and throughput of `models` side by side; writes to `out`."""
+    thread_counts = tuple(threads or (os.cpu_count() or 1,))
+    targets, model_folder, size = expand_targets(models, backends)
+    if base:
+        if model_folder is None:
+            raise QDeployError("--base needs the adapted model, and no export report beside the files names an existing one: "
+                               "pass its folder too, or use --no-base")
+        stored = load(model_folder)
+        input_size = tuple(size) if size else ((stored.image_size,) * 2 if stored.image_size else None)
+        targets += base_targets(stored.model, targets, backends, out, input_size)
+    results = run_benchmark(targets, batches, thread_counts, warmup, iterations, time_budget, progress=progress,
+                            rounds=rounds)
+    paths = write_results(results, out, {"machine": machine(), "models": [str(m) for m in models]})
+    profiles: list[Profile] = []
+    if profile:
+        profiles = [profile_onnx(t.onnx, b, n, runs=min(iterations, PROFILE_RUNS), warmup=warmup)
+                    for n in thread_counts for t in targets if t.onnx is not None for b in batches]
+        if not profiles:
+            raise QDeployError("--profile needs an ONNX file run on ort-cpu; pass an export folder or .onnx file")
+        paths["profile"] = out / "profile.json"
+        atomic.write_json(paths["profile"], {"machine": machine(), "profiles": [p.to_dict() for p in profiles]})
+    return BenchResult(results, paths, profiles)

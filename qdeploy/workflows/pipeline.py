@@ -1,0 +1,183 @@
+"""`qdeploy pipeline` as a function: adapt (train) -> export (both modes) -> verify -> bench.
+
+On the built-in default (EfficientNet-Lite0 on the digits-shift set) it runs on a 2-core CPU
+in about 5 minutes, so a user sees in one go what adapting buys (accuracy, beside the plain
+base fine-tuned with the same budget), whether the deployed files give the PyTorch answers
+(parity) and what the quadratic terms cost at inference (base vs adapted latency).
+
+Each model is built once (the adapted one from its folder, its base from it in memory), each
+ONNX file gets one ONNX Runtime session for verify and bench, and the PyTorch reference runs
+once for both files.
+
+Training defaults (measured, README "What qdeploy pipeline shows"): the primary trains with
+the quadratic terms (`--train-primary`; frozen ImageNet features on 64 px shifted digits
+learn several times slower), EPOCHS epochs at the trainer's AdamW defaults, each run capped
+at TRAIN_MINUTES.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from qdeploy import atomic
+from qdeploy.errors import QDeployError
+from qdeploy.models.sources import BUILTIN_DEFAULT
+
+SUMMARY_FILE = "pipeline_summary.json"
+EPOCHS = 3
+TRAIN_MINUTES = 3.0
+MODES = ("decomposed", "fused")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Every setting of a pipeline run (the CLI's options are generated from these fields)."""
+
+    model: str = field(default=BUILTIN_DEFAULT, metadata={"help": "Built-in name or timm name."})
+    data: str = field(default="digits-shift",
+                      metadata={"help": "'digits-shift', 'fashion-mnist[:DIR]' or an ImageFolder path."})
+    out: Path = field(default=Path("runs/pipeline"), metadata={"help": "Folder for every output."})
+    epochs: int = field(default=EPOCHS, metadata={"help": "Epochs of each training run."})
+    train_minutes: float = field(default=TRAIN_MINUTES, metadata={"help": "Time budget of each training run (minutes)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Cap train/val images (quick trials)."})
+    batches: tuple[int, ...] = field(default=(1, 32), metadata={"help": "Bench batch sizes.", "option": "--batch"})
+    threads: int = field(default=os.cpu_count() or 1,
+                         metadata={"help": "Threads for ORT and PyTorch (training too; 1 on a shared, busy CPU)."})
+    bench_seconds: float = field(default=2.0, metadata={"help": "Time budget per latency measurement."})
+    seed: int = field(default=0, metadata={"help": "Seed of training and of the train/val split."})
+    train_primary: bool = field(default=True, metadata={
+        "help": "Adapt: train the pretrained weights with the quadratic terms, or only the terms and head.",
+        "off": "--freeze-primary"})
+    baseline: bool = field(default=True, metadata={
+        "help": "Also fine-tune the plain base with the same budget and show its accuracy."})
+
+
+@dataclass
+class PipelineResult:
+    """The summary (also written to `out/pipeline_summary.json`), the verify report per file and the latencies."""
+
+    summary: dict[str, Any]
+    verify: dict[str, dict[str, Any]]  # mode -> verify report (written to out/verify_<mode>.json)
+    latency: list[Any]  # runtime.benchmark.Measurement
+    path: Path
+
+
+def _train(options: PipelineOptions, console: Console, mode: str) -> tuple[Path, dict[str, Any]]:
+    """One training run of the pipeline: "adapt" (into train/) or the "finetune" baseline (finetune/)."""
+    from qdeploy.threads import torch_threads
+    from qdeploy.training import TrainConfig, train
+
+    folder = "train" if mode == "adapt" else mode
+    config = TrainConfig(model=options.model, data=options.data, out=str(options.out / folder), mode=mode,
+                         train_primary=mode == "adapt" and options.train_primary, epochs=options.epochs,
+                         max_minutes=options.train_minutes, max_samples=options.max_samples, seed=options.seed)
+    with torch_threads(options.threads):  # --threads 1 is what a shared, oversubscribed CPU needs
+        result = train(config, console=console)
+    return result.model_dir, result.summary
+
+
+def _eval_entry(report: dict[str, Any]) -> dict[str, Any]:
+    """The labelled set's comparison in a verify report (the random sets have no accuracy)."""
+    return next(s for s in report["sets"] if s["reference_accuracy"] is not None)
+
+
+def _accuracy(engine: Any, eval_set: Any) -> float:
+    from qdeploy.runtime.parity import run_all
+
+    logits = run_all(engine, eval_set.images, 64)[engine.outputs[0].name]
+    return float(np.mean(logits.argmax(axis=1) == eval_set.labels))
+
+
+def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
+    """Every stage in order (`console` shows the stage rules and training progress); writes the summary."""
+    from qdeploy.compare import resolve_tolerance
+    from qdeploy.data.eval_set import load_eval_set, training_split
+    from qdeploy.export import ExportOptions, export_model
+    from qdeploy.export.base_model import base_of
+    from qdeploy.runtime import load_engine
+    from qdeploy.runtime.benchmark import Target, run_benchmark, write_results
+    from qdeploy.runtime.torch_engine import TorchEngine
+    from qdeploy.store import load
+    from qdeploy.workflows.bench import base_targets
+    from qdeploy.workflows.verify import run_verify
+
+    for folder in ("train", "finetune"):
+        if (options.out / folder).exists():
+            raise QDeployError(f"{options.out / folder} already holds a run; pass another --out")
+    started, stages = time.perf_counter(), {}
+    console.rule("1/4 adapt (train)" + (", and fine-tune the base with the same budget" if options.baseline else ""))
+    model_dir, train_summary = _train(options, console, "adapt")
+    stages["train_s"] = time.perf_counter() - started
+    finetune_dir = finetune_summary = None
+    if options.baseline:
+        tick = time.perf_counter()
+        finetune_dir, finetune_summary = _train(options, console, "finetune")
+        stages["finetune_s"] = time.perf_counter() - tick
+    size = int(train_summary["image_size"])
+    stored = load(model_dir)  # the adapted model, built once for export, verify and bench
+    model = stored.model
+
+    console.rule("2/4 export (decomposed + fused)")
+    tick = time.perf_counter()
+    onnx_dir = options.out / "onnx"
+    export_report = export_model(model, onnx_dir, ExportOptions(modes=MODES, input_size=(size, size),
+                                                                source=str(model_dir)))
+    stages["export_s"] = time.perf_counter() - tick
+
+    console.rule("3/4 verify (ONNX Runtime CPU vs PyTorch)")
+    tick = time.perf_counter()
+    reference = TorchEngine(model, threads=options.threads, input_size=(size, size))
+    record = stored.record  # the held-out split the model was trained beside
+    eval_set = load_eval_set(options.data, model, (size, size), **training_split(record, options.data))
+    base = base_of(model)
+    base_accuracy = _accuracy(TorchEngine(base, input_size=(size, size)), eval_set)
+    finetune_accuracy = None if finetune_dir is None else _accuracy(TorchEngine(finetune_dir, input_size=(size, size)),
+                                                                    eval_set)
+    tolerance = resolve_tolerance("fp32")
+    engines = {mode: load_engine(onnx_dir / f"{mode}.onnx", "ort-cpu", options.threads) for mode in MODES}
+    cache: dict[str, Any] = {}  # the reference's outputs, computed once for both files
+    parity = {}
+    for mode, engine in engines.items():
+        parity[mode] = run_verify(engine, reference, tolerance, eval_set, (1, 8), 32, None, options.threads, cache)
+        atomic.write_json(options.out / f"verify_{mode}.json", parity[mode])
+    stages["verify_s"] = time.perf_counter() - tick
+
+    console.rule("4/4 bench (base vs adapted)")
+    tick = time.perf_counter()
+    # The verify engines and the reference run at options.threads, the one thread count benched.
+    targets = [Target(f"{mode} ort-cpu", lambda threads, e=engine: e, base="base ort-cpu")
+               for mode, engine in engines.items()]
+    targets.append(Target("adapted torch", lambda threads: reference, base="base torch"))
+    targets += base_targets(model, targets, ("ort-cpu",), options.out / "bench", (size, size))
+    with console.status("benchmarking") as status:
+        results = run_benchmark(targets, options.batches, (options.threads,), warmup=3, iterations=200,
+                                time_budget_s=options.bench_seconds,
+                                progress=lambda text: status.update(f"benchmarking {text}"))
+    write_results(results, options.out / "bench", {"pipeline": str(options.out)})
+    stages["bench_s"] = time.perf_counter() - tick
+    stages["total_s"] = time.perf_counter() - started
+
+    summary = {
+        "model": options.model, "data": options.data, "image_size": size,
+        "accuracy": {"step0_untrained_head": train_summary["initial_val_acc"],
+                     "adapted": _eval_entry(parity["decomposed"])["reference_accuracy"],
+                     "adapted_without_quadratic_terms": base_accuracy, "finetuned_base": finetune_accuracy,
+                     **{f"onnx_{mode}": _eval_entry(r)["backend_accuracy"] for mode, r in parity.items()}},
+        "parity": {mode: {"passed": r["passed"], "max_rel": max(s["max_rel"] for s in r["sets"]),
+                          "eval_top1_agreement": _eval_entry(r)["top1_agreement"]} for mode, r in parity.items()},
+        "latency": [m.to_dict() for m in results],
+        "training": {mode: {k: s[k] for k in ("steps", "train_seconds", "trainable_params", "stop_reason",
+                                              "catapult_events")}
+                     for mode, s in (("adapt", train_summary), ("finetune", finetune_summary)) if s is not None},
+        "export_nodes": {mode: info["nodes_total"] for mode, info in export_report["files"].items()},
+        "seconds": {k: round(v, 1) for k, v in stages.items()},
+    }
+    atomic.write_json(options.out / SUMMARY_FILE, summary)
+    return PipelineResult(summary, parity, list(results), options.out / SUMMARY_FILE)

@@ -1,0 +1,89 @@
+"""`qdeploy verify` as a function: does a deployed model still give the PyTorch answers?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from qdeploy import atomic
+from qdeploy.compare import Tolerance
+from qdeploy.data.eval_set import EvalSet, load_eval_set, training_split
+from qdeploy.errors import QDeployError
+from qdeploy.runtime import Engine, load_engine
+from qdeploy.runtime.drift import localize_drift
+from qdeploy.runtime.parity import verify
+from qdeploy.runtime.torch_engine import TorchEngine
+from qdeploy.store import REPORT_FILE, locate
+
+
+@dataclass
+class VerifyResult:
+    """The verify report (as written to `path`) and the engine that was checked."""
+
+    report: dict[str, Any]
+    path: Path
+    engine: Engine
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+
+def find_reference(model: Path) -> Path:
+    """The PyTorch model an ONNX file (or a plan built from one) came from: its export report's `source`."""
+    folder = locate(model).model_folder
+    if folder is None:
+        raise QDeployError(f"cannot tell which PyTorch model {model} came from (no {REPORT_FILE} naming an existing "
+                           "source beside it); pass --reference MODEL_FOLDER")
+    return folder
+
+
+def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance | Mapping[str, Tolerance],
+               eval_set: EvalSet | None, random_batches: tuple[int, ...], batch_size: int, localize: bool | None,
+               threads: int, reference_cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+    """verify(), plus the drift localisation of an ONNX engine that failed (or always with localize=True).
+
+    reference_cache: reference outputs by input set, filled on first use, so several files
+    checked against one reference run it once.
+    """
+    report = verify(engine, reference, tolerance, eval_set, random_batches, batch_size, cache=reference_cache)
+    onnx_file = getattr(engine, "path", None)
+    wants = localize if localize is not None else not report["passed"]
+    if wants and onnx_file is not None and Path(onnx_file).suffix == ".onnx":
+        from qdeploy.export.parity import random_batch
+
+        images = random_batch(tuple(engine.inputs[0].shape[1:]), 2, seed=0).numpy()
+        backend = engine.backend if engine.backend.startswith("ort-") else "ort-cpu"
+        drift_tolerance = tolerance if isinstance(tolerance, Tolerance) else next(iter(tolerance.values()))
+        report["drift"] = localize_drift(onnx_file, reference.model, images, drift_tolerance, backend, threads)
+    return report
+
+
+def verify_model(model: Path, tolerance: Tolerance, reference: Path | None = None, backend: str = "auto",
+                 data: str | None = None, limit: int | None = None, random_batches: tuple[int, ...] = (1, 8),
+                 batch_size: int = 32, threads: int = 0, localize: bool | None = None, check_finite: bool = False,
+                 out: Path | None = None) -> VerifyResult:
+    """Compare MODEL (ONNX file, plan or model folder) on `backend` with its PyTorch model; writes the report.
+
+    data: a labelled eval set, "none", or None for the data the model was trained on (its
+    held-out split, as the training record says).
+    """
+    engine = load_engine(model, backend, threads, check_finite)
+    if len(engine.inputs) != 1 or len(engine.inputs[0].shape) != 4:
+        raise QDeployError(f"{model} does not take one image batch (N, C, H, W); verify compares image classifiers")
+    size = engine.inputs[0].shape[2:]
+    if not all(isinstance(d, int) for d in size):
+        raise QDeployError(f"{model} has a dynamic image size; export it with a fixed --input-size")
+    reference_path = reference or find_reference(model)
+    reference_engine = TorchEngine(reference_path, threads=threads, input_size=tuple(size))
+    training = locate(reference_path).record  # the natural eval set: the held-out part of its training data
+    data = None if data == "none" else (data or training.get("data"))
+    eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit,
+                             **training_split(training, data)) if data else None
+    report = run_verify(engine, reference_engine, tolerance, eval_set, random_batches, batch_size, localize, threads)
+    out = out or (model if model.is_dir() else model.parent) / f"verify_{engine.backend}.json"
+    atomic.write_json(out, report)
+    return VerifyResult(report, out, engine)
