@@ -13,7 +13,7 @@ from qdeploy.cli import main
 def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     out = tmp_path / "pipeline"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--max-samples", "64", "--epochs", "5",
-                                       "--train-minutes", "10", "--threads", "1", "--batch", "1,2",
+                                       "--train-minutes", "10", "--batch", "1,2",
                                        "--bench-seconds", "0.2"],
                                 terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -49,9 +49,9 @@ def test_every_pipeline_option_is_settable_from_the_cli() -> None:
 
     args = ["--model", "resnet18", "--data", "d", "--out", "o", "--epochs", "2", "--train-minutes", "0.5",
             "--max-samples", "9", "--batch", "1,4", "--threads", "1", "--bench-seconds", "0.1", "--seed", "5",
-            "--freeze-primary", "--no-baseline"]
+            "--freeze-primary", "--no-baseline", "--train-threads", "2"]
     options = parse_dataclass_options(PipelineOptions, pipeline.make_context("pipeline", args).params)
-    assert options == PipelineOptions("resnet18", "d", Path("o"), 2, 0.5, 9, (1, 4), 1, 0.1, 5, False, False)
+    assert options == PipelineOptions("resnet18", "d", Path("o"), 2, 0.5, 9, (1, 4), 1, 0.1, 5, False, False, 2)
     assert {f.name for f in fields(PipelineOptions)} == {p.name for p in pipeline.params}  # no field without option
     defaults = parse_dataclass_options(PipelineOptions, pipeline.make_context("pipeline", []).params)
     assert defaults == PipelineOptions()  # the defaults are the dataclass's, defined once
