@@ -56,7 +56,7 @@ from qdeploy.data import BUILTIN_DATA  # noqa: E402
 from qdeploy.data.fashion_mnist import SPEC as FASHION_MNIST  # noqa: E402
 from qdeploy.errors import exit_on_user_error  # noqa: E402
 from qdeploy.training import TrainConfig, train  # noqa: E402
-from qdeploy.training.metrics import first_reaching, read_metrics  # noqa: E402
+from qdeploy.training.metrics import first_reaching, read_metrics, time_to_target  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "adapter_comparison.json"
 MODES = ("scratch", "finetune", "lora", "adapt-frozen", "adapt")  # scratch first: its best is the target
@@ -107,20 +107,13 @@ def compare(data: str, runs: Path, summaries: dict[str, dict]) -> dict:
     scratch_at = first_reaching(runs / "scratch" / "metrics.jsonl", target)
     rows = []
     for mode, summary in summaries.items():
-        reached = first_reaching(runs / mode / "metrics.jsonl", target)
-        seconds = None if reached is None else reached["train_s"]
         rows.append({
             "mode": mode, "best_val_acc": summary["best_val_acc"], "final_val_acc": summary["final_val_acc"],
             "trainable_params": summary["trainable_params"], "steps": summary["steps"],
             "train_seconds": summary["train_seconds"], "wall_seconds": summary["wall_seconds"],
             "train_images": summary["train_images"], "val_images": summary["val_images"],
             "image_size": summary["image_size"], "lora": summary.get("lora"),
-            "seconds_to_scratch_best": seconds,
-            "fraction_of_scratch_time": None if seconds is None or not scratch_at["train_s"]
-            else seconds / scratch_at["train_s"],
-            "steps_to_scratch_best": None if reached is None else reached["step"],
-            "fraction_of_scratch_steps": None if reached is None or not scratch_at["step"]
-            else reached["step"] / scratch_at["step"],
+            **time_to_target(runs / mode / "metrics.jsonl", target, scratch_at),
             "curve": [(row["wall_s"], row["val_acc"]) for row in read_metrics(runs / mode / "metrics.jsonl")
                       if "val_acc" in row],
         })

@@ -259,7 +259,7 @@ def train_speed(settings: Settings, work: Path, data: str) -> dict[str, Any]:
 
 
 def time_to_accuracy(settings: Settings, work: Path, data: str) -> dict[str, Any]:
-    from qdeploy.training.metrics import first_reaching
+    from qdeploy.training.metrics import first_reaching, time_to_target
 
     common = {"image_size": settings.tta_image, "batch_size": settings.tta_batch, "eval_every": settings.tta_eval_every,
               "max_samples": settings.tta_samples, "max_steps": settings.tta_steps, "epochs": 1000}
@@ -271,16 +271,13 @@ def time_to_accuracy(settings: Settings, work: Path, data: str) -> dict[str, Any
                                 max_minutes=settings.tta_adapt_minutes, **common),
     }
     target = summaries["scratch"]["best_val_acc"]
-    reached = {mode: first_reaching(work / mode / "metrics.jsonl", target) for mode in summaries}
+    scratch_at = first_reaching(work / "scratch" / "metrics.jsonl", target)
     rows = [{"mode": mode, "best_val_acc": summary["best_val_acc"], "steps": summary["steps"],
              "train_seconds": summary["train_seconds"], "precision": summary["precision"],
-             "seconds_to_scratch_best": None if reached[mode] is None else reached[mode]["train_s"],
-             "steps_to_scratch_best": None if reached[mode] is None else reached[mode]["step"]}
+             **time_to_target(work / mode / "metrics.jsonl", target, scratch_at)}
             for mode, summary in summaries.items()]
-    scratch_s, adapt_s = (row["seconds_to_scratch_best"] for row in rows)
     return {"data": data, "image": settings.tta_image, "batch": settings.tta_batch, "scratch_best": target,
-            # None when adapt never got there, or scratch was at its best from the first evaluation.
-            "rows": rows, "adapt_time_fraction": adapt_s / scratch_s if adapt_s is not None and scratch_s else None}
+            "rows": rows, "adapt_time_fraction": rows[1]["fraction_of_scratch_time"]}
 
 
 # ---- orchestration ------------------------------------------------------------------------------

@@ -3,7 +3,10 @@ a quadratic model in a Triton repository. Test modules take these from here, nev
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -92,3 +95,12 @@ def quad_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, nn.
     repo = folder / "repo"
     write_triton_model(repo, "quad", onnx_path, max_batch=8, max_queue_delay_us=2000)
     return repo, onnx_path, model
+
+
+def load_module(name: str, path: Path) -> ModuleType:
+    """A script or plugin file loaded by path (benchmarks/ and plugins/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module

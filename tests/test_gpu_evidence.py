@@ -8,7 +8,6 @@ the report's GPU-only parts (kernel timings, goals) are rendered from a GPU-shap
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,19 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_module
+
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / "benchmarks" / "gpu_evidence.py"
 
 
-def _load_kit():
-    spec = importlib.util.spec_from_file_location("gpu_evidence", KIT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-kit = _load_kit()
+kit = load_module("gpu_evidence", KIT)
 
 
 def _run(out: Path, *args: str) -> subprocess.CompletedProcess:

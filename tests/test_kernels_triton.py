@@ -18,22 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import load_module
+
 pytest.importorskip("triton", reason="triton is not installed")
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 # The GPU harness's shapes, inputs, float64 reference and tolerance rule: the kernel is held
 # to one standard here (Triton interpreter) and on the GPU (CUDA and Triton).
-harness = _load("qdeploy_kernel_harness", PLUGINS / "cuda" / "test_kernel_gpu.py")
+harness = load_module("qdeploy_kernel_harness", PLUGINS / "cuda" / "test_kernel_gpu.py")
 Shape = harness.Shape
 
 
@@ -42,7 +36,7 @@ def kernels():
     """atrous_quad_triton.py loaded fresh with the interpreter on (triton.jit reads it at decoration)."""
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
-    yield _load("atrous_quad_triton_interp", PLUGINS / "triton" / "atrous_quad_triton.py")
+    yield load_module("atrous_quad_triton_interp", PLUGINS / "triton" / "atrous_quad_triton.py")
     sys.modules.pop("atrous_quad_triton_interp", None)
     if previous is None:
         os.environ.pop("TRITON_INTERPRET", None)

@@ -202,3 +202,18 @@ def test_cuda_amp_run(tmp_path) -> None:
     result = train(tiny_config(tmp_path, max_steps=3, device="cuda"))
     assert result.summary["precision"] in ("bf16", "fp16") and result.summary["device"] != "cpu"
     assert math.isfinite(result.summary["final_val_acc"])
+
+
+def test_time_to_target_reads_the_first_evaluation_at_the_target(tmp_path) -> None:
+    from qdeploy.training.metrics import time_to_target
+
+    rows = [{"step": 0, "val_acc": 0.1, "train_s": 0.0}, {"step": 5, "loss": 1.0, "train_s": 2.0},
+            {"step": 10, "val_acc": 0.6, "train_s": 4.0}, {"step": 20, "val_acc": 0.9, "train_s": 8.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    scratch = {"step": 40, "train_s": 32.0}
+    assert time_to_target(path, 0.5, scratch) == {"seconds_to_scratch_best": 4.0, "fraction_of_scratch_time": 0.125,
+                                                  "steps_to_scratch_best": 10, "fraction_of_scratch_steps": 0.25}
+    assert time_to_target(path, 0.95, scratch)["seconds_to_scratch_best"] is None
+    # A reference at its best from step 0 gives no fraction (no division by zero).
+    assert time_to_target(path, 0.05, {"step": 0, "train_s": 0.0})["fraction_of_scratch_time"] is None

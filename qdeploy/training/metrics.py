@@ -37,6 +37,23 @@ def first_reaching(path: str | Path, accuracy: float) -> dict[str, Any] | None:
     return next((row for row in read_metrics(path) if row.get("val_acc", -1.0) >= accuracy), None)
 
 
+def time_to_target(path: str | Path, accuracy: float, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """Train seconds and steps a run needed to first reach `accuracy`, and their fractions of
+    `reference`'s (the scratch run's `first_reaching` row): the adapt-vs-scratch figures.
+
+    None where the run never got there, or where the reference was there from step 0.
+    """
+    reached = first_reaching(path, accuracy)
+    seconds = None if reached is None else reached["train_s"]
+    steps = None if reached is None else reached["step"]
+
+    def fraction(value: float | None, key: str) -> float | None:
+        return None if value is None or not reference or not reference[key] else value / reference[key]
+
+    return {"seconds_to_scratch_best": seconds, "fraction_of_scratch_time": fraction(seconds, "train_s"),
+            "steps_to_scratch_best": steps, "fraction_of_scratch_steps": fraction(steps, "step")}
+
+
 class MetricsLog:
     """Append-only JSONL writer; `keep_until_step` trims rows a resumed run will redo."""
 
