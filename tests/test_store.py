@@ -117,3 +117,11 @@ def test_one_import_adapts_saves_and_loads(tmp_path) -> None:
     qdeploy.save(model, tmp_path / "m")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(qdeploy.load(tmp_path / "m").model(x), model(x)) and report.layers
+
+
+def test_export_of_a_run_defaults_to_the_trained_image_size(run, tmp_path) -> None:
+    done = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "onnx"), "--mode", "decomposed",
+                                     "--no-tune"], terminal_width=200)
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "onnx" / "export_report.json").read_text())
+    assert report["input"]["shape"][1:] == [3, RECORD["image_size"], RECORD["image_size"]]

@@ -42,7 +42,7 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
               help="decomposed: standard ONNX ops only; fused: one TensorRT-plugin node per quadratic layer.")
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True, help="Default-domain ONNX opset (18-23).")
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
-@click.option("--input-size", default=None, help="Spatial size HxW (fixed in the graph). [default: the model's]")
+@click.option("--input-size", default=None, help="Spatial size HxW (fixed in the graph). [default: the trained size, else the model's]")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="fp16: the graph computes in float16 with float32 input and output; int8: static QDQ "
                    "quantization (decomposed file), calibrated and checked on --calib.")
@@ -74,7 +74,10 @@ def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, in
         calib = stored.record.get("data")
     options = ExportOptions(
         modes=("decomposed", "fused") if mode == "both" else (mode,),
-        opset=opset, batch=_batch(batch), input_size=_input_size(input_size), precision=precision,
+        # The size it was trained at (the training record) unless told otherwise: a 64 px model
+        # exported at its architecture's 224 px would be checked, calibrated and served wrongly.
+        opset=opset, batch=_batch(batch), precision=precision,
+        input_size=_input_size(input_size) or ((stored.image_size,) * 2 if stored.image_size else None),
         rewrites=rewrites, tune=tune, tune_cache=tune_cache, calibration=calib, int8_target=int8_target,
         source=str(stored.weights or stored.model_folder),
     )
