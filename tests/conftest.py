@@ -104,3 +104,16 @@ def load_module(name: str, path: Path) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def engine_info(**changes):
+    """A complete engine.json record (store.plan.EngineInfo) as `qdeploy build` writes it; `changes` override."""
+    from qdeploy.store.plan import EngineInfo
+
+    values = dict(tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+                  precision="fp16", strongly_typed=False, builder_flags=("FP16",),
+                  profile={"x": {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [8, 3, 8, 8]}},
+                  onnx_path="export/m/fused.onnx", onnx_sha256="0" * 64, plugins="cpp",
+                  plugin_library="/lib.so", workspace_bytes=1 << 30, build_seconds=12.5,
+                  built_at="2026-11-23T12:00:00+00:00")
+    return EngineInfo(**(values | changes))

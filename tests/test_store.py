@@ -14,6 +14,7 @@ from qdeploy.cli import main
 from qdeploy.workflows.bench import expand_targets
 from qdeploy.errors import QDeployError
 from qdeploy.store import load, locate, read_record, save
+from tests.conftest import engine_info
 from tests.runtime_fixtures import tiny_adapted
 
 RECORD = {"data": "digits-shift", "image_size": 32, "seed": 1, "val_fraction": 0.3}
@@ -53,7 +54,7 @@ def test_a_plan_resolves_through_its_engine_json(tiny_export, tmp_path) -> None:
     plan = tmp_path / "engine" / "model.plan"
     plan.parent.mkdir()
     plan.write_bytes(b"not a real plan")
-    (plan.parent / "engine.json").write_text(json.dumps({"onnx_path": str(tiny_export.onnx / "fused.onnx")}))
+    engine_info(onnx_path=str(tiny_export.onnx / "fused.onnx")).write(plan.parent)
     stored = locate(plan)
     assert (stored.kind, stored.model_folder) == ("plan", tiny_export.folder)
 
@@ -125,3 +126,11 @@ def test_export_of_a_run_defaults_to_the_trained_image_size(run, tmp_path) -> No
     assert done.exit_code == 0, done.output
     report = json.loads((tmp_path / "onnx" / "export_report.json").read_text())
     assert report["input"]["shape"][1:] == [3, RECORD["image_size"], RECORD["image_size"]]
+
+
+def test_a_plan_with_a_foreign_engine_json_is_one_line(tmp_path) -> None:
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"\0")
+    (tmp_path / "engine.json").write_text(json.dumps({"format": 1}))
+    with pytest.raises(QDeployError, match=r"engine.json is not a qdeploy engine.json .*rebuild with `qdeploy build`"):
+        locate(plan)

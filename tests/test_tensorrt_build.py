@@ -23,7 +23,8 @@ from qdeploy.errors import QDeployError
 from qdeploy.export import translations
 from qdeploy.plugin_contract import PLUGIN_OPS
 from qdeploy.runtime import plugin_library, tensorrt_support
-from qdeploy.runtime.plan_info import EngineInfo, check_plan_compatible, read_engine_info
+from qdeploy.runtime.plan_info import check_plan_compatible, read_engine_info
+from tests.conftest import engine_info
 from qdeploy.runtime.tensorrt_build import BuildOptions, plan_precision, profile_shapes, summarize_onnx
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
@@ -137,14 +138,6 @@ def test_missing_tensorrt_is_one_clear_error(monkeypatch) -> None:
 
 # --- engine.json and plan compatibility ------------------------------------------------------
 
-def engine_info(**changes) -> EngineInfo:
-    values = dict(tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-                  precision="fp16", strongly_typed=False, builder_flags=("FP16",),
-                  profile={"x": {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [8, 3, 8, 8]}},
-                  onnx_path="export/m/fused.onnx", onnx_sha256="0" * 64, plugins="cpp",
-                  plugin_library="/lib.so", workspace_bytes=1 << 30, build_seconds=12.5,
-                  built_at="2026-11-23T12:00:00+00:00")
-    return EngineInfo(**(values | changes))
 
 
 def test_engine_json_round_trip_and_compatibility(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ RUN_MODEL_DIR = "model"  # a train run's deliverable, inside the run folder
 REPORT_FILE = "export_report.json"
 EXPORT_MODES = ("decomposed", "fused")  # <mode>.onnx in an export folder
 PLAN_SUFFIXES = (".plan", ".engine")  # serialized TensorRT engines, as `qdeploy build` and trtexec name them
-PLAN_INFO_FILE = "engine.json"  # beside a plan: what it was built from (runtime/plan_info.py)
+PLAN_INFO_FILE = "engine.json"  # beside a plan: what it was built from (store/plan.py)
 TRAINING_KEY = "training"
 
 EXPECTED = ("a train run folder, its model/ folder, an export folder, or an ONNX or plan file beside "
@@ -135,9 +135,10 @@ def _model_folder_of(path: Path) -> Path:
 
 
 def _plan_onnx(plan: Path) -> Path | None:
-    """The ONNX file a plan was built from, as its engine.json records it."""
-    info = plan.parent / PLAN_INFO_FILE
-    return Path(_read_json(info)["onnx_path"]) if info.is_file() else None
+    """The ONNX file a plan was built from, as its engine.json records it (None without one)."""
+    from qdeploy.store.plan import read_engine_info
+
+    return Path(read_engine_info(plan).onnx_path) if (plan.parent / PLAN_INFO_FILE).is_file() else None
 
 
 def locate(path: str | Path) -> Stored:
