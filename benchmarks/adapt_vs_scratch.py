@@ -47,6 +47,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qdeploy.commands.tables import print_table  # noqa: E402
 from qdeploy import atomic  # noqa: E402
 from qdeploy.data import BUILTIN_DATA  # noqa: E402
 from qdeploy.errors import exit_on_user_error  # noqa: E402
@@ -90,7 +91,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    console = Console(width=None if sys.stdout.isatty() else 140)  # a log file gets the whole table
+    console = Console()
     if args.report_only:
         summaries = {mode: json.loads((args.runs / mode / "summary.json").read_text())
                      for mode in ("scratch", "adapt", "finetune")}
@@ -126,7 +127,7 @@ def main() -> None:
                       percent(row["fraction_of_scratch_time"]),
                       "-" if reached is None else str(row["steps_to_scratch_best"]),
                       percent(row["fraction_of_scratch_steps"]))
-    console.print(table)
+    print_table(console, table)  # whole numbers in a log too
     adapt = rows[1]["fraction_of_scratch_time"]
     verdict = ("adapt did not reach it (or scratch was at its best from step 0)" if adapt is None else
                f"adapt needed {100 * adapt:.2f}% of scratch's training time and "

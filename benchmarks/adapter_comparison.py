@@ -51,6 +51,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qdeploy.commands import tables  # noqa: E402
 from qdeploy import atomic  # noqa: E402
 from qdeploy.data import BUILTIN_DATA  # noqa: E402
 from qdeploy.data.fashion_mnist import SPEC as FASHION_MNIST  # noqa: E402
@@ -136,7 +137,7 @@ def print_table(result: dict, console: Console) -> None:
         table.add_row(row["mode"], f"{100 * row['best_val_acc']:.1f}%", f"{row['trainable_params']:,}",
                       str(row["steps"]), "not reached" if seconds is None else f"{seconds:.1f}",
                       percent(row["fraction_of_scratch_time"]), percent(row["fraction_of_scratch_steps"]))
-    console.print(table)
+    tables.print_table(console, table)  # whole numbers in a log too
 
 
 def plot(result: dict, png: Path) -> None:
@@ -182,7 +183,7 @@ def main() -> None:
         parser.error("--modes must include scratch: its best accuracy is the target the others are timed to")
     modes = [mode for mode in MODES if mode in args.modes]
 
-    console = Console(width=None if sys.stdout.isatty() else 80)
+    console = Console()
     results = []
     for data in args.data:
         preset = preset_for(data, args)

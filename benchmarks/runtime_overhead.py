@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qdeploy.commands.tables import print_table
 from qdeploy.errors import exit_on_user_error
 
 RESULTS = Path(__file__).parent / "results" / "runtime_overhead.json"
@@ -152,7 +153,7 @@ def main() -> None:
                                 ("plain", "rewritten", "fused", "adapted int8", "adapted torch")))
         report["sizes"][str(size)] = {"reorders": graph, "int8_top1_agreement": agreement,
                                       "results": [m.to_dict() for m in results]}
-    console.print(table)
+    print_table(console, table)  # whole numbers in a log too
     for size, entry in report["sizes"].items():
         console.print(f"{size} px: ORT Reorder nodes {entry['reorders']}; int8 top-1 agreement with fp32 on "
                       f"{entry['int8_top1_agreement']['images']} digits-shift images: base "
