@@ -21,7 +21,7 @@ load on version 1 gives the steady p99; then, under the same load, version 2 is 
 the repository, and once it serves, a corrupt version 3. Reports the failed requests, wrong
 answers, p99 during the changes against the steady p99, how long version 2 took to answer
 after it was written, and the index entry of the refused version 3; writes
-benchmarks/results/serve_swap.json. --quick swaps a tiny ONNX model with few clients (a test
+benchmarks/results/serve_swap.json (--out). --quick swaps a tiny ONNX model with few clients (a test
 runs it); the full run swaps the quadratic MobileNetV3:
 
     python benchmarks/serve_load.py --swap [--quick] [--clients 16] [--requests 40] [--size 64]
@@ -285,9 +285,9 @@ def swap_main(args: argparse.Namespace) -> None:
     print_table(Console(), table)
     for kind, row in rows.items():
         print(f"{kind}: v3 in the index: {row['v3_entry']}")
-    write_text(SWAP_RESULTS, json.dumps({"clients": args.clients, "quick": args.quick, "poll_secs": args.poll_secs,
-                                         "results": rows}, indent=2) + "\n")
-    print(f"wrote {SWAP_RESULTS}")
+    write_text(args.out, json.dumps({"clients": args.clients, "quick": args.quick, "poll_secs": args.poll_secs,
+                                     "results": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 def main() -> None:
@@ -302,6 +302,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="with --swap: a tiny model, 4 clients (seconds)")
     parser.add_argument("--poll-secs", type=int, default=2, help="with --swap: --repository-poll-secs")
     parser.add_argument("--wait-s", type=float, default=120.0, help="with --swap: longest wait for each change")
+    parser.add_argument("--out", type=Path, default=SWAP_RESULTS, help="with --swap: the JSON results file")
     args = parser.parse_args()
     if args.swap:
         if args.quick:

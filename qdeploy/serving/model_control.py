@@ -114,6 +114,11 @@ def parse_config_override(text: Any, name: str, on_disk: Any | None) -> Any:
     return config
 
 
+def one_line(exc: Exception) -> str:
+    """An error as one line for the index and a 4xx answer (engines' messages may end in newlines)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _fingerprint(folder: Path) -> tuple:
     """What a version folder holds (paths, sizes, modification times): a change means a reload."""
     files = []
@@ -225,7 +230,7 @@ class ModelControl:
             try:
                 plan = _plan(folder)
             except QDeployError as exc:
-                failures.append(self._refuse_model(state, str(exc)))
+                failures.append(self._refuse_model(state, one_line(exc)))
             else:
                 for version, outcome in plan.wanted.items():
                     try:
@@ -417,7 +422,7 @@ class ModelControl:
         return load_version(RepositoryModel(name, version, outcome, config), self.options)
 
     def _refuse(self, state: ModelState, version: int, fingerprint: tuple | None, exc: Exception) -> str:
-        reason = str(exc)
+        reason = one_line(exc)
         if version in state.ready:  # a reload failed: the loaded one keeps serving
             log.warning("model %r version %s: reload refused, the loaded files keep serving: %s",
                         state.name, version, reason)
@@ -446,7 +451,7 @@ class ModelControl:
         try:
             plan = await asyncio.to_thread(_plan, folder, override)
         except QDeployError as exc:
-            return [self._refuse_model(state, str(exc))]
+            return [self._refuse_model(state, one_line(exc))]
         state.failure = ""
         config_changed = plan.config_key != state.config_key
         failures = []
