@@ -18,7 +18,6 @@ shutdown begins, readiness turns 503 and infer requests still arriving on open c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time

@@ -45,7 +45,7 @@ _FILE_PARAMETERS = ("model_file", "plugin_libs")
 
 @dataclass(frozen=True)
 class ControlOptions:
-    """Triton's model-control flags (`--model-control-mode`, `--repository-poll-secs`, `--load-model`, `--exit-on-error`)."""
+    """Triton's model-control flags: --model-control-mode, --repository-poll-secs, --load-model, --exit-on-error."""
 
     mode: str = "none"
     poll_secs: int = 15  # Triton's default --repository-poll-secs
@@ -195,7 +195,6 @@ class ModelControl:
         self._lock: asyncio.Lock | None = None
         self._poller: asyncio.Task | None = None
         self._draining: set[asyncio.Task] = set()
-        self._started = False
 
     @classmethod
     def fixed(cls, models: Sequence[ServedModel]) -> ModelControl:
@@ -235,7 +234,7 @@ class ModelControl:
                 for version, outcome in plan.wanted.items():
                     try:
                         model = self._load(name, version, outcome, plan.config)
-                    except QDeployError as exc:
+                    except Exception as exc:  # any failure of one version is contained to it
                         failures.append(self._refuse(state, version, plan.fingerprints[version], exc))
                         continue
                     state.ready[version] = model
@@ -251,7 +250,6 @@ class ModelControl:
         for state in self.models.values():
             for model in state.ready.values():
                 self._start_version(model)
-        self._started = True
         if self.control.mode == "poll":
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop(), name="qdeploy-poll")
 
@@ -375,13 +373,15 @@ class ModelControl:
             raise RequestError(str(exc)) from exc
 
     async def unload(self, name: str) -> None:
-        """POST .../unload: every version leaves the table at once, then drains; the index says 'unloaded'."""
+        """POST .../unload: every version leaves the table at once, then drains; the index says 'unloaded'.
+
+        A model in the repository that is not loaded stays so (200, as Triton answers).
+        """
         self._folder(name, "unload")
         async with self._lock:
             state = self.models.get(name)
             if state is None or not state.ready:
-                raise RequestError(f"model {name!r} is not loaded ({self._states(state) if state else 'never loaded'})",
-                                   400)
+                return
             leaving, state.ready = state.ready, {}
             for version in leaving:
                 state.versions[version] = VersionState(UNLOADING)
