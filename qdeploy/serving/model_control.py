@@ -136,7 +136,7 @@ class VersionState:
 
     state: str
     reason: str = ""
-    fingerprint: tuple | None = None  # of the files last tried: a failed version is retried once they change
+    fingerprint: tuple | None = None  # files and config last tried: a failed version is retried once they change
 
 
 @dataclass
@@ -146,7 +146,6 @@ class ModelState:
     name: str
     ready: dict[int, ServedModel] = field(default_factory=dict)
     versions: dict[int, VersionState] = field(default_factory=dict)
-    config_key: str | None = None  # the config the ready versions were loaded with
     failure: str = ""  # why the folder itself cannot be read (config.pbtxt, no version), while it cannot
 
     def newest_ready(self) -> ServedModel | None:
@@ -158,9 +157,8 @@ class _Plan:
     """What one model's folder asks for: its config, the versions to serve, and their files."""
 
     config: Any | None
-    config_key: str
     wanted: dict[int, Path | QDeployError]  # version -> model file, or why it has none
-    fingerprints: dict[int, tuple]
+    fingerprints: dict[int, tuple]  # version -> (its files, the config text): what a load of it would read
 
 
 def _plan(folder: Path, override: Any | None = None) -> _Plan:
@@ -178,8 +176,8 @@ def _plan(folder: Path, override: Any | None = None) -> _Plan:
             wanted[version] = version_model_path(folder, version, config)
         except QDeployError as exc:
             wanted[version] = exc
-    key = text_format.MessageToString(config) if config is not None else ""
-    return _Plan(config, key, wanted, {v: _fingerprint(folder / str(v)) for v in versions})
+    config_text = text_format.MessageToString(config) if config is not None else ""
+    return _Plan(config, wanted, {v: (_fingerprint(folder / str(v)), config_text) for v in versions})
 
 
 class ModelControl:
@@ -239,7 +237,6 @@ class ModelControl:
                         continue
                     state.ready[version] = model
                     state.versions[version] = VersionState(READY, fingerprint=plan.fingerprints[version])
-                state.config_key = plan.config_key
             if failures and self.control.exit_on_error:
                 raise QDeployError(f"{failures[0]} (--exit-on-error stops the start; leave it off to serve the others)")
         return failures
@@ -453,11 +450,10 @@ class ModelControl:
         except QDeployError as exc:
             return [self._refuse_model(state, one_line(exc))]
         state.failure = ""
-        config_changed = plan.config_key != state.config_key
         failures = []
         for version, outcome in plan.wanted.items():
             known = state.versions.get(version)
-            unchanged = known is not None and known.fingerprint == plan.fingerprints[version] and not config_changed
+            unchanged = known is not None and known.fingerprint == plan.fingerprints[version]
             if unchanged and (version in state.ready or not force):
                 continue  # serving these files already, or they failed before and have not changed
             if version not in state.ready:
@@ -475,7 +471,6 @@ class ModelControl:
             if replaced is not None:
                 self._drain(replaced)
         if all(version in state.ready for version in plan.wanted):  # never retire before the successors serve
-            state.config_key = plan.config_key
             self._retire(state, set(state.ready) - set(plan.wanted))
         for version in set(state.versions) - set(plan.wanted) - set(state.ready):
             if state.versions[version].reason != UNLOADED:  # a refusal of files no longer asked for
@@ -483,7 +478,7 @@ class ModelControl:
         return failures
 
     def _retire(self, state: ModelState, versions: set[int]) -> None:
-        """Take versions out of the table now; they drain in the background, then leave the index."""
+        """Take versions out of the table now; they drain in the background; the index says 'unloaded'."""
         if not versions:
             return
         leaving = [state.ready[v] for v in versions]
