@@ -31,6 +31,7 @@ from qdeploy.runtime.engine import Engine, TensorSpec
 from qdeploy.serving import BackgroundServer, ServeOptions, create_app, parse_config, serve_engines, write_triton_model
 from qdeploy.serving.loadgen import run_load
 from qdeploy.serving.model_control import ControlOptions, ModelControl, select_versions
+from qdeploy.serving.protocol import InferRequest, RequestError
 from qdeploy.serving.triton_install import install_triton
 from qdeploy.serving.triton_server import TritonServer
 from tests.serving_helpers import make_shift_onnx
@@ -420,3 +421,50 @@ def test_serve_command_takes_the_control_flags(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(60)
+
+
+def test_a_removed_version_finishes_its_requests_then_is_unloaded(tmp_path: Path) -> None:
+    """Policy all, v1 and v2 served; v1's folder goes while a request runs on it: it answers, then v1 is gone."""
+    repo = tmp_path / "repo"
+    for version in (1, 2):
+        add_version(repo, "m", version, float(version), tmp_path)
+    config = repo / "m" / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy { all { } }\n")
+    models = embedded_control(repo, ControlOptions(mode="poll"))
+    v1 = models.models["m"].ready[1]
+    started, release = threading.Event(), threading.Event()
+    run = v1.engine._run
+
+    def slow_run(feeds):
+        started.set()
+        release.wait(30)
+        return run(feeds)
+
+    v1.engine._run = slow_run  # the batcher runs this very engine (one instance)
+
+    async def scenario() -> tuple:
+        await models.start()
+        try:
+            request = InferRequest({"input": X}, None, False)
+            in_flight = asyncio.ensure_future(models.resolve("m", "1").infer(request))
+            await asyncio.to_thread(started.wait, 30)
+            shutil.rmtree(repo / "m" / "1")
+            await models.poll()
+            with pytest.raises(RequestError) as gone:
+                models.resolve("m", "1")
+            served_meanwhile = models.resolve("m").version
+            release.set()
+            answer = await in_flight
+            await asyncio.gather(*models._draining)
+            return answer, gone.value, served_meanwhile, models.index()
+        finally:
+            release.set()
+            await models.close()
+
+    answer, gone, served_meanwhile, entries = asyncio.run(scenario())
+    np.testing.assert_array_equal(answer["output"], X + 1)  # finished on v1, after v1 left the table
+    assert str(gone) == "model 'm' has no READY version '1' (version 1 is UNAVAILABLE: unloaded); READY versions: [2]"
+    assert served_meanwhile == "2"
+    assert [(e["version"], e["state"], e.get("reason")) for e in entries] == [
+        ("1", "UNAVAILABLE", "unloaded"), ("2", "READY", None)]
+    assert v1.batcher._closing and not v1.batcher._running  # drained, then freed
