@@ -15,6 +15,17 @@ histogram; Triton: its statistics); writes benchmarks/results/serve_load.json.
 
     python benchmarks/serve_load.py [--clients 16] [--requests 40] [--repeats 3] [--size 64]
                                     [--servers embedded,triton] [--pausing-clients 32]
+
+--swap measures model control instead (both servers in `--model-control-mode poll`): a steady
+load on version 1 gives the steady p99; then, under the same load, version 2 is dropped into
+the repository, and once it serves, a corrupt version 3. Reports the failed requests, wrong
+answers, p99 during the changes against the steady p99, how long version 2 took to answer
+after it was written, and the index entry of the refused version 3; writes
+benchmarks/results/serve_swap.json (--out). --quick swaps a tiny ONNX model with few clients (a test
+runs it); the full run swaps the quadratic MobileNetV3:
+
+    python benchmarks/serve_load.py --swap [--quick] [--clients 16] [--requests 40] [--size 64]
+                                    [--servers embedded,triton] [--poll-secs 2]
 """
 
 from __future__ import annotations
@@ -22,9 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "serve_load.json"
+SWAP_RESULTS = Path(__file__).parent / "results" / "serve_swap.json"
 START = "from qdeploy.cli import main; main()"
 CONFIGS = {"batching": (8, 2000), "no batching": (1, 0)}  # label -> (max batch, queue delay us)
 
@@ -72,8 +86,9 @@ def export_quadratic_mobilenet(folder: Path, size: int) -> Path:
 class EmbeddedServer:
     """`qdeploy serve --port 0` in a subprocess; the port is read from its start-up line."""
 
-    def __init__(self, repo: Path) -> None:
-        command = [sys.executable, "-c", START, "serve", "--repo", str(repo), "--port", "0", "--max-queue", "256"]
+    def __init__(self, repo: Path, control: tuple[str, ...] = ()) -> None:
+        command = [sys.executable, "-c", START, "serve", "--repo", str(repo), "--port", "0", "--max-queue", "256",
+                   *control]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         self.address = None
         for line in self.process.stdout:
@@ -99,11 +114,13 @@ class EmbeddedServer:
 class TritonTarget:
     """tritonserver on free loopback ports (TritonServer), with batch sizes from its statistics."""
 
-    def __init__(self, repo: Path) -> None:
+    def __init__(self, repo: Path, control: tuple[str, ...] = ()) -> None:
         from qdeploy.serving.triton_install import install_triton
         from qdeploy.serving.triton_server import TritonServer
 
-        self.server = TritonServer(repo, install=install_triton(), exit_timeout_s=10).start()
+        self.server = TritonServer(repo, install=install_triton(), exit_timeout_s=10)
+        self.server.command += list(control)  # the flags `qdeploy serve` passes on: Triton's own names
+        self.server.start()
         self.address = self.server.http_address
         self.pid = self.server.process.pid
 
@@ -122,6 +139,157 @@ class TritonTarget:
 SERVERS = {"embedded": EmbeddedServer, "triton": TritonTarget}
 
 
+def shifted_copy(onnx_path: Path, dest: Path, shift: float) -> Path:
+    """The model with `shift` added to its output: a "retrained" version whose answers differ."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path))
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{name}_unshifted" if name == output else name for name in node.output]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(shift, np.float32), "qdeploy_shift"))
+    model.graph.node.append(helper.make_node("Add", [f"{output}_unshifted", "qdeploy_shift"], [output]))
+    onnx.save(model, str(dest))
+    return dest
+
+
+def tiny_onnx(dest: Path, width: int = 16) -> Path:
+    """--quick: output = input @ W for a [batch, width] input; microseconds per request."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((width, width)).astype(np.float32),
+                                          "weight")
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "weight"], ["output"])], "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(dest))
+    return dest
+
+
+def repository_index(address: str) -> list[dict]:
+    request = urllib.request.Request(f"http://{address}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for_index(address: str, condition, timeout_s: float) -> tuple[float | None, list[dict]]:
+    """Poll the repository index until condition(entries by version) holds; (when, index) or (None, last index)."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        index = repository_index(address)
+        if condition({entry.get("version"): entry for entry in index if entry.get("name") == "swap"}):
+            return time.perf_counter(), index
+        if time.perf_counter() > deadline:
+            return None, index
+        time.sleep(0.1)
+
+
+def drop_corrupt_version(repo: Path, source: int, version: int) -> None:
+    """A copy of version `source` whose model file is garbage, moved in at once (a bad export slipped through)."""
+    from qdeploy.atomic import staged_directory
+
+    with staged_directory(repo / "swap" / str(version)) as stage:
+        shutil.copytree(repo / "swap" / str(source), stage, dirs_exist_ok=True)
+        (stage / "model.onnx").write_bytes(b"not an onnx file")
+
+
+def swap_run(kind: str, repo: Path, v2_model: Path, batches, expected: dict, clients: int, requests: int,
+             poll_secs: int, wait_s: float) -> dict:
+    """One server in poll mode: steady load, then v2 and a corrupt v3 dropped in under load."""
+    from qdeploy.serving import write_triton_model
+    from qdeploy.serving.loadgen import run_load
+
+    control = ("--model-control-mode", "poll", "--repository-poll-secs", str(poll_secs))
+    server = SERVERS[kind](repo, control)
+    try:
+        steady = run_load(server.address, "swap", "input", "output", batches, {"1": expected["1"]},
+                          clients=clients, requests_per_client=requests)
+        stop, loads = threading.Event(), []
+        load = threading.Thread(target=lambda: loads.append(run_load(
+            server.address, "swap", "input", "output", batches, expected, clients=clients,
+            requests_per_client=100_000, time_limit_s=4 * wait_s + 60, stop=stop)))
+        load.start()
+        time.sleep(1.0)
+        dropped = time.perf_counter()
+        write_triton_model(repo, "swap", v2_model, version=2, backend="python", engine_backend="ort-cpu", threads=1,
+                           max_batch=8, max_queue_delay_us=2000)
+        swapped, _ = wait_for_index(server.address, lambda v: v.get("2", {}).get("state") == "READY" and
+                                    v.get("1", {}).get("state") != "READY", wait_s)
+        time.sleep(poll_secs + 1.0)
+        corrupted = time.perf_counter()
+        drop_corrupt_version(repo, 2, 3)
+        refused, index = wait_for_index(server.address, lambda v: v.get("3", {}).get("state") == "UNAVAILABLE",
+                                        wait_s)
+        time.sleep(poll_secs + 1.0)
+        stop.set()
+        load.join(wait_s + 60)
+        final_index = repository_index(server.address)
+    finally:
+        server.stop()
+    report = loads[0]
+    first_v2 = min((t for t, v in report.answers if v == "2"), default=None)
+    after_refusal = [v for t, v in report.answers if refused is not None and t > refused]
+    return {"steady": steady.summary(), "swap": report.summary(),
+            "failures": len(steady.failures) + len(report.failures), "first_failures": report.failures[:3],
+            "mismatches": steady.mismatches + report.mismatches,
+            "v2_first_answer_s": round(first_v2 - dropped, 2) if first_v2 else None,
+            "v1_out_of_index_s": round(swapped - dropped, 2) if swapped else None,
+            "v3_refused_s": round(refused - corrupted, 2) if refused else None,
+            "answers_after_refusal": {v: after_refusal.count(v) for v in sorted(set(after_refusal))},
+            "v3_entry": next((e for e in index if e.get("name") == "swap" and e.get("version") == "3"), None),
+            "final_index": [e for e in final_index if e.get("name") == "swap"],
+            "p99_ratio": round(report.percentile_ms(99) / steady.percentile_ms(99), 2)}
+
+
+def swap_main(args: argparse.Namespace) -> None:
+    """--swap: both servers, the same changes under the same load; a table and serve_swap.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qdeploy.atomic import write_text
+    from qdeploy.commands.tables import print_table
+    from qdeploy.runtime import load_engine
+    from qdeploy.serving import write_triton_model
+
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="qdeploy-serve-swap-") as tmp:
+        tmp = Path(tmp)
+        if args.quick:
+            v1 = tiny_onnx(tmp / "v1.onnx")
+            batches = [np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32) for i in range(8)]
+        else:
+            v1 = export_quadratic_mobilenet(tmp / "export", args.size)
+            rng = np.random.default_rng(0)
+            batches = [rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32) for _ in range(32)]
+        v2 = shifted_copy(v1, tmp / "v2.onnx", 1.0)
+        expected = {str(version): [load_engine(path, "ort-cpu", threads=1).infer(b)["output"] for b in batches]
+                    for version, path in (("1", v1), ("2", v2))}
+        for kind in args.servers.split(","):
+            repo = tmp / f"repo-{kind}"
+            write_triton_model(repo, "swap", v1, backend="python", engine_backend="ort-cpu", threads=1, max_batch=8,
+                               max_queue_delay_us=2000)
+            rows[kind] = swap_run(kind, repo, v2, batches, expected, args.clients, args.requests, args.poll_secs,
+                                  args.wait_s)
+    print(f"\n{args.clients} clients, poll mode ({args.poll_secs} s), {'tiny MatMul' if args.quick else 'MobileNetV3'}"
+          " on the Python backend (ORT CPU, 1 thread); v2 dropped in, then a corrupt v3, under load")
+    table = Table("server", "requests", "fail", "wrong", "steady p99 ms", "swap p99 ms", "ratio", "v2 after s",
+                  "v3 refused s")
+    for kind, row in rows.items():
+        table.add_row(kind, str(row["steady"]["requests"] + row["swap"]["requests"]), str(row["failures"]),
+                      str(row["mismatches"]), f"{row['steady']['p99_ms']:.1f}", f"{row['swap']['p99_ms']:.1f}",
+                      f"{row['p99_ratio']:.2f}", str(row["v2_first_answer_s"]), str(row["v3_refused_s"]))
+    print_table(Console(), table)
+    for kind, row in rows.items():
+        print(f"{kind}: v3 in the index: {row['v3_entry']}")
+    write_text(args.out, json.dumps({"clients": args.clients, "quick": args.quick, "poll_secs": args.poll_secs,
+                                     "results": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
@@ -130,7 +298,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="load runs per server; the median is reported")
     parser.add_argument("--servers", default="embedded,triton", help="comma list of embedded, triton")
     parser.add_argument("--pausing-clients", type=int, default=32, help="clients of the pause run (0 skips it)")
+    parser.add_argument("--swap", action="store_true", help="model control: versions swapped under load")
+    parser.add_argument("--quick", action="store_true", help="with --swap: a tiny model, 4 clients (seconds)")
+    parser.add_argument("--poll-secs", type=int, default=2, help="with --swap: --repository-poll-secs")
+    parser.add_argument("--wait-s", type=float, default=120.0, help="with --swap: longest wait for each change")
+    parser.add_argument("--out", type=Path, default=SWAP_RESULTS, help="with --swap: the JSON results file")
     args = parser.parse_args()
+    if args.swap:
+        if args.quick:
+            args.clients, args.requests, args.poll_secs = min(args.clients, 4), min(args.requests, 20), 1
+        swap_main(args)
+        return
     servers = args.servers.split(",")
 
     from qdeploy.atomic import write_text

@@ -79,3 +79,16 @@ def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 def images(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((count, *SHAPE)).astype(np.float32)
+
+
+def make_shift_onnx(path: Path, shift: float, width: int = 4) -> Path:
+    """input [batch, width] -> output = input + shift: each version of a model answers with its own shift."""
+    constant = helper.make_tensor("shift", TensorProto.FLOAT, [width], np.full(width, shift, np.float32))
+    graph = helper.make_graph([helper.make_node("Add", ["input", "shift"], ["output"])], "shift",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
+                              [constant])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

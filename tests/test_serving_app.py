@@ -108,7 +108,7 @@ BAD = [  # (method, path, body, headers, chunked, status, message)
     ("GET", "/v2/models/..", None, {}, False, 400, "invalid model name '..'"),
     ("POST", "/v2/models/..%2F..%2Fetc/infer", json_infer(images(1)), {}, False, 404, "Not Found"),
     ("POST", "/v2/models/quad/../../etc/infer", json_infer(images(1)), {}, False, 404, "Not Found"),
-    ("GET", "/v2/models/quad/versions/2", None, {}, False, 404, "has no version '2'; it serves version 1"),
+    ("GET", "/v2/models/quad/versions/2", None, {}, False, 404, "has no READY version '2'; READY versions: \\[1\\]"),
     ("GET", "/v2/models/quad/infer", None, {}, False, 405, "Method Not Allowed"),
     ("POST", "/v2/models/quad/infer", b'{"inputs": [', {}, False, 400, "request JSON is malformed"),
     ("POST", "/v2/models/quad/infer", json_infer(np.zeros((1, 3, 16, 15), np.float32)), {}, False, 400,

@@ -29,6 +29,7 @@ from qdeploy.errors import QDeployError
 from qdeploy.models.sources import load_base_model
 from qdeploy.runtime import load_engine
 from qdeploy.serving import ServeOptions, load_models, write_triton_model
+from qdeploy.serving.model_control import ControlOptions
 from qdeploy.serving.triton_install import install_triton
 from qdeploy.serving.triton_server import TritonServer
 from tests.serving_helpers import images, torch_logits
@@ -136,7 +137,7 @@ def test_triton_parses_the_platform_configs_and_misses_only_the_backend(triton, 
     plan.write_bytes(b"a plan is never opened without the tensorrt backend")
     write_triton_model(repo, "plan", plan, signature_from=onnx_path)
     write_triton_model(repo, "python", onnx_path, backend="python", engine_backend="ort-cpu", threads=1)
-    with TritonServer(repo, install=triton, strict=False, exit_timeout_s=5) as server, \
+    with TritonServer(repo, install=triton, control=ControlOptions(), exit_timeout_s=5) as server, \
             httpclient.InferenceServerClient(server.http_address) as client:
         index = {entry["name"]: entry for entry in client.get_model_repository_index()}
     assert index["python"]["state"] == "READY"

@@ -6,6 +6,7 @@ the embedded server or from Triton Inference Server.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import click
 
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS
+from qdeploy.serving.model_control import MODES, ControlOptions
 from qdeploy.serving.server import LOOPBACK
 
 
@@ -116,41 +118,69 @@ _EMBEDDED_ONLY = ("backend", "threads", "instances", "check_finite", "max_batch"
               help="Seconds in-flight requests get to finish on SIGTERM/SIGINT.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="warning", show_default=True)
+@click.option("--model-control-mode", type=click.Choice(MODES), default="none", show_default=True,
+              help="none: load every model at start, never change; poll: follow the repository (new, changed and "
+              "removed versions); explicit: --load-model at start, then POST /v2/repository/models/NAME/load|unload.")
+@click.option("--repository-poll-secs", default=ControlOptions.poll_secs, show_default=True, type=click.IntRange(1),
+              help="With poll: seconds between repository polls.")
+@click.option("--load-model", "load_model", multiple=True,
+              help="With explicit: a model to load at start (repeatable; '*' loads all).")
+@click.option("--exit-on-error", is_flag=True,
+              help="Stop the start when a model fails to load (default: serve the others, the index says why).")
 @click.pass_context
 def serve(ctx: click.Context, repo: Path, server_kind: str, host: str, port: int, grpc_port: int, metrics_port: int,
           backend: str, threads: int, instances: int | None, check_finite: bool, max_batch: int,
           max_queue_delay_us: int, max_queue: int, timeout_s: float, max_body_mb: float, graceful_timeout: int,
-          log_level: str) -> None:
+          log_level: str, model_control_mode: str, repository_poll_secs: int, load_model: tuple[str, ...],
+          exit_on_error: bool) -> None:
     """Serve a model repository with the Open Inference Protocol (KServe v2): embedded, or real Triton."""
+    control = ControlOptions(mode=model_control_mode, poll_secs=repository_poll_secs, load_models=load_model,
+                             exit_on_error=exit_on_error)
     if server_kind == "triton":
         given = [name for name in _EMBEDDED_ONLY
                  if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if given:
             raise QDeployError(f"--{given[0].replace('_', '-').removesuffix('-s')} is an embedded-server option; "
                                "Triton reads these settings from config.pbtxt (`qdeploy triton-repo` writes them)")
-        _serve_triton(repo, host, port, grpc_port, metrics_port, graceful_timeout)
+        _serve_triton(repo, host, port, grpc_port, metrics_port, graceful_timeout, control)
         return
-    from qdeploy.serving import ServeOptions, bind_socket, create_app, load_models, run_server, url_for
+    from qdeploy.serving import ServeOptions, bind_socket, create_app, run_server, url_for
+    from qdeploy.serving.model_control import ModelControl
 
     options = ServeOptions(backend=backend, threads=threads, check_finite=check_finite, instances=instances,
                            max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, max_queue=max_queue,
                            timeout_s=timeout_s)
-    models = load_models(repo, options)
+    _log_model_changes(log_level)
+    models = ModelControl(repo, options, control)
+    failures = models.load_at_start()
     app = create_app(models, max_body_bytes=int(max_body_mb * (1 << 20)))
     sock = bind_socket(host, port)
-    for model in models:
-        click.echo(f"model {model.name} v{model.version}: {model.engine.backend}, max batch "
-                   f"{model.batcher.max_batch}, {model.batcher.instances} instance(s)")
+    for state in models.models.values():
+        for model in state.ready.values():
+            click.echo(f"model {model.name} v{model.version}: {model.engine.backend}, max batch "
+                       f"{model.batcher.max_batch}, {model.batcher.instances} instance(s)")
+    for failure in failures:
+        click.echo(f"not served: {failure}", err=True)
     click.echo(f"serving on {url_for(host, sock.getsockname()[1])} (metrics at /metrics; Ctrl-C stops)")
     run_server(app, sock, graceful_timeout, log_level)
 
 
-def _serve_triton(repo: Path, host: str, port: int, grpc_port: int, metrics_port: int, graceful_timeout: int) -> None:
+def _log_model_changes(log_level: str) -> None:
+    """Model loads, swaps and refusals go to stderr (INFO unless --log-level asks for less)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("qdeploy.serving")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if log_level in ("info", "debug", "warning") else getattr(logging, log_level.upper()))
+
+
+def _serve_triton(repo: Path, host: str, port: int, grpc_port: int, metrics_port: int, graceful_timeout: int,
+                  control: ControlOptions) -> None:
     """tritonserver in the foreground, its log on this terminal; SIGTERM/SIGINT stop it gracefully."""
     from qdeploy.serving.triton_server import TritonServer, run_triton
 
     server = TritonServer(repo, host=host, http_port=port, grpc_port=grpc_port, metrics_port=metrics_port,
-                          exit_timeout_s=graceful_timeout, log=sys.stdout)
+                          exit_timeout_s=graceful_timeout, log=sys.stdout, control=control)
 
     def announce() -> None:
         click.echo(f"serving on {server.url} (tritonserver; gRPC "

@@ -7,7 +7,8 @@ Endpoints, as Triton serves them (so `tritonclient.http` works unmodified):
   GET  /v2/models/{name}[/versions/{v}]/ready
   GET  /v2/models/{name}[/versions/{v}]/config   config.pbtxt as JSON
   POST /v2/models/{name}[/versions/{v}]/infer    JSON or binary tensors
-  POST /v2/repository/index                  the models and their state (Triton's repository extension)
+  POST /v2/repository/index                  every model version and its state (Triton's repository extension)
+  POST /v2/repository/models/{name}/load, /unload   explicit model control (model_control)
   GET  /metrics                              Prometheus text format
 Every error is JSON `{"error": "..."}` with a 4xx/5xx status; one request's failure never
 touches another's (bad input is refused before it can join a batch). Once a graceful
@@ -17,7 +18,6 @@ shutdown begins, readiness turns 503 and infer requests still arriving on open c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -33,10 +33,11 @@ from qdeploy import __version__
 from qdeploy.errors import QDeployError
 from qdeploy.serving.batcher import SHUTTING_DOWN
 from qdeploy.serving.metrics import ServingMetrics
+from qdeploy.serving.model_control import ModelControl
 from qdeploy.serving.models import ServedModel
 from qdeploy.serving.protocol import (HEADER_LENGTH, RequestError, decode_infer_request, decompress_body,
                                       encode_infer_response)
-from qdeploy.serving.repository import check_model_name, config_json
+from qdeploy.serving.repository import config_json
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 
@@ -46,29 +47,32 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 class InferenceAPI:
-    """Routes over a fixed set of loaded models; the app's lifespan runs their batchers."""
+    """Routes over the models a ModelControl serves; the app's lifespan starts and drains them."""
 
-    def __init__(self, models: Sequence[ServedModel], max_body_bytes: int) -> None:
-        self.models = {model.name: model for model in models}
+    def __init__(self, control: ModelControl, max_body_bytes: int) -> None:
+        self.control = control
         self.max_body_bytes = max_body_bytes
         self.metrics = ServingMetrics()
         self.ready = False
         self.draining = False
-        for model in models:
-            model.batcher.on_batch = self.metrics.batch_observer(model.name)
-            self.metrics.track_queue(model.name, lambda batcher=model.batcher: batcher.queue_depth)
+        control.on_ready = self._observe
+
+    def _observe(self, model: ServedModel) -> None:
+        """Metrics for a version that starts serving: batches per model name, queue depth over its ready versions."""
+        model.batcher.on_batch = self.metrics.batch_observer(model.name)
+        state = self.control.models[model.name]
+        self.metrics.track_queue(model.name, lambda: sum(m.batcher.queue_depth for m in state.ready.values()))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        """Start batchers; at shutdown (after uvicorn let in-flight requests finish) drain them."""
-        for model in self.models.values():
-            model.batcher.start()
+        """Start batchers (and polling); at shutdown (after uvicorn let in-flight requests finish) drain them."""
+        await self.control.start()
         self.ready = True
         try:
             yield
         finally:
             self.ready = False
-            await asyncio.gather(*(model.batcher.close() for model in self.models.values()))
+            await self.control.close()
 
     def begin_drain(self) -> None:
         """Graceful shutdown has begun: not ready, and new infer requests get 503 at once."""
@@ -76,19 +80,8 @@ class InferenceAPI:
         self.draining = True
 
     def model(self, request: Request) -> ServedModel:
-        """The model a URL names; 400 for names with path characters, 404 for unknown ones."""
-        name = request.path_params["name"]
-        try:
-            check_model_name(name)
-        except QDeployError as exc:
-            raise RequestError(str(exc)) from exc
-        if name not in self.models:
-            raise RequestError(f"unknown model {name!r}; this server has {sorted(self.models)}", 404)
-        model = self.models[name]
-        version = request.path_params.get("version")
-        if version is not None and version != model.version:
-            raise RequestError(f"model {name!r} has no version {version!r}; it serves version {model.version}", 404)
-        return model
+        """The version a URL names, else the newest ready one; 400 for path characters, 404 otherwise."""
+        return self.control.resolve(request.path_params["name"], request.path_params.get("version"))
 
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": "qdeploy", "version": __version__, "extensions": EXTENSIONS})
@@ -100,9 +93,12 @@ class InferenceAPI:
         return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
 
     async def model_metadata(self, request: Request) -> Response:
-        return JSONResponse(self.model(request).metadata())
+        model = self.model(request)
+        versions = sorted(self.control.models[model.name].ready, reverse=True)
+        return JSONResponse({**model.metadata(), "versions": [str(v) for v in versions]})
 
     async def model_ready(self, request: Request) -> Response:
+        """200 when the version (or any version) is READY and the server is not shutting down; 400 as Triton."""
         model = self.model(request)
         return JSONResponse({"name": model.name, "ready": self.ready}, status_code=200 if self.ready else 503)
 
@@ -118,9 +114,33 @@ class InferenceAPI:
             raise RequestError(f"repository index request JSON is malformed: {exc}") from exc
         if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
             raise RequestError("repository index request must be a JSON object like {\"ready\": true}")
-        state = "READY" if self.ready else "UNAVAILABLE"
-        index = [{"name": model.name, "version": model.version, "state": state} for model in self.models.values()]
-        return JSONResponse([entry for entry in index if self.ready or not options.get("ready")])
+        return JSONResponse(self.control.index(ready_only=options.get("ready", False)))
+
+    async def _parameters(self, request: Request, action: str) -> dict:
+        """The `parameters` object of a load/unload request body (empty body: none)."""
+        body = await self._body(request)
+        try:
+            document = json.loads(body) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise RequestError(f"{action} request JSON is malformed: {exc}") from exc
+        parameters = document.get("parameters", {}) if isinstance(document, dict) else None
+        if not isinstance(parameters, dict):
+            raise RequestError(f"{action} request must be a JSON object like {{\"parameters\": {{...}}}}")
+        return parameters
+
+    async def load_model(self, request: Request) -> Response:
+        """Triton's repository extension: (re)load a model; 200 with an empty body once its versions are READY."""
+        parameters = await self._parameters(request, "load")
+        await self.control.load(request.path_params["name"], parameters)
+        return Response(b"", media_type="application/json")
+
+    async def unload_model(self, request: Request) -> Response:
+        """Take a model out of service: no new requests from now, the in-flight ones finish first."""
+        parameters = await self._parameters(request, "unload")
+        if not isinstance(parameters.get("unload_dependents", False), bool):
+            raise RequestError("'unload_dependents' must be true or false")
+        await self.control.unload(request.path_params["name"])
+        return Response(b"", media_type="application/json")
 
     async def metrics_text(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
@@ -143,11 +163,13 @@ class InferenceAPI:
         started = time.perf_counter()
         label = ""
         try:
-            model = self.model(request)
-            label = model.name
+            label = self.model(request).name  # unknown models are refused before their body is read
             infer_request = decode_infer_request(await self._body(request), request.headers.get(HEADER_LENGTH))
             if self.draining:  # checked once the body is in: it may have been sent as the shutdown began
                 raise RequestError(SHUTTING_DOWN, 503)
+            # Picked now, with no await until the request is queued on it: a version swapped out
+            # meanwhile is never handed a request after its batcher began to drain.
+            model = self.model(request)
             selected = infer_request.selected_outputs(model.output_names)
             outputs = await model.infer(infer_request)
             body, headers = encode_infer_response(model.name, model.version, infer_request, outputs, selected)
@@ -173,6 +195,8 @@ class InferenceAPI:
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.server_ready, methods=["GET"]),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", self.load_model, methods=["POST"]),
+            Route("/v2/repository/models/{name}/unload", self.unload_model, methods=["POST"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
         ]
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
@@ -194,9 +218,10 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal server error ({type(exc).__name__}); see the server log")
 
 
-def create_app(models: Sequence[ServedModel], max_body_bytes: int = 64 << 20) -> Starlette:
-    """The ASGI app for `models`; `app.state.api` exposes the routes' state (metrics, readiness)."""
-    api = InferenceAPI(models, max_body_bytes)
+def create_app(models: Sequence[ServedModel] | ModelControl, max_body_bytes: int = 64 << 20) -> Starlette:
+    """The ASGI app for `models` (fixed) or a ModelControl; `app.state.api` exposes the routes' state."""
+    control = models if isinstance(models, ModelControl) else ModelControl.fixed(models)
+    api = InferenceAPI(control, max_body_bytes)
     app = Starlette(routes=api.routes(), lifespan=api.lifespan,
                     exception_handlers={RequestError: _request_error, HTTPException: _http_error,
                                         Exception: _internal_error})

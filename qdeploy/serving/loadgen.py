@@ -8,9 +8,10 @@ time are bounded: leftovers at `time_limit_s` are killed and counted as failures
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +23,7 @@ class LoadReport:
     latencies_s: list[float] = field(repr=False)
     failures: list[str]
     mismatches: int
+    answers: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (perf_counter, model_version)
 
     @property
     def throughput(self) -> float:
@@ -39,13 +41,16 @@ class LoadReport:
 
 
 def run_load(address: str, model: str, input_name: str, output_name: str, batches: Sequence[np.ndarray],
-             expected: Sequence[np.ndarray], clients: int = 16, requests_per_client: int = 20,
-             atol: float = 1e-4, time_limit_s: float = 120.0, pause_s: tuple[float, float] = (0.0, 0.0)) -> LoadReport:
-    """Send clients x requests_per_client requests to `address` (host:port, loopback in tests).
+             expected: Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]], clients: int = 16,
+             requests_per_client: int = 20, atol: float = 1e-4, time_limit_s: float = 120.0,
+             pause_s: tuple[float, float] = (0.0, 0.0), stop: threading.Event | None = None) -> LoadReport:
+    """Send up to clients x requests_per_client requests to `address` (host:port, loopback in tests).
 
     Request k of client c sends batches[(c * requests_per_client + k) % len(batches)] and
-    must get back expected[...] within `atol`. After each answer a client pauses for a time
-    drawn uniformly from `pause_s` (seconds; seeded per client), keeping its connection.
+    must get back expected[...] within `atol`; while versions change under the load, pass
+    {model_version: answers} and each answer is checked against its version's. After each
+    answer a client pauses for a time drawn uniformly from `pause_s` (seconds; seeded per
+    client), keeping its connection. Clients stop early once `stop` is set.
     """
     import random
 
@@ -54,13 +59,18 @@ def run_load(address: str, model: str, input_name: str, output_name: str, batche
 
     latencies: list[float] = []
     failures: list[str] = []
-    mismatches = 0
+    answers: list[tuple[float, str]] = []
+    mismatches = sent = 0
+    by_version = expected if isinstance(expected, Mapping) else None
 
     def client_loop(index: int) -> None:
-        nonlocal mismatches
+        nonlocal mismatches, sent
         pauses = random.Random(index)
         with httpclient.InferenceServerClient(address, connection_timeout=30, network_timeout=60) as client:
             for k in range(requests_per_client):
+                if stop is not None and stop.is_set():
+                    break
+                sent += 1
                 sample = (index * requests_per_client + k) % len(batches)
                 tensor = httpclient.InferInput(input_name, list(batches[sample].shape), "FP32")
                 tensor.set_data_from_numpy(batches[sample], binary_data=True)
@@ -72,7 +82,10 @@ def run_load(address: str, model: str, input_name: str, output_name: str, batche
                     failures.append(f"client {index} request {k}: {exc}")
                     continue
                 latencies.append(time.perf_counter() - started)
-                if not np.allclose(result.as_numpy(output_name), expected[sample], atol=atol):
+                version = result.get_response()["model_version"]
+                answers.append((time.perf_counter(), version))
+                wanted = by_version.get(version) if by_version is not None else expected
+                if wanted is None or not np.allclose(result.as_numpy(output_name), wanted[sample], atol=atol):
                     mismatches += 1
                 if pause_s[1] > 0:
                     gevent.sleep(pauses.uniform(*pause_s))
@@ -85,7 +98,7 @@ def run_load(address: str, model: str, input_name: str, output_name: str, batche
         gevent.killall(unfinished)
         failures.append(f"{len(unfinished)} clients still running after {time_limit_s:g} s")
     failures += [f"client crashed: {g.exception}" for g in greenlets if g not in unfinished and g.exception]
-    return LoadReport(clients * requests_per_client, time.perf_counter() - started, latencies, failures, mismatches)
+    return LoadReport(sent, time.perf_counter() - started, latencies, failures, mismatches, answers)
 
 
 def batch_size_histogram(metrics_text: str, model: str) -> dict[str, int]:

@@ -18,7 +18,7 @@ from qdeploy.runtime import Engine, TensorSpec, load_engine
 from qdeploy.serving.batcher import DynamicBatcher
 from qdeploy.serving.datatypes import protocol_datatype
 from qdeploy.serving.protocol import InferRequest
-from qdeploy.serving.repository import build_config, check_config_matches, scan_repository
+from qdeploy.serving.repository import RepositoryModel, build_config, check_config_matches, scan_repository
 
 
 @dataclass(frozen=True)
@@ -105,20 +105,31 @@ def _engine_settings(config: Any | None, options: ServeOptions) -> tuple[str, in
     return backend, threads
 
 
-def load_models(repo: str | Path, options: ServeOptions) -> list[ServedModel]:
-    """Load and warm up every model of a repository; any failure stops start-up with its reason."""
-    served = []
-    for entry in scan_repository(repo):
-        configured = sum(g.count for g in entry.config.instance_group) if entry.config else 0
-        backend, threads = _engine_settings(entry.config, options)
-        try:
-            engines = [load_engine(entry.path, backend, threads, options.check_finite)
-                       for _ in range(options.instances or configured or 1)]
-            model = serve_engines(entry.name, str(entry.version), entry.platform, engines, entry.config, options)
-        except QDeployError as exc:
-            raise QDeployError(f"model {entry.name!r}: {exc}") from exc
-        if _static_dims(model.engine.inputs):  # zeros of a guessed size could be invalid input
-            for engine in engines:
+def load_version(entry: RepositoryModel, options: ServeOptions) -> ServedModel:
+    """Load one version's engines and warm them up; any failure (files, config, warm-up) is a one-line error.
+
+    The warm-up runs zeros of the model's full batch through every instance, so a version that
+    loads but cannot run is refused before it serves a request. Models with dynamic
+    non-batch dims are not warmed up (zeros of a guessed size could be invalid input).
+    """
+    configured = sum(g.count for g in entry.config.instance_group) if entry.config else 0
+    backend, threads = _engine_settings(entry.config, options)
+    try:
+        engines = [load_engine(entry.path, backend, threads, options.check_finite)
+                   for _ in range(options.instances or configured or 1)]
+        model = serve_engines(entry.name, str(entry.version), entry.platform, engines, entry.config, options)
+    except QDeployError as exc:
+        raise QDeployError(f"model {entry.name!r}: {exc}") from exc
+    if _static_dims(model.engine.inputs):
+        for engine in engines:
+            try:
                 engine.warmup(batch=max(1, model.batcher.max_batch))
-        served.append(model)
-    return served
+            except Exception as exc:  # any engine error: this version is refused, nothing else
+                raise QDeployError(f"model {entry.name!r} version {entry.version} failed its warm-up: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+    return model
+
+
+def load_models(repo: str | Path, options: ServeOptions) -> list[ServedModel]:
+    """Load and warm up every model of a repository (newest version each); any failure stops with its reason."""
+    return [load_version(entry, options) for entry in scan_repository(repo)]

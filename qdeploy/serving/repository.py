@@ -11,6 +11,7 @@ other way round.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import re
@@ -359,43 +360,78 @@ class RepositoryModel:
         return PLATFORMS[self.path.suffix]
 
 
-def _find_model(folder: Path) -> RepositoryModel:
-    config_path = folder / CONFIG_FILE
-    config = read_config(config_path) if config_path.is_file() else None
-    if config is not None and config.name and config.name != folder.name:
-        raise QDeployError(f"{config_path} names the model {config.name!r}, but its folder is {folder.name!r}")
-    if config is not None and config.platform and config.platform not in MODEL_FILES:
-        raise QDeployError(f"{config_path}: platform {config.platform!r} is not served; "
-                           f"use one of {sorted(MODEL_FILES)}")
+def check_config(config, folder_name: str, source: str) -> None:
+    """Refuse a ModelConfig this server cannot serve from `folder_name` (config.pbtxt or a JSON override)."""
+    if config.name and config.name != folder_name:
+        raise QDeployError(f"{source} names the model {config.name!r}, but its folder is {folder_name!r}")
+    if config.platform and config.platform not in MODEL_FILES:
+        raise QDeployError(f"{source}: platform {config.platform!r} is not served; use one of {sorted(MODEL_FILES)}")
+    if config.backend == PYTHON_BACKEND and "model_file" not in config.parameters:
+        raise QDeployError(f"{source}: a Python-backend model needs a 'model_file' parameter naming what "
+                           "model.py loads; write it with `qdeploy triton-repo --backend python`")
+
+
+def model_file_names(config) -> list[str]:
+    """The file (or folder) names a version folder may hold its model under, by the config."""
     if config is not None and config.backend == PYTHON_BACKEND:
-        if "model_file" not in config.parameters:
-            raise QDeployError(f"{config_path}: a Python-backend model needs a 'model_file' parameter naming what "
-                               "model.py loads; write it with `qdeploy triton-repo --backend python`")
-        candidates = [config.parameters["model_file"].string_value]
-    elif config is not None and config.default_model_filename:
-        candidates = [config.default_model_filename]
-    elif config is not None and config.platform:
-        candidates = [MODEL_FILES[config.platform]]
-    else:
-        candidates = list(MODEL_FILES.values())
-    versions = sorted((int(v.name) for v in folder.iterdir() if v.is_dir() and v.name.isdigit()), reverse=True)
-    for version in versions:
-        for candidate in candidates:
-            path = folder / str(version) / candidate
-            if (path.is_file() and path.suffix in PLATFORMS) or (path.is_dir() and candidate == TORCH_MODEL_FOLDER):
-                return RepositoryModel(folder.name, version, path, config)
-    raise QDeployError(f"model folder {folder} has no <version>/{' or '.join(candidates)}; "
+        return [config.parameters["model_file"].string_value]
+    if config is not None and config.default_model_filename:
+        return [config.default_model_filename]
+    if config is not None and config.platform:
+        return [MODEL_FILES[config.platform]]
+    return list(MODEL_FILES.values())
+
+
+def read_model_config(folder: Path):
+    """A model folder's checked config.pbtxt, or None when it has none (a bare `<version>/model.onnx`)."""
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        return None
+    config = read_config(config_path)
+    check_config(config, folder.name, str(config_path))
+    return config
+
+
+def version_numbers(folder: Path) -> list[int]:
+    """The version folders of a model folder, newest first."""
+    return sorted((int(v.name) for v in folder.iterdir() if v.is_dir() and v.name.isdigit() and int(v.name) > 0),
+                  reverse=True)
+
+
+def version_model_path(folder: Path, version: int, config) -> Path:
+    """The model file (or Python-backend model folder) of one version; a one-line error when it has none."""
+    candidates = model_file_names(config)
+    for candidate in candidates:
+        path = folder / str(version) / candidate
+        if (path.is_file() and path.suffix in PLATFORMS) or (path.is_dir() and candidate == TORCH_MODEL_FOLDER):
+            return path
+    raise QDeployError(f"model {folder.name!r} version {version} has no {' or '.join(candidates)}; "
                        "write one with `qdeploy triton-repo`")
 
 
-def scan_repository(repo: str | Path) -> list[RepositoryModel]:
-    """Every model folder of `repo`, newest version each (Triton's default version policy)."""
+def _find_model(folder: Path) -> RepositoryModel:
+    config = read_model_config(folder)
+    for version in version_numbers(folder):
+        with contextlib.suppress(QDeployError):
+            return RepositoryModel(folder.name, version, version_model_path(folder, version, config), config)
+    raise QDeployError(f"model folder {folder} has no <version>/{' or '.join(model_file_names(config))}; "
+                       "write one with `qdeploy triton-repo`")
+
+
+def model_folders(repo: str | Path) -> list[Path]:
+    """The model folders of a repository, checked by name; a one-line error for a missing repository."""
     repo = Path(repo)
     if not repo.is_dir():
         raise QDeployError(f"model repository {repo} is not a folder; write one with `qdeploy triton-repo`")
     folders = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise QDeployError(f"model repository {repo} holds no models; add one with `qdeploy triton-repo`")
     for folder in folders:
         check_model_name(folder.name)
+    return folders
+
+
+def scan_repository(repo: str | Path) -> list[RepositoryModel]:
+    """Every model folder of `repo`, newest version each (Triton's default version policy)."""
+    folders = model_folders(repo)
+    if not folders:
+        raise QDeployError(f"model repository {repo} holds no models; add one with `qdeploy triton-repo`")
     return [_find_model(folder) for folder in folders]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from qdeploy.errors import QDeployError
+from qdeploy.serving.model_control import ControlOptions
 from qdeploy.serving.server import LOOPBACK, bind_socket, url_for
 from qdeploy.serving.triton_install import TritonInstall, find_triton, stub_environment
 
@@ -39,12 +40,14 @@ class TritonServer:
     """`tritonserver` on `repo`: HTTP, gRPC and metrics ports (0: a free one each), loopback by default.
 
     With `log` None the server's output goes to a temporary file whose last lines explain a
-    failed start; pass sys.stdout (the CLI) to show it as it comes.
+    failed start; pass sys.stdout (the CLI) to show it as it comes. `control` passes Triton's
+    own model-control flags; its exit_on_error (default here: on) also sets strict readiness.
     """
 
     def __init__(self, repo: str | Path, *, install: TritonInstall | None = None, host: str = LOOPBACK,
                  http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0, exit_timeout_s: int = 30,
-                 strict: bool = True, start_timeout_s: float = 180.0, log: IO[str] | None = None) -> None:
+                 control: ControlOptions = ControlOptions(exit_on_error=True), start_timeout_s: float = 180.0,
+                 log: IO[str] | None = None) -> None:
         repo = Path(repo)
         if not repo.is_dir():
             raise QDeployError(f"model repository {repo} is not a folder; write one with `qdeploy triton-repo`")
@@ -62,9 +65,13 @@ class TritonServer:
             f"--grpc-address={host}", f"--grpc-port={self.grpc_port}",
             f"--metrics-address={host}", f"--metrics-port={self.metrics_port}",
             f"--exit-timeout-secs={exit_timeout_s}",
-            # strict: a model that fails to load stops the start; otherwise Triton serves the
-            # others and reports the failure in its repository index.
-            f"--exit-on-error={str(strict).lower()}", f"--strict-readiness={str(strict).lower()}",
+            # exit_on_error: a model that fails to load stops the start; otherwise Triton serves
+            # the others and reports the failure in its repository index.
+            f"--exit-on-error={str(control.exit_on_error).lower()}",
+            f"--strict-readiness={str(control.exit_on_error).lower()}",
+            f"--model-control-mode={control.mode}",
+            *([f"--repository-poll-secs={control.poll_secs}"] if control.mode == "poll" else []),
+            *(f"--load-model={name}" for name in control.load_models),
         ]
         self._log = log
         self._log_file: IO[str] | None = None
