@@ -340,6 +340,8 @@ def _data_scorer(model: nn.Module, data: str, size: tuple[int, int], options: Pl
         with torch.no_grad():
             features = [(adapted.forward_head(adapted.forward_features(x), pre_logits=True), y) for x, y in batches]
         head = adapted.get_classifier()
+        for param in head.parameters():
+            param.requires_grad_(True)
         optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2)
         torch.manual_seed(options.seed)
         for step in range(options.head_probe_steps):
