@@ -114,7 +114,6 @@ def train(resume: bool, latency_budget: float | None, **options: Any) -> None:
     ctx = click.get_current_context()
     if options["max_grad_norm"] == 0:
         options["max_grad_norm"] = None
-    options["targets"] = options["targets"] or None
     if latency_budget is not None and resume:
         raise QDeployError("--latency-budget chooses the layers of a new run; --resume keeps the saved run's layers")
     if resume:

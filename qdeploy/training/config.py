@@ -100,11 +100,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.targets is not None:  # a JSON list when read back from a checkpoint or summary
-            object.__setattr__(self, "targets", tuple(self.targets))
-            if not self.targets:
-                raise QDeployError("--targets needs at least one module-name glob, e.g. 'blocks.5.*.conv_dw'")
-            if not self.quadratic:
+        if self.targets is not None:  # a JSON list when read back; () (no --targets) means the defaults
+            object.__setattr__(self, "targets", tuple(self.targets) or None)
+            if self.targets and not self.quadratic:
                 raise QDeployError(f"--targets picks the quadratic layers of --mode adapt or scratch; "
                                    f"--mode {self.mode} has none: drop --targets")
         for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),

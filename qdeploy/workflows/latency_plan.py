@@ -35,13 +35,13 @@ from torch import nn
 
 from qdeploy import atomic
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms, resolve_targets
-from qdeploy.adaptation.report import count_flops
 from qdeploy.adaptation.knapsack import check_budget, cheapest, choose
 from qdeploy.adaptation.scores import gradient_scores, param_scores
 from qdeploy.adaptation.targets import candidate_layers
 from qdeploy.errors import QDeployError
 from qdeploy.export.base_model import export_plain_onnx
 from qdeploy.export.forms import default_cache, machine_key
+from qdeploy.export.onnx_export import run_reference
 from qdeploy.export.report import weights_sha256
 from qdeploy.layers import QuadConfig
 from qdeploy.runtime.benchmark import Target, run_benchmark
@@ -250,7 +250,7 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
         raise QDeployError("plan a model before adapting it: pass the base model (or its unadapted folder)")
     model = model.eval()
     channels = 3
-    count_flops(model, (channels, *size))  # one line if the model cannot take `size`
+    run_reference(model, torch.zeros(1, channels, *size))  # one line (naming the module) if it cannot take `size`
     candidates = resolve_targets(model, options.candidates) if options.candidates else candidate_layers(model)
     if not candidates:
         raise QDeployError("the model has no layer the adapter can wrap; pass --candidates GLOB")
