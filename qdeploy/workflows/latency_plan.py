@@ -125,17 +125,25 @@ class LatencyPlan:
 
 
 def check_backend(backend: str) -> None:
-    """One line for a backend the plan cannot measure on: not installed here, or not supported."""
+    """One line for a backend the plan cannot measure on: unknown, not installed here, or not supported."""
+    import ctypes
+
     import onnxruntime as ort
 
-    providers = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-                 "ort-trt": "TensorrtExecutionProvider"}
-    provider = providers.get(backend)
-    if provider is None:
-        raise QDeployError(f"unknown plan backend {backend!r}; use {', '.join(SUPPORTED_BACKENDS)}")
-    if provider not in ort.get_available_providers():
-        raise QDeployError(f"backend {backend} is not installed here (ONNX Runtime has "
-                           f"{', '.join(ort.get_available_providers())}); plan for --backend ort-cpu")
+    from qdeploy.runtime.onnxruntime_engine import PROVIDER_CHAINS
+
+    if backend not in PROVIDER_CHAINS:
+        raise QDeployError(f"unknown plan backend {backend!r}: plans time ONNX Runtime, use "
+                           f"{', '.join(SUPPORTED_BACKENDS)}")
+    provider = PROVIDER_CHAINS[backend][0]
+    missing = None if provider in ort.get_available_providers() else f"ONNX Runtime has no {provider}"
+    if missing is None and provider != "CPUExecutionProvider":
+        try:
+            ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            missing = "no NVIDIA driver: libcuda.so.1 not found"
+    if missing:
+        raise QDeployError(f"backend {backend} is not installed here ({missing}); plan for --backend ort-cpu")
     if backend not in SUPPORTED_BACKENDS:
         raise QDeployError(f"plans are measured on {', '.join(SUPPORTED_BACKENDS)} so far; {backend} is installed "
                            "but its per-layer profile is not read yet: use --backend ort-cpu")
@@ -210,10 +218,17 @@ def _worst(chosen: Sequence[str], layers: dict[str, dict[str, Any]]) -> str:
     return min(chosen, key=lambda name: layers[name]["score"] / max(layers[name]["cost"], 1e-12))
 
 
-def _cache_key(model: nn.Module, candidates: Sequence[str], size: tuple[int, int], options: PlanOptions) -> str:
-    settings = {k: v for k, v in asdict(options).items() if k not in ("cache", "use_cache", "candidates", "input_size")}
-    settings["quad"] = options.quad().to_dict()
-    payload = [weights_sha256(model), list(candidates), list(size), settings,
+# Settings a layer's measured cost does not depend on: a plan at another budget or with other
+# scores re-uses the costs (the expensive part: an export and a profile per batch).
+_NOT_COST_SETTINGS = ("latency_budget", "data", "score_batches", "score_batch_size", "head_probe_steps",
+                      "check_seconds", "check_rounds")
+
+
+def _cache_key(model: nn.Module, candidates: Sequence[str], size: tuple[int, int], options: PlanOptions,
+               section: str) -> str:
+    skip = {"cache", "use_cache", "candidates", "input_size", *(_NOT_COST_SETTINGS if section == "costs" else ())}
+    settings = {k: v for k, v in asdict(options).items() if k not in skip}
+    payload = [section, weights_sha256(model), list(candidates), list(size), settings,
                machine_key(options.threads, max(options.batches))]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -222,19 +237,20 @@ def _cache_path(options: PlanOptions) -> Path:
     return options.cache or default_cache().with_name(CACHE_NAME)
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """{"plans": {key: plan}, "costs": {key: measured costs}} (empty when missing or damaged)."""
     try:
         data = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         return {}  # a damaged cache costs a re-measurement only
-    return data.get("plans", {}) if data.get("format") == PLAN_FORMAT else {}
+    return data if data.get("format") == PLAN_FORMAT else {}
 
 
-def _store(path: Path, key: str, plan: LatencyPlan) -> None:
-    plans = _read_cache(path)
-    plans[key] = plan.to_dict()
+def _store(path: Path, section: str, key: str, value: Any) -> None:
+    data = _read_cache(path)
+    data.setdefault(section, {})[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(path, {"format": PLAN_FORMAT, "plans": plans})
+    atomic.write_json(path, {**data, "format": PLAN_FORMAT})
 
 
 def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], name: str,
@@ -254,10 +270,11 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
     candidates = resolve_targets(model, options.candidates) if options.candidates else candidate_layers(model)
     if not candidates:
         raise QDeployError("the model has no layer the adapter can wrap; pass --candidates GLOB")
-    key = _cache_key(model, candidates, size, options)
+    key, cost_key = (_cache_key(model, candidates, size, options, section) for section in ("plans", "costs"))
     cache = _cache_path(options)
-    if options.use_cache and key in _read_cache(cache):
-        plan = LatencyPlan.from_dict(_read_cache(cache)[key])
+    cached = _read_cache(cache) if options.use_cache else {}
+    if key in cached.get("plans", {}):
+        plan = LatencyPlan.from_dict(cached["plans"][key])
         return replace(plan, cached=True, seconds=time.perf_counter() - started)
 
     scored, report = adapt(copy.deepcopy(model), candidates, config=options.quad(), input_size=(channels, *size))
@@ -270,7 +287,11 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
         work = Path(tmp)
         base_onnx = export_plain_onnx(model, work / "base.onnx", (channels, *size))
         say(f"profiling {len(candidates)} candidate layers on {options.backend}")
-        base_ms, costs, ms = measure_costs(model, candidates, base_onnx, options, work, size)
+        if cost_key in cached.get("costs", {}):
+            base_ms, costs, ms = cached["costs"][cost_key]
+        else:
+            base_ms, costs, ms = measure_costs(model, candidates, base_onnx, options, work, size)
+            _store(cache, "costs", cost_key, [base_ms, costs, ms])
         layers = {n: {"name": n, "cost": max(costs[n].values()), "cost_by_batch": costs[n], "ms_by_batch": ms[n],
                       "params": params[n], "flops": flops[n], "flops_pct": 100.0 * flops[n] / report.base_flops,
                       "score": scores[n]} for n in candidates}
@@ -302,7 +323,7 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
                                f"last layer left, measured {max(last['measured'].values()):.3f}x end to end; "
                                "raise --latency-budget or pick other --candidates")
     plan.seconds = time.perf_counter() - started
-    _store(cache, key, plan)
+    _store(cache, "plans", key, plan.to_dict())
     return plan
 
 
@@ -325,6 +346,7 @@ def _data_scorer(model: nn.Module, data: str, size: tuple[int, int], options: Pl
         raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
     config = TrainConfig(data=data, image_size=size[0], seed=options.seed)
     bundle = build_data(config, model)
+    torch.manual_seed(options.seed)  # the same new head every time: the plan's cache key hashes the weights
     fit_head(model, len(bundle.classes))
     loss_fn = training_loss(config.label_smoothing)
     loader = DataLoader(bundle.train, batch_size=options.score_batch_size, shuffle=True, drop_last=True,
