@@ -14,7 +14,7 @@ def test_quick_mode_runs_every_stage(tmp_path) -> None:
     out = tmp_path / "pareto.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "budget_pareto.py"), "--quick", "--runs",
                              str(tmp_path / "runs"), "--json", str(out)], capture_output=True, text=True,
-                            cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+                            cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
                                                "PATH": "/usr/bin:/bin", "COLUMNS": "100"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
