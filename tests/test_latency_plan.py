@@ -15,7 +15,7 @@ from torch import nn
 from qdeploy.adaptation import adapt
 from qdeploy.adaptation.knapsack import choose
 from qdeploy.adaptation.scores import gradient_scores, param_scores
-from qdeploy.adaptation.targets import candidate_layers, default_targets
+from qdeploy.adaptation.targets import candidate_layers, default_targets, resolve_targets
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
@@ -180,3 +180,16 @@ def test_plan_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, monkeyp
     size = CliRunner().invoke(main, ["plan", str(vit), "--input-size", "32", "--out", str(tmp_path / "plan.json")])
     assert size.exit_code == 2 and "fails at input size (3, 32, 32)" in size.output, size.output
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_qdeploy_adapt_with_a_budget_goes_through_the_plan() -> None:
+    import qdeploy
+    from qdeploy.adaptation import quadratic_layers
+
+    model = load_base_model(TINY, pretrained=False)
+    with pytest.raises(QDeployError, match="must be >= 1.0"):
+        qdeploy.adapt(model, latency_budget=0.95, input_size=(32, 32))
+    assert not quadratic_layers(model)  # refused before anything changed
+    expected = resolve_targets(load_base_model(TINY, pretrained=False), None)
+    _, report = qdeploy.adapt(model, input_size=(32, 32))  # no budget: the family's defaults, as before
+    assert report.layers == expected and list(quadratic_layers(model)) == expected and report.plan is None
