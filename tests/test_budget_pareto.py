@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # 6 exports and 6 short training runs: ~2 min alone, 8 min on the shared 2 cores
 def test_quick_mode_runs_every_stage(tmp_path) -> None:
     out = tmp_path / "pareto.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "budget_pareto.py"), "--quick", "--runs",
