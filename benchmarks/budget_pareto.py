@@ -14,12 +14,17 @@ that chose it (the goal's independent check), at `--batches` and `--latency-thre
 run: layers, measured adapted/base p50 per batch, best val accuracy, steps, training step time.
 Tables, results/budget_pareto.json and one plot per dataset (accuracy vs measured latency).
 
+Candidates: the family's default layers (Lite0: the 16 depthwise convs, the pool the issue's
+last-k and random rules pick from); `--all-candidates` plans over every wrappable layer.
 Sizing: full mode (digits-shift 64 px and a 2,000-image Fashion-MNIST subset at 32 px, 18 runs of
-`--minutes` 0.3 each plus plans and checks per dataset) takes about 20 minutes alone on 2 cores;
-`--minutes` scales the training part. `--quick` runs a few seconds per stage (tests/test_budget_pareto.py).
+`--minutes` 0.2 each plus 3 plans and up to 8 timed layer sets per dataset) is sized for about 20
+minutes alone on 2 cores (estimated, not measured alone); `--minutes 1` gives the runs a budget that
+separates the modes better (about 45 minutes). `--goals` times the latency goal only (no training). `--quick` runs a few seconds per stage (tests/test_budget_pareto.py).
 
     python benchmarks/budget_pareto.py                 # full, alone on the machine
     python benchmarks/budget_pareto.py --quick         # a smoke run of every stage
+    python benchmarks/budget_pareto.py --goals --json benchmarks/results/budget_goals.json
+                                                       # latency goal only: 64/224 px x 1/2 threads, no training
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from qdeploy.training.model_setup import fit_head  # noqa: E402
 from qdeploy.workflows.latency_plan import PlanOptions, check_plan, plan_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "budget_pareto.json"
-PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.3, 20, 1, None), FASHION_MNIST: Preset(32, 32, 0.3, 25, 1, 2000)}
+PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset(32, 32, 0.2, 25, 1, 2000)}
 QUICK = Preset(32, 16, 0.05, 2, 1, 32)
 PRIMARY_MODES = {"frozen": "adapt-frozen", "trained": "adapt"}
 
@@ -104,8 +109,8 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
     torch.manual_seed(args.seed)
     fit_head(model, len(build_data(TrainConfig(data=data, image_size=preset.image_size), model).classes))
     options = PlanOptions(input_size=size, batches=tuple(args.batches), threads=args.latency_threads, data=data,
-                          candidates=tuple(args.candidates) if args.candidates else None, seed=args.seed,
-                          cache=args.runs / "plan_cache.json", **(QUICK_PLAN if args.quick else {}))
+                          candidates=_candidates(args, model), seed=args.seed, cache=args.runs / "plan_cache.json",
+                          **(QUICK_PLAN if args.quick else {"check_seconds": 1.0}))
     plans = {}
     for budget in args.budgets:
         console.rule(f"{data}: plan at {budget:.2f}x")
@@ -130,6 +135,14 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
     return {"data": data, "preset": asdict(preset), "image_size": preset.image_size, "reference_budget": reference,
             "plans": {f"{b:.2f}": plan.to_dict() for b, plan in plans.items()}, "rows": rows,
             "goals": goals(rows, reference)}
+
+
+def _candidates(args: argparse.Namespace, model: torch.nn.Module) -> tuple[str, ...] | None:
+    """--candidates, else the family's default layers (the pool the issue's rules pick from); None with
+    --all-candidates (every layer the adapter can wrap)."""
+    if args.all_candidates:
+        return None
+    return tuple(args.candidates) if args.candidates else default_targets(model)
 
 
 def _defaults(model: torch.nn.Module, candidates: list[str]) -> list[str]:
@@ -214,6 +227,41 @@ def plot(result: dict, png: Path) -> None:
     atomic.save_figure(fig, png)
 
 
+def latency_goals(args: argparse.Namespace, console: Console) -> list[dict]:
+    """The issue's latency goal per image size and thread count: plan at `--goal-budget` on digits-shift, then
+    time the chosen set again, apart from the plan and longer (5 rounds): <= budget at batch 1 and <= budget
+    + 0.10 at the largest batch."""
+    model = load_base_model(BUILTIN_DEFAULT)
+    torch.manual_seed(args.seed)
+    fit_head(model, len(build_data(TrainConfig(image_size=32), model).classes))
+    rows = []
+    for size in args.sizes:
+        for threads in args.goal_threads:
+            console.rule(f"latency goal: {size} px, {threads} thread(s), budget {args.goal_budget:.2f}x")
+            options = PlanOptions(latency_budget=args.goal_budget, input_size=(size, size), batches=tuple(args.batches),
+                                  threads=threads, data=BUILTIN_DATA, seed=args.seed,
+                                  candidates=tuple(args.candidates) if args.candidates else None,
+                                  cache=args.runs / "plan_cache.json", **(QUICK_PLAN if args.quick else {}))
+            plan = plan_model(model, options, BUILTIN_DEFAULT, progress=console.print)
+            timing = replace(options, check_rounds=options.check_rounds + 2) if not args.quick else options
+            check = measure_sets(model, {"plan": plan.chosen}, timing, (size, size), console)["plan"]
+            first, last = str(min(args.batches)), str(max(args.batches))
+            rows.append({"size": size, "threads": threads, "layers": plan.chosen, "predicted": plan.predicted,
+                         "plan_measured": plan.measured, "independent": check, "plan_seconds": plan.seconds,
+                         "passed": check[first] <= args.goal_budget and check[last] <= args.goal_budget + 0.10})
+    table = Table(title=f"latency goal at {args.goal_budget:.2f}x: plan, then an independent timing (adapted/base p50)")
+    for column in ("px", "thr", "layers", "plan b1", "check b1", "plan bN", "check bN", "pass"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        first, last = str(min(args.batches)), str(max(args.batches))
+        table.add_row(str(row["size"]), str(row["threads"]), str(len(row["layers"])),
+                      f"{row['plan_measured'][first]:.3f}x", f"{row['independent'][first]:.3f}x",
+                      f"{row['plan_measured'][last]:.3f}x", f"{row['independent'][last]:.3f}x",
+                      "yes" if row["passed"] else "NO")
+    tables.print_table(console, table)
+    return rows
+
+
 # --quick: every stage, at sizes that take seconds (two candidate layers, short timings).
 QUICK_PLAN = {"profile_runs": 2, "check_seconds": 0.1, "check_rounds": 1, "score_batches": 1, "score_batch_size": 8,
               "head_probe_steps": 5}
@@ -225,7 +273,8 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[1.05, 1.10, 1.20])
     parser.add_argument("--random", type=int, default=3, help="random subsets at the middle budget's cost")
     parser.add_argument("--primary", nargs="+", default=list(PRIMARY_MODES), choices=list(PRIMARY_MODES))
-    parser.add_argument("--candidates", nargs="*", default=None, help="plan candidate globs [every wrappable layer]")
+    parser.add_argument("--candidates", nargs="*", default=None, help="plan candidate globs [the family's defaults]")
+    parser.add_argument("--all-candidates", action="store_true", help="plan over every layer the adapter can wrap")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--latency-threads", type=int, default=2, help="ONNX Runtime threads of every timing")
     parser.add_argument("--minutes", type=float, default=None, help="training wall time per run [preset: 0.3]")
@@ -234,6 +283,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--goals", action="store_true",
+                        help="only the latency goal: plan + independent timing at --sizes x --goal-threads, no training")
+    parser.add_argument("--goal-budget", type=float, default=1.10)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 224])
+    parser.add_argument("--goal-threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--quick", action="store_true", help="seconds per stage: a smoke test of the whole benchmark")
     parser.add_argument("--runs", type=Path, default=Path("runs") / f"budget-pareto-{int(time.time())}")
     parser.add_argument("--json", type=Path, default=RESULTS)
@@ -245,6 +299,15 @@ def main() -> None:
 
     console = Console()
     torch.set_num_threads(1)  # training at 1 intra-op thread (steadier timings on shared cores)
+    if args.goals:
+        if args.quick:
+            args.sizes, args.goal_threads, args.goal_budget = [32], [1], 1.5
+        report = {"benchmark": "budget_pareto --goals", "model": BUILTIN_DEFAULT, "goals": latency_goals(args, console),
+                  "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "machine": {"platform": platform.platform(), "torch": torch.__version__}}
+        atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+        return
     results = []
     for data in args.data:
         preset = QUICK if args.quick else PRESETS[FASHION_MNIST if data.startswith(FASHION_MNIST) else BUILTIN_DATA]
