@@ -21,8 +21,6 @@ so `qdeploy train --latency-budget` and the pipeline re-use a plan measured befo
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import tempfile
 import time
@@ -36,20 +34,19 @@ from torch import nn
 from qdeploy import atomic
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms, resolve_targets
 from qdeploy.adaptation.knapsack import check_budget, cheapest, choose
-from qdeploy.adaptation.scores import gradient_scores, param_scores
+from qdeploy.adaptation.scores import param_scores
 from qdeploy.adaptation.targets import candidate_layers
 from qdeploy.errors import QDeployError
 from qdeploy.export.base_model import export_plain_onnx
-from qdeploy.export.forms import default_cache, machine_key
 from qdeploy.export.onnx_export import run_reference
-from qdeploy.export.report import weights_sha256
 from qdeploy.layers import QuadConfig
 from qdeploy.runtime.benchmark import Target, run_benchmark
 from qdeploy.runtime.profile import profile_onnx
+from qdeploy.training.layer_scores import data_scorer
+from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, store
 
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = "qdeploy-latency-plan/1"
-CACHE_NAME = "latency_plans.json"  # beside the tuned forms' cache
 SUPPORTED_BACKENDS = ("ort-cpu",)  # the profiler's per-node times come from ONNX Runtime's CPU provider
 Progress = Callable[[str], None]
 
@@ -75,7 +72,7 @@ class PlanOptions:
     check_seconds: float = 1.5  # timing per target and batch in each round of the measured check
     check_rounds: int = 3
     seed: int = 0
-    cache: Path | None = None  # None: beside forms.default_cache(); plans are re-used from it
+    cache: Path | None = None  # None: plan_cache.cache_path's default; plans and costs are re-used from it
     use_cache: bool = True
 
     def quad(self) -> QuadConfig:
@@ -218,41 +215,6 @@ def _worst(chosen: Sequence[str], layers: dict[str, dict[str, Any]]) -> str:
     return min(chosen, key=lambda name: layers[name]["score"] / max(layers[name]["cost"], 1e-12))
 
 
-# Settings a layer's measured cost does not depend on: a plan at another budget or with other
-# scores re-uses the costs (the expensive part: an export and a profile per batch).
-_NOT_COST_SETTINGS = ("latency_budget", "data", "score_batches", "score_batch_size", "head_probe_steps",
-                      "check_seconds", "check_rounds")
-
-
-def _cache_key(model: nn.Module, candidates: Sequence[str], size: tuple[int, int], options: PlanOptions,
-               section: str) -> str:
-    skip = {"cache", "use_cache", "candidates", "input_size", *(_NOT_COST_SETTINGS if section == "costs" else ())}
-    settings = {k: v for k, v in asdict(options).items() if k not in skip}
-    payload = [section, weights_sha256(model), list(candidates), list(size), settings,
-               machine_key(options.threads, max(options.batches))]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def _cache_path(options: PlanOptions) -> Path:
-    return options.cache or default_cache().with_name(CACHE_NAME)
-
-
-def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    """{"plans": {key: plan}, "costs": {key: measured costs}} (empty when missing or damaged)."""
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}  # a damaged cache costs a re-measurement only
-    return data if data.get("format") == PLAN_FORMAT else {}
-
-
-def _store(path: Path, section: str, key: str, value: Any) -> None:
-    data = _read_cache(path)
-    data.setdefault(section, {})[key] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(path, {**data, "format": PLAN_FORMAT})
-
-
 def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], name: str,
               score_data: Callable[[nn.Module], dict[str, float]] | None = None,
               progress: Progress | None = None) -> LatencyPlan:
@@ -270,9 +232,9 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
     candidates = resolve_targets(model, options.candidates) if options.candidates else candidate_layers(model)
     if not candidates:
         raise QDeployError("the model has no layer the adapter can wrap; pass --candidates GLOB")
-    key, cost_key = (_cache_key(model, candidates, size, options, section) for section in ("plans", "costs"))
-    cache = _cache_path(options)
-    cached = _read_cache(cache) if options.use_cache else {}
+    key, cost_key = (cache_key(model, candidates, size, options, section) for section in ("plans", "costs"))
+    cache = cache_path(options)
+    cached = read_cache(cache) if options.use_cache else {}
     if key in cached.get("plans", {}):
         plan = LatencyPlan.from_dict(cached["plans"][key])
         return replace(plan, cached=True, seconds=time.perf_counter() - started)
@@ -291,7 +253,7 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
             base_ms, costs, ms = cached["costs"][cost_key]
         else:
             base_ms, costs, ms = measure_costs(model, candidates, base_onnx, options, work, size)
-            _store(cache, "costs", cost_key, [base_ms, costs, ms])
+            store(cache, "costs", cost_key, [base_ms, costs, ms])
         layers = {n: {"name": n, "cost": max(costs[n].values()), "cost_by_batch": costs[n], "ms_by_batch": ms[n],
                       "params": params[n], "flops": flops[n], "flops_pct": 100.0 * flops[n] / report.base_flops,
                       "score": scores[n]} for n in candidates}
@@ -323,57 +285,8 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
                                f"last layer left, measured {max(last['measured'].values()):.3f}x end to end; "
                                "raise --latency-budget or pick other --candidates")
     plan.seconds = time.perf_counter() - started
-    _store(cache, "plans", key, plan.to_dict())
+    store(cache, "plans", key, plan.to_dict())
     return plan
-
-
-def _data_scorer(model: nn.Module, data: str, size: tuple[int, int], options: PlanOptions
-                 ) -> Callable[[nn.Module], dict[str, float]]:
-    """Fit `model`'s head to `data`'s classes (in place) and return the scorer of its adapted copies.
-
-    A new head is random, and gradients through a random head say little, so the scorer first
-    trains the head alone (the primary and the zero terms do not change the features) on cached
-    pre-logit features of a few hundred images, then scores on `score_batches` seeded batches.
-    """
-    from torch.utils.data import DataLoader
-
-    from qdeploy.training.config import TrainConfig
-    from qdeploy.training.data import build_data
-    from qdeploy.training.model_setup import fit_head
-    from qdeploy.training.probing import training_loss
-
-    if size[0] != size[1]:
-        raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
-    config = TrainConfig(data=data, image_size=size[0], seed=options.seed)
-    bundle = build_data(config, model)
-    torch.manual_seed(options.seed)  # the same new head every time: the plan's cache key hashes the weights
-    fit_head(model, len(bundle.classes))
-    loss_fn = training_loss(config.label_smoothing)
-    loader = DataLoader(bundle.train, batch_size=options.score_batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(options.seed))
-    batches = []
-    for images, labels in loader:
-        batches.append((images, labels))
-        if len(batches) == max(options.score_batches, 8):
-            break
-
-    def score(adapted: nn.Module) -> dict[str, float]:
-        adapted.eval()
-        with torch.no_grad():
-            features = [(adapted.forward_head(adapted.forward_features(x), pre_logits=True), y) for x, y in batches]
-        head = adapted.get_classifier()
-        for param in head.parameters():
-            param.requires_grad_(True)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2)
-        torch.manual_seed(options.seed)
-        for step in range(options.head_probe_steps):
-            x, y = features[step % len(features)]
-            optimizer.zero_grad()
-            loss_fn(head(x), y).backward()
-            optimizer.step()
-        return gradient_scores(adapted, batches[:options.score_batches], loss_fn)
-
-    return score
 
 
 def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Progress | None = None) -> LatencyPlan:
@@ -390,7 +303,10 @@ def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Prog
         size = tuple(model_input_size(model)[1:])
     check_budget(options.latency_budget)
     check_backend(options.backend)
-    scorer = _data_scorer(model, options.data, size, options) if options.data else None
+    if options.data is not None and size[0] != size[1]:
+        raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
+    scorer = data_scorer(model, options.data, size[0], options.score_batches, options.score_batch_size,
+                         options.head_probe_steps, options.seed) if options.data else None
     return make_plan(model, options, size, name, scorer, progress)  # type: ignore[arg-type]
 
 
