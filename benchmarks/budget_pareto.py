@@ -19,7 +19,8 @@ last-k and random rules pick from); `--all-candidates` plans over every wrappabl
 Sizing: full mode (digits-shift 64 px and a 2,000-image Fashion-MNIST subset at 32 px, 18 runs of
 `--minutes` 0.2 each plus 3 plans and up to 8 timed layer sets per dataset) is sized for about 20
 minutes alone on 2 cores (estimated, not measured alone); `--minutes 1` gives the runs a budget that
-separates the modes better (about 45 minutes). `--goals` times the latency goal only (no training). `--quick` runs a few seconds per stage (tests/test_budget_pareto.py).
+separates the modes better (about 45 minutes). `--goals` times the latency goal only (no training).
+`--quick` runs every stage at toy sizes (tests/test_budget_pareto.py, slow-marked: ~2 min alone).
 
     python benchmarks/budget_pareto.py                 # full, alone on the machine
     python benchmarks/budget_pareto.py --quick         # a smoke run of every stage
@@ -263,8 +264,8 @@ def latency_goals(args: argparse.Namespace, console: Console) -> list[dict]:
 
 
 # --quick: every stage, at sizes that take seconds (two candidate layers, short timings).
-QUICK_PLAN = {"profile_runs": 2, "check_seconds": 0.1, "check_rounds": 1, "score_batches": 1, "score_batch_size": 8,
-              "head_probe_steps": 5}
+QUICK_PLAN = {"profile_runs": 2, "profile_repeats": 1, "check_seconds": 0.1, "check_rounds": 1, "score_batches": 1,
+              "score_batch_size": 8, "head_probe_steps": 5}
 
 
 def main() -> None:

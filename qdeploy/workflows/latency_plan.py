@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,7 +69,8 @@ class PlanOptions:
     score_batches: int = 4
     score_batch_size: int = 32
     head_probe_steps: int = 100  # head-only steps on cached features before scoring (a new head is random)
-    profile_runs: int = 10
+    profile_runs: int = 5  # profiled runs per repeat
+    profile_repeats: int = 3  # base and adapted profiled in turns; the median counts
     check_seconds: float = 1.5  # timing per target and batch in each round of the measured check
     check_rounds: int = 3
     seed: int = 0
@@ -182,18 +184,24 @@ def measure_costs(model: nn.Module, candidates: Sequence[str], base_onnx: Path, 
     shares: dict[str, dict[str, float]] = {name: {} for name in candidates}
     ms: dict[str, dict[str, float]] = {name: {} for name in candidates}
     for batch in options.batches:
-        base = profile_onnx(base_onnx, batch, options.threads, runs=options.profile_runs)
-        full = profile_onnx(adapted_onnx, batch, options.threads, runs=options.profile_runs)
-        own = {name: sum(t for op, t in full.by_layer.get(name, {}).items() if not op.startswith("primary"))
-               for name in candidates}
-        attributed = sum(own.values())
-        overhead = full.node_ms - base.node_ms
+        # Profiles of base and adapted take turns, `profile_repeats` times; medians of them, so one
+        # preempted run on a shared machine does not make a layer look 10x dearer.
+        base_runs, own_runs, overheads = [], [], []
+        for _ in range(options.profile_repeats):
+            base = profile_onnx(base_onnx, batch, options.threads, runs=options.profile_runs)
+            full = profile_onnx(adapted_onnx, batch, options.threads, runs=options.profile_runs)
+            base_runs.append(base.node_ms)
+            overheads.append(full.node_ms - base.node_ms)
+            own_runs.append({name: sum(t for op, t in full.by_layer.get(name, {}).items()
+                                       if not op.startswith("primary")) for name in candidates})
+        own = {name: float(np.median([run[name] for run in own_runs])) for name in candidates}
+        attributed, overhead, base_node_ms = sum(own.values()), float(np.median(overheads)), float(np.median(base_runs))
         scale = overhead / attributed if attributed > 0 and overhead > 0 else 1.0
         key = str(batch)
-        base_ms[key] = base.node_ms
+        base_ms[key] = base_node_ms
         for name in candidates:
             ms[name][key] = own[name] * scale
-            shares[name][key] = own[name] * scale / base.node_ms
+            shares[name][key] = own[name] * scale / base_node_ms
     return base_ms, shares, ms
 
 
