@@ -90,7 +90,9 @@ def preset_for(data: str, args: argparse.Namespace) -> Preset:
     return replace(preset, **overrides)
 
 
-def run_mode(mode: str, data: str, preset: Preset, folder: Path, args: argparse.Namespace) -> dict:
+def run_mode(mode: str, data: str, preset: Preset, folder: Path, args: argparse.Namespace,
+             targets: tuple[str, ...] | None = None) -> dict:
+    """One run at the preset's wall-time budget; `targets`: the adapted layers (None: the defaults)."""
     trainer_mode = "adapt" if mode.startswith("adapt") else mode
     # The budget is wall time, so the step count is unknown up front: a constant rate after a
     # fixed warmup (a cosine or a 5%-of-planned-steps warmup would follow the 10,000 epochs).
@@ -98,7 +100,8 @@ def run_mode(mode: str, data: str, preset: Preset, folder: Path, args: argparse.
                          epochs=10_000, max_minutes=preset.minutes, image_size=preset.image_size,
                          batch_size=preset.batch_size, lr=args.lr, scheduler="constant",
                          warmup_steps=args.warmup_steps, eval_every=preset.eval_every,
-                         max_samples=preset.samples, device=args.device, seed=args.seed, progress=args.progress)
+                         max_samples=preset.samples, device=args.device, seed=args.seed, progress=args.progress,
+                         targets=targets)
     return train(config).summary
 
 

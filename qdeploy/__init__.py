@@ -10,6 +10,6 @@ from qdeploy.lazy import lazy_exports  # noqa: E402  (after __version__, which t
 
 # One import for the common API (PEP 562: loaded on first use, so `import qdeploy` stays cheap).
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "adapt": "adaptation", "unadapt": "adaptation", "QuadConfig": "layers", "load_base_model": "models.sources",
+    "adapt": "workflows.adapt", "unadapt": "adaptation", "QuadConfig": "layers", "load_base_model": "models.sources",
     "load": "store", "load_model": "store", "save": "store",
 })

@@ -26,7 +26,7 @@ ALLOWED = {
     "export": {"layers", "models", "adaptation", "data", "store"},
     "runtime": {"adaptation", "data", "store", "export"},
     "serving": {"export", "runtime", "store"},
-    "workflows": {"models", "data", "store", "training", "export", "runtime"},
+    "workflows": {"layers", "models", "adaptation", "data", "store", "training", "export", "runtime"},
     "commands": {"layers", "models", "adaptation", "data", "store", "nqm", "training", "export", "runtime",
                  "serving", "workflows"},
 }

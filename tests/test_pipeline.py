@@ -14,7 +14,7 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     out = tmp_path / "pipeline"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--max-samples", "64", "--epochs", "5",
                                        "--train-minutes", "10", "--batch", "1,2",
-                                       "--bench-seconds", "0.2"],
+                                       "--bench-seconds", "0.2", "--latency-budget", "2.0"],
                                 terminal_width=200)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "pipeline_summary.json").read_text())
@@ -38,6 +38,11 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
         assert (out / name).is_file(), name
     assert "accuracy after adaptation" in result.output and "latency fused ort-cpu, batch 2" in result.output
     assert "plain base fine-tuned, same budget" in result.output
+    plan = summary["plan"]  # the trained layers are the plan's, checked within budget at every bench batch
+    assert plan["layers"] == json.loads((out / "train/model/adapter.json").read_text())["targets"]
+    assert set(plan["measured"]) == {"1", "2"} and max(plan["measured"].values()) <= 2.0
+    assert json.loads((out / "plan.json").read_text())["chosen"] == plan["layers"]
+    assert "latency plan (budget 2.00x)" in result.output
 
 
 def test_every_pipeline_option_is_settable_from_the_cli() -> None:

@@ -34,6 +34,7 @@ class AdaptReport:
     input_size: tuple[int, int, int] | None = None
     base_flops: int | None = None
     added_flops: int | None = None
+    plan: dict[str, Any] | None = None  # the latency plan that chose the layers (qdeploy.adapt(latency_budget=...))
 
     @property
     def added_params_pct(self) -> float:

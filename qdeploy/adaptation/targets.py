@@ -26,14 +26,37 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The first linear of any MLP block: ViT's `mlp.fc1`, MLP-Mixer's `mlp_tokens.fc1` / `mlp_channels.fc1`.
+MLP_FC1_GLOB = "*mlp*.fc1"
+
+
+def is_patchify(module: nn.Module) -> bool:
+    """A conv whose stride equals its kernel (> 1): a ViT/Mixer patch embedding, which cuts the
+    image into patches; a quadratic term on it would mix pixels before any feature exists, and
+    its atrous factors (dilation 3) overrun the patch."""
+    return (isinstance(module, nn.Conv2d) and max(module.kernel_size) > 1
+            and tuple(module.stride) == tuple(module.kernel_size))
+
+
+def candidate_layers(model: nn.Module, types: tuple[type[nn.Module], ...] = SUPPORTED_TYPES) -> list[str]:
+    """Every module the adapter can wrap (depthwise, regular and 1x1 convs, Linear), in model
+    order, except the classifier head (every training mode retrains it, and `reset_classifier`
+    would drop its wrapper) and patchify stems (is_patchify): where a latency plan may put terms."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return [name for name, m in model.named_modules()
+            if name and isinstance(m, types) and m is not head and not is_patchify(m)]
+
+
 def default_targets(model: nn.Module) -> tuple[str, ...]:
-    """The family's defaults; unknown families get every spatial conv and every MLP fc1."""
+    """The family's defaults; unknown families get every spatial conv (patch embeddings left
+    out) and the first linear of every MLP block."""
     family = type(model).__name__
     if family in DEFAULT_TARGETS:
         return DEFAULT_TARGETS[family]
     spatial = [name for name, m in model.named_modules()
-               if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 and name]
-    mlp = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.endswith("mlp.fc1")]
+               if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 and name and not is_patchify(m)]
+    mlp = [name for name, m in model.named_modules()
+           if isinstance(m, nn.Linear) and fnmatchcase(name, MLP_FC1_GLOB)]
     if not spatial and not mlp:
         raise QDeployError(
             f"no default quadratic targets for {family}: pass targets as module-name globs, "

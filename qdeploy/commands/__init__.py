@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("qdeploy.commands.pipeline:pipeline", "Train, export, verify and bench in one run (the main job)."),
     "demo": ("qdeploy.commands.demo:demo", "Adapt the built-in Lite0; check it equals the base at step 0."),
     "train": ("qdeploy.commands.train:train", "Train a quadratic network: adapt, scratch or finetune."),
+    "plan": ("qdeploy.commands.plan:plan", "Choose the layers to adapt under a latency budget, by measurement."),
     "export": ("qdeploy.commands.export:export", "Export an adapted model to ONNX, decomposed and/or fused."),
     "verify": ("qdeploy.commands.verify:verify_command", "Compare a backend's outputs with the PyTorch model."),
     "bench": ("qdeploy.commands.bench:bench", "Measure latency and throughput of a model on a backend."),

@@ -28,7 +28,7 @@ def dataclass_options(cls: type) -> Callable[[Callable], Callable]:
     Build the dataclass back with `cls(**options)` after `parse_dataclass_options`."""
     import click
 
-    types = {"str": str, "int": int, "float": float, "int | None": int, "Path": click.Path(path_type=Path)}
+    types = {"str": str, "int": int, "float": float, "int | None": int, "float | None": float, "Path": click.Path(path_type=Path)}
 
     def decorate(command: Callable) -> Callable:
         for spec in reversed(fields(cls)):

@@ -39,6 +39,12 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         table.add_row(f"parity {mode}.onnx (ORT CPU, fp32)",
                       f"{verdict}: max err {parity['max_rel']:.1e} of scale, top-1 agree "
                       f"{percent(parity['eval_top1_agreement'])}, acc {percent(acc['onnx_' + mode])}")
+    plan = summary.get("plan")
+    if plan:
+        ratios = lambda key: ", ".join(f"b{b} {r:.2f}x" for b, r in plan[key].items())  # noqa: E731
+        table.add_row(f"latency plan (budget {plan['latency_budget']:.2f}x)",
+                      f"{len(plan['layers'])} of {plan['candidates']} layers; predicted {ratios('predicted')}; "
+                      f"measured {ratios('measured')} (plan.json)")
     rows = {(m["label"], m["batch"]): m for m in summary["latency"]}
     for label in dict.fromkeys(m["label"] for m in summary["latency"] if not m["label"].startswith("base")):
         for (name, batch), m in rows.items():

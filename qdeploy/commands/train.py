@@ -52,6 +52,14 @@ DEFAULT = TrainConfig()
                    "architecture from random weights; finetune: the plain pretrained model; lora: HF PEFT "
                    "LoRA on the frozen pretrained model, rank matched to the quadratic adapter's parameters.")
 @click.option("--train-primary", is_flag=True, help="adapt: train the pretrained weights too (frozen by default).")
+@click.option("--targets", multiple=True,
+              help="Module-name glob (fnmatch) of a layer to make quadratic, repeatable; any Conv2d or Linear "
+                   "(e.g. 'blocks.5.*.conv_dw'). [default: the family's defaults] With --latency-budget: the "
+                   "candidates the plan chooses from.")
+@click.option("--latency-budget", type=float, default=None,
+              help="Adapt only the layers a latency plan chooses so the ONNX Runtime CPU model stays within this "
+                   "adapted/base latency ratio (e.g. 1.10), measured at batch 1 and 32 (`qdeploy plan`; "
+                   "plan.json goes into the run folder).")
 @click.option("--rank", type=click.IntRange(1), default=DEFAULT.rank, show_default=True, help="Quadratic rank of dense layers.")
 @click.option("--depthwise-rank", type=click.IntRange(1), default=DEFAULT.depthwise_rank, show_default=True,
               help="Per-channel quadratic rank of depthwise layers.")
@@ -93,7 +101,7 @@ DEFAULT = TrainConfig()
               help="CUDA mixed precision (auto: bf16 where supported, else fp16 with loss scaling).")
 @click.option("--progress/--no-progress", default=DEFAULT.progress, show_default=True, help="Live progress bar.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train(resume: bool, **options: Any) -> None:
+def train(resume: bool, latency_budget: float | None, **options: Any) -> None:
     """Train a quadratic network by adaptation (or the scratch / finetune baselines).
 
     Writes to the run folder: model/ (safetensors + config; `qdeploy.load` reads the run
@@ -106,6 +114,8 @@ def train(resume: bool, **options: Any) -> None:
     ctx = click.get_current_context()
     if options["max_grad_norm"] == 0:
         options["max_grad_norm"] = None
+    if latency_budget is not None and resume:
+        raise QDeployError("--latency-budget chooses the layers of a new run; --resume keeps the saved run's layers")
     if resume:
         if options["out"] is None:
             raise QDeployError("--resume needs --out: the folder of the run to continue")
@@ -114,9 +124,28 @@ def train(resume: bool, **options: Any) -> None:
         if options["lr"] == AUTO_LR and "optimizer" not in _explicit(ctx, options):
             options["optimizer"] = "sgd"
         config = TrainConfig(**options)
+    plan = None
+    if latency_budget is not None:
+        config, plan = _planned(config, latency_budget)
     result = run_training(config, resume=resume)
+    if plan is not None and result.is_main:
+        plan.write(result.out)
     if result.is_main:
         _print_summary(result.summary)
+
+
+def _planned(config: TrainConfig, budget: float) -> tuple[TrainConfig, Any]:
+    """The config with the layers a latency plan chose as its targets, and the plan (printed)."""
+    from dataclasses import replace
+
+    from qdeploy.commands.plan import print_plan
+    from qdeploy.workflows.latency_plan import PlanOptions, plan_for_training
+
+    if config.mode != "adapt":
+        raise QDeployError(f"--latency-budget plans the quadratic layers of --mode adapt, not {config.mode}")
+    plan = plan_for_training(config, PlanOptions(latency_budget=budget, candidates=config.targets))
+    print_plan(plan, Console())
+    return replace(config, targets=tuple(plan.chosen)), plan
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -130,11 +130,12 @@ def time_forms(pieces: dict[str, Path], batch: int, threads: int, repeats: int) 
     return {form: 1e3 * float(np.median(values)) for form, values in times.items()}
 
 
-def _machine_key(settings: TuneSettings) -> str:
+def machine_key(threads: int, batch: int) -> str:
+    """What a measurement on this machine depends on: ONNX Runtime version, CPU, threads, batch."""
     import onnxruntime as ort
 
     return f"ort {ort.__version__}|{platform.machine()}|{platform.processor() or _cpu_model()}|" \
-           f"threads {settings.threads}|batch {settings.batch}"
+           f"threads {threads}|batch {batch}"
 
 
 def _cpu_model() -> str:
@@ -173,7 +174,7 @@ def tune_forms(model: ir.Model, folds: list[FoldedNorm], settings: TuneSettings)
         return {}
     cache_path = settings.cache or default_cache()
     cache = _read_cache(cache_path)
-    machine = _machine_key(settings)
+    machine = machine_key(settings.threads, settings.batch)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="qdeploy-tune-") as tmp:
         folder = Path(tmp)

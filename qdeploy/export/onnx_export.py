@@ -125,6 +125,15 @@ def run_reference(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
             hook.remove()
 
 
+def _check_finite(references: dict[str, list[np.ndarray]], out: str | Path) -> None:
+    """Parity against NaN or inf means nothing ("max error nan"): name the model as the cause."""
+    for name, outputs in references.items():
+        if not all(np.isfinite(output).all() for output in outputs):
+            raise QDeployError(f"the PyTorch model itself gives non-finite outputs (NaN/inf) on the {name} inputs, "
+                               f"so no export can match it: check its weights (a diverged run?); nothing was "
+                               f"written to {out}")
+
+
 def _as_list(outputs: torch.Tensor | tuple | list) -> list[torch.Tensor]:
     """A model's outputs in order (one tensor, or a tuple/list of them), as the ONNX graph lists them."""
     return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
@@ -286,6 +295,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
     layers = quadratic_layers(model)
     inputs = _input_sets(model, shape, options.batch)
     references = {name: [t.float().numpy() for t in _as_list(run_reference(model, batch))] for name, batch in inputs.items()}
+    _check_finite(references, out)
 
     eval_set = _calibration_set(model, shape, options)
     exportable = export_copy(model, fused="fused" in options.modes)

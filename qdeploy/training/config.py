@@ -57,6 +57,9 @@ class TrainConfig:
     eval_every / save_every: extra evaluations / checkpoints every N steps (every epoch end
         always gets both).
     max_samples: cap train and val at N images each (quick trials and tests).
+    targets: module-name globs (fnmatch) of the layers that become quadratic (adapt, scratch);
+        None takes the family's defaults. `qdeploy train --latency-budget` fills it with the
+        layers a latency plan chose (workflows/latency_plan.py).
     out: the run folder; None means `runs/<mode>-<model>-<data>` (see `run_name`).
     """
 
@@ -66,6 +69,7 @@ class TrainConfig:
     out: str | None = None
     mode: str = "adapt"
     train_primary: bool = False
+    targets: tuple[str, ...] | None = None
     rank: int = 8
     depthwise_rank: int = 1
     dilation: int = 3
@@ -96,6 +100,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.targets is not None:  # a JSON list when read back; () (no --targets) means the defaults
+            object.__setattr__(self, "targets", tuple(self.targets) or None)
+            if self.targets and not self.quadratic:
+                raise QDeployError(f"--targets picks the quadratic layers of --mode adapt or scratch; "
+                                   f"--mode {self.mode} has none: drop --targets")
         for name, allowed in (("mode", MODES), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
                               ("amp", AMP_MODES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:

@@ -77,7 +77,7 @@ def prepare_model(model: nn.Module, config: TrainConfig, num_classes: int,
     report = None
     quad = QuadConfig(rank=config.rank, depthwise_rank=config.depthwise_rank, dilation=config.dilation)
     if config.quadratic and not quadratic_layers(model):
-        model, report = adapt(model, config=quad, input_size=(3, image_size, image_size))
+        model, report = adapt(model, config.targets, config=quad, input_size=(3, image_size, image_size))
     elif config.mode == "lora" and not hasattr(model, "qdeploy_lora"):
         model, report = apply_lora(model, quad, image_size)
     set_trainable(model, config)

@@ -415,7 +415,8 @@ class Trainer:
             # The split (seed, val fraction) too: verify must score the held-out images only.
             save(self.model, model_dir, record={
                 **{k: summary[k] for k in ("mode", "data", "classes", "image_size", "steps", "final_val_acc")},
-                "seed": self.config.seed, "val_fraction": self.config.val_fraction})
+                "seed": self.config.seed, "val_fraction": self.config.val_fraction,
+                "targets": list(self.config.targets) if self.config.targets else None})
             plot_curves(self.out / METRICS_FILE, self.out / PLOT_FILE,
                         f"{self.config.mode}: {self.config.model} on {self.config.data}")
             atomic.write_json(self.out / SUMMARY_FILE, summary)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class PipelineOptions:
     # per step than 1 (measured, 12 s vs 1.2 s), and 1 thread meets the 3-minute budget on a
     # quiet machine too (97.2% in 144 s).
     train_threads: int = field(default=1, metadata={"help": "Intra-op threads of the training runs."})
+    latency_budget: float | None = field(default=1.10, metadata={
+        "help": "Adapt only the default layers a latency plan keeps within this adapted/base ratio on ORT CPU at "
+                "every --batch (qdeploy plan); 0 adapts them all."})
 
 
 @dataclass
@@ -72,7 +75,8 @@ class PipelineResult:
     path: Path
 
 
-def _train(options: PipelineOptions, console: Console, mode: str) -> tuple[Path, dict[str, Any]]:
+def _train(options: PipelineOptions, console: Console, mode: str,
+           targets: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """One training run of the pipeline: "adapt" (into train/) or the "finetune" baseline (finetune/)."""
     from qdeploy.threads import torch_threads
     from qdeploy.training import TrainConfig, train
@@ -80,10 +84,28 @@ def _train(options: PipelineOptions, console: Console, mode: str) -> tuple[Path,
     folder = "train" if mode == "adapt" else mode
     config = TrainConfig(model=options.model, data=options.data, out=str(options.out / folder), mode=mode,
                          train_primary=mode == "adapt" and options.train_primary, epochs=options.epochs,
-                         max_minutes=options.train_minutes, max_samples=options.max_samples, seed=options.seed)
+                         max_minutes=options.train_minutes, max_samples=options.max_samples, seed=options.seed,
+                         targets=tuple(targets) if targets else None)
     with torch_threads(options.train_threads):
         result = train(config, console=console)
     return result.model_dir, result.summary
+
+
+def _latency_plan(options: PipelineOptions, console: Console):
+    """The family's default layers that fit `latency_budget` at the bench's batches and threads (plan.json in out/)."""
+    from qdeploy.adaptation.targets import default_targets
+    from qdeploy.training import TrainConfig
+    from qdeploy.training.model_setup import load_source
+    from qdeploy.workflows.latency_plan import PlanOptions, plan_for_training
+
+    config = TrainConfig(model=options.model, data=options.data, seed=options.seed)
+    candidates = default_targets(load_source(config))
+    plan_options = PlanOptions(latency_budget=options.latency_budget, batches=options.batches, threads=options.threads,
+                               candidates=candidates, check_seconds=options.bench_seconds)
+    with console.status("latency plan") as status:
+        plan = plan_for_training(replace(config, targets=candidates), plan_options, progress=status.update)
+    plan.write(options.out)
+    return plan
 
 
 def _eval_entry(report: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +138,8 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
             raise QDeployError(f"{options.out / folder} already holds a run; pass another --out")
     started, stages = time.perf_counter(), {}
     console.rule("1/4 adapt (train)" + (", and fine-tune the base with the same budget" if options.baseline else ""))
-    model_dir, train_summary = _train(options, console, "adapt")
+    plan = _latency_plan(options, console) if options.latency_budget else None
+    model_dir, train_summary = _train(options, console, "adapt", plan.chosen if plan else None)
     stages["train_s"] = time.perf_counter() - started
     finetune_dir = finetune_summary = None
     if options.baseline:
@@ -181,6 +204,9 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
                      for mode, s in (("adapt", train_summary), ("finetune", finetune_summary)) if s is not None},
         "export_nodes": {mode: info["nodes_total"] for mode, info in export_report["files"].items()},
         "seconds": {k: round(v, 1) for k, v in stages.items()},
+        "plan": None if plan is None else {"layers": plan.chosen, "candidates": len(plan.layers),
+                                           "latency_budget": plan.latency_budget, "predicted": plan.predicted,
+                                           "measured": plan.measured},
     }
     atomic.write_json(options.out / SUMMARY_FILE, summary)
     return PipelineResult(summary, parity, list(results), options.out / SUMMARY_FILE)

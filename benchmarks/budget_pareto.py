@@ -1,0 +1,331 @@
+"""Accuracy against measured ONNX Runtime CPU latency: what a latency budget buys (issue 20).
+
+Per dataset, at equal training wall time per run (`--minutes`, adapter_comparison.run_mode):
+
+    finetune, lora        the first-order baselines (latency: the base model; LoRA merges into it)
+    all                   the family's default layers (EfficientNet-Lite0: all 16 depthwise convs)
+    budget X              the layers `qdeploy plan --latency-budget X --data D` chooses (1.05/1.10/1.20)
+    last-k                the last candidates, as many as fit the middle budget plan's predicted cost
+    random i              random candidates up to the same predicted cost (seeded, `--random` of them)
+
+each adapted set trained with the primary frozen and with it trained. Every layer set is exported
+(random terms) and timed against the base exported the same way, interleaved, apart from the plan
+that chose it (the goal's independent check), at `--batches` and `--latency-threads`. Reported per
+run: layers, measured adapted/base p50 per batch, best val accuracy, steps, training step time.
+Tables, results/budget_pareto.json and one plot per dataset (accuracy vs measured latency).
+
+Candidates: the family's default layers (Lite0: the 16 depthwise convs, the pool the issue's
+last-k and random rules pick from); `--all-candidates` plans over every wrappable layer.
+Sizing: full mode (digits-shift 64 px and a 2,000-image Fashion-MNIST subset at 32 px, 18 runs of
+`--minutes` 0.2 each plus 3 plans and up to 8 timed layer sets per dataset) is sized for about 20
+minutes alone on 2 cores (estimated, not measured alone); `--minutes 1` gives the runs a budget that
+separates the modes better (about 45 minutes). `--goals` times the latency goal only (no training).
+`--quick` runs every stage at toy sizes (tests/test_budget_pareto.py, slow-marked: ~2 min alone).
+
+    python benchmarks/budget_pareto.py                 # full, alone on the machine
+    python benchmarks/budget_pareto.py --quick         # a smoke run of every stage
+    python benchmarks/budget_pareto.py --goals --json benchmarks/results/budget_goals.json
+                                                       # latency goal only: 64/224 px x 1/2 threads, no training
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.adapter_comparison import Preset, run_mode  # noqa: E402
+from qdeploy import atomic  # noqa: E402
+from qdeploy.adaptation.targets import default_targets  # noqa: E402
+from qdeploy.commands import tables  # noqa: E402
+from qdeploy.data import BUILTIN_DATA  # noqa: E402
+from qdeploy.data.fashion_mnist import SPEC as FASHION_MNIST  # noqa: E402
+from qdeploy.errors import exit_on_user_error  # noqa: E402
+from qdeploy.export.base_model import export_plain_onnx  # noqa: E402
+from qdeploy.models.sources import BUILTIN_DEFAULT, load_base_model  # noqa: E402
+from qdeploy.training import TrainConfig  # noqa: E402
+from qdeploy.training.data import build_data  # noqa: E402
+from qdeploy.training.model_setup import fit_head  # noqa: E402
+from qdeploy.workflows.latency_plan import PlanOptions, check_plan, plan_model  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "budget_pareto.json"
+PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset(32, 32, 0.2, 25, 1, 2000)}
+QUICK = Preset(32, 16, 0.05, 2, 1, 32)
+PRIMARY_MODES = {"frozen": "adapt-frozen", "trained": "adapt"}
+
+
+def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: list[str], reference: float,
+               randoms: int, seed: int) -> dict[str, list[str]]:
+    """The layer sets to train: all, each budget's choice, and last-k / random at the reference plan's cost."""
+    ref = plans[reference]
+    cost = {layer["name"]: layer["cost"] for layer in ref.layers}
+    target = sum(cost[name] for name in ref.chosen)
+
+    def fill(order: list[str]) -> list[str]:
+        picked, total = [], 0.0
+        for name in order:
+            if total + cost[name] <= target + 1e-12:
+                picked.append(name)
+                total += cost[name]
+        return [name for name in candidates if name in picked]
+
+    sets = {"all": all_layers, **{f"budget {b:.2f}": list(plans[b].chosen) for b in plans},
+            "last-k": fill(list(reversed(candidates)))}
+    for index in range(randoms):
+        order = list(candidates)
+        random.Random(seed + index).shuffle(order)
+        sets[f"random {index + 1}"] = fill(order)
+    return sets
+
+
+def measure_sets(model: torch.nn.Module, sets: dict[str, list[str]], options: PlanOptions, size: tuple[int, int],
+                 console: Console) -> dict[str, dict[str, float]]:
+    """Measured adapted/base p50 per batch of every set, apart from the plans (one base file for all)."""
+    measured: dict[tuple[str, ...], dict[str, float]] = {(): {str(b): 1.0 for b in options.batches}}
+    with tempfile.TemporaryDirectory(prefix="budget-pareto-") as tmp:
+        base = export_plain_onnx(model, Path(tmp) / "base.onnx", (3, *size))
+        for index, (name, layers) in enumerate(sets.items()):
+            if tuple(layers) not in measured:  # a set two rules agree on is timed once
+                console.print(f"timing {name} ({len(layers)} layers)")
+                measured[tuple(layers)] = check_plan(model, layers, base, options, Path(tmp), size, index)
+    return {name: measured[tuple(layers)] for name, layers in sets.items()}
+
+
+def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Console) -> dict:
+    size = (preset.image_size, preset.image_size)
+    model = load_base_model(BUILTIN_DEFAULT)
+    torch.manual_seed(args.seed)
+    fit_head(model, len(build_data(TrainConfig(data=data, image_size=preset.image_size), model).classes))
+    options = PlanOptions(input_size=size, batches=tuple(args.batches), threads=args.latency_threads, data=data,
+                          candidates=_candidates(args, model), seed=args.seed, cache=args.runs / "plan_cache.json",
+                          **(QUICK_PLAN if args.quick else {"check_seconds": 1.0}))
+    plans = {}
+    for budget in args.budgets:
+        console.rule(f"{data}: plan at {budget:.2f}x")
+        plans[budget] = plan_model(model, replace(options, latency_budget=budget), BUILTIN_DEFAULT,
+                                   progress=console.print)
+    reference = sorted(args.budgets)[len(args.budgets) // 2]
+    candidates = [layer["name"] for layer in plans[reference].layers]
+    sets = layer_sets(plans, candidates, list(_defaults(model, candidates)), reference, args.random, args.seed)
+    latency = measure_sets(model, sets, options, size, console)
+    folder = args.runs / Path(data.replace(":", "_")).name
+    rows = []
+    for mode in ("finetune", "lora"):
+        console.rule(f"{data}: {mode} ({preset.minutes:g} min)")
+        rows.append(_row(mode, "-", [], run_mode(mode, data, preset, folder / mode, args),
+                         {str(b): 1.0 for b in args.batches}))
+    for primary in args.primary:
+        for name, layers in sets.items():
+            console.rule(f"{data}: {name}, primary {primary} ({preset.minutes:g} min)")
+            run = folder / primary / name.replace(" ", "-")
+            summary = run_mode(PRIMARY_MODES[primary], data, preset, run, args, targets=tuple(layers))
+            rows.append(_row(name, primary, layers, summary, latency[name]))
+    return {"data": data, "preset": asdict(preset), "image_size": preset.image_size, "reference_budget": reference,
+            "plans": {f"{b:.2f}": plan.to_dict() for b, plan in plans.items()}, "rows": rows,
+            "goals": goals(rows, reference)}
+
+
+def _candidates(args: argparse.Namespace, model: torch.nn.Module) -> tuple[str, ...] | None:
+    """--candidates, else the family's default layers (the pool the issue's rules pick from); None with
+    --all-candidates (every layer the adapter can wrap)."""
+    if args.all_candidates:
+        return None
+    return tuple(args.candidates) if args.candidates else default_targets(model)
+
+
+def _defaults(model: torch.nn.Module, candidates: list[str]) -> list[str]:
+    """The family's default layers (what `adapt` takes without targets) among the candidates."""
+    from fnmatch import fnmatchcase
+
+    globs = default_targets(model)
+    return [name for name in candidates if any(fnmatchcase(name, glob) for glob in globs)] or candidates
+
+
+def _row(run: str, primary: str, layers: list[str], summary: dict, latency: dict[str, float]) -> dict:
+    steps = summary["steps"]
+    return {"run": run, "primary": primary, "layers": len(layers), "targets": layers,
+            "best_val_acc": summary["best_val_acc"], "final_val_acc": summary["final_val_acc"], "steps": steps,
+            "train_seconds": summary["train_seconds"], "step_s": summary["train_seconds"] / steps if steps else None,
+            "trainable_params": summary["trainable_params"], "latency_ratio": latency}
+
+
+def goals(rows: list[dict], reference: float) -> dict:
+    """The issue's goals at the reference budget, per primary mode: accuracy vs all and random, step time."""
+    by = {(row["run"], row["primary"]): row for row in rows}
+    finetune = by[("finetune", "-")]
+    result = {}
+    for primary in sorted({row["primary"] for row in rows} - {"-"}):
+        budget = by.get((f"budget {reference:.2f}", primary))
+        if budget is None:
+            continue
+        randoms = [row["best_val_acc"] for (run, p), row in by.items() if p == primary and run.startswith("random")]
+        result[primary] = {
+            "accuracy_minus_all": budget["best_val_acc"] - by[("all", primary)]["best_val_acc"],
+            "accuracy_minus_best_random": budget["best_val_acc"] - max(randoms) if randoms else None,
+            "step_time_vs_finetune": (budget["step_s"] / finetune["step_s"]
+                                      if budget["step_s"] and finetune["step_s"] else None),
+            "latency_ratio": budget["latency_ratio"],
+        }
+    return result
+
+
+def print_result(result: dict, console: Console) -> None:
+    batches = list(result["rows"][0]["latency_ratio"])
+    table = Table(title=f"{result['data']} at {result['image_size']} px: best val accuracy at equal training time "
+                        "vs measured ORT CPU latency (adapted/base p50)")
+    for column in ("run", "primary", "layers", *[f"lat b{b}" for b in batches], "best", "steps", "step s"):
+        table.add_column(column, justify="left" if column in ("run", "primary") else "right", no_wrap=True)
+    for row in result["rows"]:
+        table.add_row(row["run"], row["primary"], str(row["layers"]),
+                      *[f"{row['latency_ratio'][b]:.3f}x" for b in batches], f"{100 * row['best_val_acc']:.1f}%",
+                      str(row["steps"]), "-" if row["step_s"] is None else f"{row['step_s']:.2f}")
+    tables.print_table(console, table)
+    for primary, goal in result["goals"].items():
+        step = goal["step_time_vs_finetune"]
+        best_random = goal["accuracy_minus_best_random"]
+        console.print(f"budget {result['reference_budget']:.2f}, primary {primary}: "
+                      f"{100 * goal['accuracy_minus_all']:+.1f} pts vs all, "
+                      + ("no random run" if best_random is None else f"{100 * best_random:+.1f} pts vs best random")
+                      + (", step time -" if step is None else f", step time {step:.2f}x finetune"))
+
+
+def plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = next(iter(result["rows"][0]["latency_ratio"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"-": ("k", "D"), "frozen": ("tab:blue", "o"), "trained": ("tab:orange", "s")}
+    for primary, (color, marker) in styles.items():
+        rows = [row for row in result["rows"] if row["primary"] == primary]
+        if not rows:
+            continue
+        ax.scatter([row["latency_ratio"][batch] for row in rows], [100 * row["best_val_acc"] for row in rows],
+                   color=color, marker=marker, label=f"primary {primary}" if primary != "-" else "finetune / lora")
+        for row in rows:
+            ax.annotate(row["run"], (row["latency_ratio"][batch], 100 * row["best_val_acc"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel=f"measured ORT CPU latency, adapted/base p50 at batch {batch}", ylabel="best val accuracy (%)",
+           title=f"{result['data']} ({result['image_size']} px): accuracy vs latency at equal training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic.save_figure(fig, png)
+
+
+def latency_goals(args: argparse.Namespace, console: Console) -> list[dict]:
+    """The issue's latency goal per image size and thread count: plan at `--goal-budget` on digits-shift, then
+    time the chosen set again, apart from the plan and longer (5 rounds): <= budget at batch 1 and <= budget
+    + 0.10 at the largest batch."""
+    model = load_base_model(BUILTIN_DEFAULT)
+    torch.manual_seed(args.seed)
+    fit_head(model, len(build_data(TrainConfig(image_size=32), model).classes))
+    rows = []
+    for size in args.sizes:
+        for threads in args.goal_threads:
+            console.rule(f"latency goal: {size} px, {threads} thread(s), budget {args.goal_budget:.2f}x")
+            options = PlanOptions(latency_budget=args.goal_budget, input_size=(size, size), batches=tuple(args.batches),
+                                  threads=threads, data=BUILTIN_DATA, seed=args.seed,
+                                  candidates=tuple(args.candidates) if args.candidates else None,
+                                  cache=args.runs / "plan_cache.json", **(QUICK_PLAN if args.quick else {}))
+            plan = plan_model(model, options, BUILTIN_DEFAULT, progress=console.print)
+            timing = replace(options, check_rounds=options.check_rounds + 2) if not args.quick else options
+            check = measure_sets(model, {"plan": plan.chosen}, timing, (size, size), console)["plan"]
+            first, last = str(min(args.batches)), str(max(args.batches))
+            rows.append({"size": size, "threads": threads, "layers": plan.chosen, "predicted": plan.predicted,
+                         "plan_measured": plan.measured, "independent": check, "plan_seconds": plan.seconds,
+                         "passed": check[first] <= args.goal_budget and check[last] <= args.goal_budget + 0.10})
+    table = Table(title=f"latency goal at {args.goal_budget:.2f}x: plan, then an independent timing (adapted/base p50)")
+    for column in ("px", "thr", "layers", "plan b1", "check b1", "plan bN", "check bN", "pass"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        first, last = str(min(args.batches)), str(max(args.batches))
+        table.add_row(str(row["size"]), str(row["threads"]), str(len(row["layers"])),
+                      f"{row['plan_measured'][first]:.3f}x", f"{row['independent'][first]:.3f}x",
+                      f"{row['plan_measured'][last]:.3f}x", f"{row['independent'][last]:.3f}x",
+                      "yes" if row["passed"] else "NO")
+    tables.print_table(console, table)
+    return rows
+
+
+# --quick: every stage, at sizes that take seconds (two candidate layers, short timings).
+QUICK_PLAN = {"profile_runs": 2, "profile_repeats": 1, "check_seconds": 0.1, "check_rounds": 1, "score_batches": 1,
+              "score_batch_size": 8, "head_probe_steps": 5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=[BUILTIN_DATA, FASHION_MNIST])
+    parser.add_argument("--budgets", nargs="+", type=float, default=[1.05, 1.10, 1.20])
+    parser.add_argument("--random", type=int, default=3, help="random subsets at the middle budget's cost")
+    parser.add_argument("--primary", nargs="+", default=list(PRIMARY_MODES), choices=list(PRIMARY_MODES))
+    parser.add_argument("--candidates", nargs="*", default=None, help="plan candidate globs [the family's defaults]")
+    parser.add_argument("--all-candidates", action="store_true", help="plan over every layer the adapter can wrap")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--latency-threads", type=int, default=2, help="ONNX Runtime threads of every timing")
+    parser.add_argument("--minutes", type=float, default=None, help="training wall time per run [preset: 0.3]")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--goals", action="store_true",
+                        help="only the latency goal: plan + independent timing at --sizes x --goal-threads, no training")
+    parser.add_argument("--goal-budget", type=float, default=1.10)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 224])
+    parser.add_argument("--goal-threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--quick", action="store_true", help="seconds per stage: a smoke test of the whole benchmark")
+    parser.add_argument("--runs", type=Path, default=Path("runs") / f"budget-pareto-{int(time.time())}")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.quick:
+        args.data, args.budgets, args.random, args.primary = [BUILTIN_DATA], [1.5], 1, ["trained"]
+        args.candidates = args.candidates or ["blocks.5.0.conv_dw", "blocks.6.0.conv_dw"]
+        args.batches, args.latency_threads = [1], 1
+
+    console = Console()
+    torch.set_num_threads(1)  # training at 1 intra-op thread (steadier timings on shared cores)
+    if args.goals:
+        if args.quick:
+            args.sizes, args.goal_threads, args.goal_budget = [32], [1], 1.5
+        report = {"benchmark": "budget_pareto --goals", "model": BUILTIN_DEFAULT, "goals": latency_goals(args, console),
+                  "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "machine": {"platform": platform.platform(), "torch": torch.__version__}}
+        atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+        return
+    results = []
+    for data in args.data:
+        preset = QUICK if args.quick else PRESETS[FASHION_MNIST if data.startswith(FASHION_MNIST) else BUILTIN_DATA]
+        if args.minutes is not None:
+            preset = replace(preset, minutes=args.minutes)
+        result = run_dataset(data, preset, args, console)
+        print_result(result, console)
+        png = args.json.with_name(f"budget_pareto_{Path(data.replace(':', '_')).name}.png")
+        plot(result, png)
+        result["plot"] = str(png)
+        results.append(result)
+    report = {"benchmark": "budget_pareto", "model": BUILTIN_DEFAULT, "results": results,
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "machine": {"platform": platform.platform(), "torch": torch.__version__}}
+    atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,61 @@
+"""Which layers to adapt under a latency budget: a 0/1 knapsack over measured costs.
+
+Each candidate layer has a cost (the share of the base model's latency its quadratic term
+adds, measured on the target backend; the largest over the batch sizes, so the budget holds
+at every batch) and a benefit score (scores.py). The chosen set maximises the summed score
+with the summed cost within the budget's slack (`budget - 1`). Costs are rounded *up* to a
+grid of `resolution` steps of the slack, so a set the solver accepts never exceeds it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from qdeploy.errors import QDeployError
+
+RESOLUTION = 2000  # grid steps over the slack: exact enough for ~100 layers, microseconds to solve
+
+
+def check_budget(budget: float) -> float:
+    """The slack a budget leaves (`budget - 1`), or one line for a budget below 1.0."""
+    if not math.isfinite(budget) or budget < 1.0:
+        raise QDeployError(f"--latency-budget is the adapted/base latency ratio and must be >= 1.0 "
+                           f"(e.g. 1.10 for 10% slower), got {budget}")
+    return budget - 1.0
+
+
+def choose(costs: Mapping[str, float], scores: Mapping[str, float], budget: float,
+           resolution: int = RESOLUTION) -> list[str]:
+    """The layers (in the order of `costs`) of highest total score whose costs sum to <= budget - 1.
+
+    Ties between sets of equal score go to the cheaper one. A layer with no cost (<= 0) is
+    always taken when its score is positive.
+    """
+    slack = check_budget(budget)
+    names = list(costs)
+    free = [n for n in names if costs[n] <= 0 and scores[n] > 0]
+    paid = [n for n in names if costs[n] > 0 and scores[n] > 0]
+    if slack == 0 or not paid:
+        return [n for n in names if n in free]
+    unit = slack / resolution
+    weights = {n: math.ceil(costs[n] / unit - 1e-9) for n in paid}
+    # best[c] = (score, -weight, chosen) of the best set using at most c units
+    best: list[tuple[float, int, tuple[str, ...]]] = [(0.0, 0, ())] * (resolution + 1)
+    for name in paid:
+        weight, score = weights[name], scores[name]
+        if weight > resolution:
+            continue
+        for capacity in range(resolution, weight - 1, -1):
+            prior = best[capacity - weight]
+            candidate = (prior[0] + score, prior[1] - weight, prior[2] + (name,))
+            if candidate[:2] > best[capacity][:2]:
+                best[capacity] = candidate
+    chosen = set(best[resolution][2]) | set(free)
+    return [n for n in names if n in chosen]
+
+
+def cheapest(costs: Mapping[str, float]) -> tuple[str, float]:
+    """(name, cost) of the cheapest layer: what an unreachable budget's error reports."""
+    name = min(costs, key=costs.__getitem__)
+    return name, costs[name]

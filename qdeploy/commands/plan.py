@@ -1,0 +1,97 @@
+"""`qdeploy plan`: parses the options of `qdeploy.workflows.latency_plan` and prints the plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from qdeploy.commands.parsing import parse_ints
+from qdeploy.commands.tables import print_table
+from qdeploy.errors import QDeployError
+from qdeploy.workflows.latency_plan import PLAN_FILE, LatencyPlan, PlanOptions
+
+DEFAULT = PlanOptions()
+
+
+def print_plan(plan: LatencyPlan, console: Console) -> None:
+    """Per candidate: measured cost per batch, added params and FLOPs, score, chosen; then the ratios."""
+    size = f"{plan.input_size[0]}x{plan.input_size[1]}"
+    table = Table(title=f"latency plan: {plan.model} at {size} px on {plan.backend}, {plan.threads} thread(s), "
+                        f"budget {plan.latency_budget:.2f}x" + (" (cached)" if plan.cached else ""))
+    table.add_column("layer", overflow="fold")
+    for batch in plan.batches:
+        table.add_column(f"cost b{batch}", justify="right", no_wrap=True)
+    for column in ("params", "FLOPs", "score", "in"):
+        table.add_column(column, justify="right", no_wrap=True)
+    chosen = set(plan.chosen)
+    for layer in plan.layers:
+        costs = [f"{100 * layer['cost_by_batch'][str(b)]:.2f}%" for b in plan.batches]
+        table.add_row(layer["name"], *costs, f"{layer['params']:,}", f"{layer['flops_pct']:.2f}%",
+                      f"{100 * layer['score']:.1f}%", "yes" if layer["name"] in chosen else "")
+    print_table(console, table)
+    summary = Table(title=f"chosen: {len(plan.chosen)} of {len(plan.layers)} layers (score: {plan.score})")
+    summary.add_column("batch", justify="right")
+    for column in ("base ms", "predicted", "measured"):
+        summary.add_column(column, justify="right", no_wrap=True)
+    for batch in plan.batches:
+        key = str(batch)
+        measured = plan.measured.get(key)
+        summary.add_row(key, f"{plan.base_ms[key]:.2f}", f"{plan.predicted[key]:.3f}x",
+                        "-" if measured is None else f"{measured:.3f}x")
+    print_table(console, summary)
+    for check in plan.checks:
+        if "dropped" in check:
+            worst = max(check["measured"].values())
+            console.print(f"check with {check['layers']} layers measured {worst:.3f}x: dropped {check['dropped']}")
+
+
+def load_plan_model(model: str):
+    """The base model named by MODEL: built-in/timm name or a model/run folder (an adapted one's base)."""
+    from qdeploy.adaptation import quadratic_layers
+    from qdeploy.export.base_model import base_of
+    from qdeploy.models.sources import load_base_model
+    from qdeploy.store import load_model
+
+    network = load_model(model) if Path(model).exists() else load_base_model(model)
+    return base_of(network) if quadratic_layers(network) else network
+
+
+@click.command("plan")
+@click.argument("model")
+@click.option("--latency-budget", type=float, default=DEFAULT.latency_budget, show_default=True,
+              help="Most adapted/base latency ratio allowed, at every batch (1.10: 10% slower).")
+@click.option("--backend", default=DEFAULT.backend, show_default=True, help="Where latency is measured.")
+@click.option("--input-size", type=click.IntRange(8), default=None,
+              help="Deploy image size in px (square). [default: the data's, else the model's own]")
+@click.option("--batch", "batches", default=",".join(map(str, DEFAULT.batches)), show_default=True,
+              help="Batch sizes the budget must hold at, comma-separated.")
+@click.option("--threads", type=click.IntRange(1), default=DEFAULT.threads, show_default=True,
+              help="ONNX Runtime intra-op threads.")
+@click.option("--data", default=None, help="Score layers by zero-start gradients on this data ('digits-shift', "
+              "'fashion-mnist[:DIR]', an ImageFolder). [default: score by added parameters]")
+@click.option("--candidates", multiple=True, help="Module-name glob of a candidate layer, repeatable. "
+              "[default: every Conv2d/Linear the adapter can wrap, head and patch embedding left out]")
+@click.option("--out", type=click.Path(path_type=Path), default=Path(PLAN_FILE), show_default=True,
+              help="Where plan.json goes (a .json path or a folder).")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="Re-use a plan measured before with the same model, settings and machine.")
+def plan(model: str, latency_budget: float, backend: str, input_size: int | None, batches: str, threads: int,
+         data: str | None, candidates: tuple[str, ...], out: Path, cache: bool) -> None:
+    """Choose where MODEL's quadratic terms go so it stays within a latency budget, by measurement."""
+    from dataclasses import replace
+
+    from qdeploy.workflows.latency_plan import plan_model
+
+    options = replace(DEFAULT, latency_budget=latency_budget, backend=backend, threads=threads, data=data,
+                      input_size=(input_size, input_size) if input_size else None, candidates=candidates or None,
+                      batches=parse_ints(batches, "--batch", minimum=1), use_cache=cache)
+    if out.suffix not in ("", ".json"):
+        raise QDeployError(f"--out {out} must be a .json file or a folder")
+    console = Console()
+    with console.status("planning") as status:
+        result = plan_model(load_plan_model(model), options, model, progress=lambda text: status.update(text))
+    print_plan(result, console)
+    console.print(f"wrote {result.write(out)}")

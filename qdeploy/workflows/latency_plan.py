@@ -1,0 +1,330 @@
+"""`qdeploy plan`: where the quadratic terms go under a latency budget, chosen by measurement.
+
+1. Cost. Every candidate layer is adapted at once (random terms, so they compute), exported as
+   `qdeploy export` exports it (decomposed, tuned forms) and profiled by ONNX Runtime beside the
+   base model exported the same way (runtime/profile.py groups node time by the `<layer>/`
+   prefix). A layer's cost is its non-primary node time, scaled so the costs sum to the whole
+   measured overhead (adapted - base node time; reorders and fusions land on the layers that
+   cause them), as a share of the base's node time; the largest share over the batch sizes
+   counts, so the budget holds at every batch. Costs come from the backend, not from FLOPs:
+   the two disagree by 4x on EfficientNet-Lite0 (docs/hardware-aware.md).
+2. Benefit: adaptation/scores.py (zero-start gradients on `data`, else added parameters).
+3. Choice: the knapsack of adaptation/knapsack.py; predicted ratio = 1 + summed costs.
+4. Check: the chosen set is exported and timed end to end against the base, interleaved
+   (runtime/benchmark.py rounds), at every batch; while a batch is over budget the layer with
+   the lowest score per cost is dropped and the check repeats.
+
+Plans are cached per model weights, candidates, settings and machine (like the tuned forms),
+so `qdeploy train --latency-budget` and the pipeline re-use a plan measured before.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from qdeploy import atomic
+from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms, resolve_targets
+from qdeploy.adaptation.knapsack import check_budget, cheapest, choose
+from qdeploy.adaptation.scores import param_scores
+from qdeploy.adaptation.targets import candidate_layers
+from qdeploy.errors import QDeployError
+from qdeploy.export.base_model import export_plain_onnx
+from qdeploy.export.onnx_export import run_reference
+from qdeploy.layers import QuadConfig
+from qdeploy.runtime.benchmark import Target, run_benchmark
+from qdeploy.runtime.profile import profile_onnx
+from qdeploy.training.layer_scores import data_scorer
+from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, store
+
+PLAN_FILE = "plan.json"
+PLAN_FORMAT = "qdeploy-latency-plan/1"
+SUPPORTED_BACKENDS = ("ort-cpu",)  # the profiler's per-node times come from ONNX Runtime's CPU provider
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Every setting of a plan (the CLI's defaults are these)."""
+
+    latency_budget: float = 1.10
+    backend: str = "ort-cpu"
+    input_size: tuple[int, int] | None = None  # (H, W); None: the data's default size, else the model's own
+    batches: tuple[int, ...] = (1, 32)
+    threads: int = os.cpu_count() or 1
+    data: str | None = None  # scores from zero-start gradients on this data; None: added parameters
+    candidates: tuple[str, ...] | None = None  # globs; None: every layer the adapter can wrap
+    rank: int = 8
+    depthwise_rank: int = 1
+    dilation: int = 3
+    score_batches: int = 4
+    score_batch_size: int = 32
+    head_probe_steps: int = 100  # head-only steps on cached features before scoring (a new head is random)
+    profile_runs: int = 5  # profiled runs per repeat
+    profile_repeats: int = 3  # base and adapted profiled in turns; the median counts
+    check_seconds: float = 1.5  # timing per target and batch in each round of the measured check
+    check_rounds: int = 3
+    seed: int = 0
+    cache: Path | None = None  # None: plan_cache.cache_path's default; plans and costs are re-used from it
+    use_cache: bool = True
+
+    def quad(self) -> QuadConfig:
+        return QuadConfig(rank=self.rank, depthwise_rank=self.depthwise_rank, dilation=self.dilation)
+
+
+@dataclass
+class LatencyPlan:
+    """What `qdeploy plan` found; `to_dict` is plan.json."""
+
+    model: str
+    backend: str
+    input_size: tuple[int, int]
+    batches: tuple[int, ...]
+    threads: int
+    latency_budget: float
+    score: str  # how the benefit was scored
+    base_ms: dict[str, float]  # batch -> base node time per inference (profiler)
+    layers: list[dict[str, Any]]  # per candidate: name, cost, cost_by_batch, ms_by_batch, params, flops, score
+    chosen: list[str]
+    predicted: dict[str, float]  # batch -> 1 + summed costs of the chosen layers
+    measured: dict[str, float] = field(default_factory=dict)  # batch -> measured adapted/base p50
+    checks: list[dict[str, Any]] = field(default_factory=list)  # every measured check, dropped layer
+    cached: bool = False
+    seconds: float = 0.0
+
+    @property
+    def within_budget(self) -> bool:
+        return all(ratio <= self.latency_budget for ratio in self.measured.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LatencyPlan":
+        values = {k: v for k, v in data.items() if k != "format"}
+        values["input_size"], values["batches"] = tuple(values["input_size"]), tuple(values["batches"])
+        return cls(**values)
+
+    def write(self, folder_or_file: str | Path) -> Path:
+        """plan.json in a folder (or at the given .json path), atomically."""
+        path = Path(folder_or_file)
+        path = path if path.suffix == ".json" else path / PLAN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(path, self.to_dict())
+        return path
+
+
+def check_backend(backend: str) -> None:
+    """One line for a backend the plan cannot measure on: unknown, not installed here, or not supported."""
+    import ctypes
+
+    import onnxruntime as ort
+
+    from qdeploy.runtime.onnxruntime_engine import PROVIDER_CHAINS
+
+    if backend not in PROVIDER_CHAINS:
+        raise QDeployError(f"unknown plan backend {backend!r}: plans time ONNX Runtime, use "
+                           f"{', '.join(SUPPORTED_BACKENDS)}")
+    provider = PROVIDER_CHAINS[backend][0]
+    missing = None if provider in ort.get_available_providers() else f"ONNX Runtime has no {provider}"
+    if missing is None and provider != "CPUExecutionProvider":
+        try:
+            ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            missing = "no NVIDIA driver: libcuda.so.1 not found"
+    if missing:
+        raise QDeployError(f"backend {backend} is not installed here ({missing}); plan for --backend ort-cpu")
+    if backend not in SUPPORTED_BACKENDS:
+        raise QDeployError(f"plans are measured on {', '.join(SUPPORTED_BACKENDS)} so far; {backend} is installed "
+                           "but its per-layer profile is not read yet: use --backend ort-cpu")
+
+
+def _layer_flops(model: nn.Module, size: tuple[int, int, int]) -> dict[str, int]:
+    """FLOPs (batch 1) of each quadratic layer's term, from PyTorch's per-module counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *size))
+    counts = counter.get_flop_counts()
+    prefix = type(model).__name__
+    return {name: int(sum(counts.get(f"{prefix}.{name}.quad", {}).values())) for name in quadratic_layers(model)}
+
+
+def _export(adapted: nn.Module, folder: Path, size: tuple[int, int]) -> Path:
+    """The decomposed ONNX file of `adapted` as `qdeploy export` writes it (tuned forms, cached)."""
+    from qdeploy.export import ExportOptions, export_model
+
+    export_model(adapted, folder, ExportOptions(modes=("decomposed",), input_size=size))
+    return folder / "decomposed.onnx"
+
+
+def _adapted_copy(model: nn.Module, layers: Sequence[str], options: PlanOptions) -> nn.Module:
+    """A copy of `model` with `layers` adapted and random terms (zero terms would cost nothing to run)."""
+    adapted, _ = adapt(copy.deepcopy(model), list(layers), config=options.quad(), count_model_flops=False)
+    torch.manual_seed(options.seed)
+    return randomize_quadratic_terms(adapted).eval()
+
+
+def measure_costs(model: nn.Module, candidates: Sequence[str], base_onnx: Path, options: PlanOptions,
+                  work: Path, size: tuple[int, int]) -> tuple[dict[str, float], dict[str, dict[str, float]],
+                                                           dict[str, dict[str, float]]]:
+    """(base ms, cost share and ms per layer and batch) from ONNX Runtime's profiler."""
+    adapted_onnx = _export(_adapted_copy(model, candidates, options), work / "all", size)
+    base_ms: dict[str, float] = {}
+    shares: dict[str, dict[str, float]] = {name: {} for name in candidates}
+    ms: dict[str, dict[str, float]] = {name: {} for name in candidates}
+    for batch in options.batches:
+        # Profiles of base and adapted take turns, `profile_repeats` times; medians of them, so one
+        # preempted run on a shared machine does not make a layer look 10x dearer.
+        base_runs, own_runs, overheads = [], [], []
+        for _ in range(options.profile_repeats):
+            base = profile_onnx(base_onnx, batch, options.threads, runs=options.profile_runs)
+            full = profile_onnx(adapted_onnx, batch, options.threads, runs=options.profile_runs)
+            base_runs.append(base.node_ms)
+            overheads.append(full.node_ms - base.node_ms)
+            own_runs.append({name: sum(t for op, t in full.by_layer.get(name, {}).items()
+                                       if not op.startswith("primary")) for name in candidates})
+        own = {name: float(np.median([run[name] for run in own_runs])) for name in candidates}
+        attributed, overhead, base_node_ms = sum(own.values()), float(np.median(overheads)), float(np.median(base_runs))
+        scale = overhead / attributed if attributed > 0 and overhead > 0 else 1.0
+        key = str(batch)
+        base_ms[key] = base_node_ms
+        for name in candidates:
+            ms[name][key] = own[name] * scale
+            shares[name][key] = own[name] * scale / base_node_ms
+    return base_ms, shares, ms
+
+
+def check_plan(model: nn.Module, chosen: Sequence[str], base_onnx: Path, options: PlanOptions, work: Path,
+               size: tuple[int, int], attempt: int) -> dict[str, float]:
+    """Measured adapted/base p50 per batch: the chosen set exported and timed interleaved with the base."""
+    from qdeploy.runtime import load_engine
+
+    adapted_onnx = _export(_adapted_copy(model, chosen, options), work / f"check{attempt}", size)
+    targets = [Target("adapted", lambda threads: load_engine(adapted_onnx, "ort-cpu", threads), base="base"),
+               Target("base", lambda threads: load_engine(base_onnx, "ort-cpu", threads))]
+    results = run_benchmark(targets, options.batches, (options.threads,), warmup=3, iterations=10_000,
+                            time_budget_s=options.check_seconds * options.check_rounds, rounds=options.check_rounds)
+    return {str(m.batch): m.vs_base for m in results if m.label == "adapted"}
+
+
+def _worst(chosen: Sequence[str], layers: dict[str, dict[str, Any]]) -> str:
+    """The chosen layer that buys least per cost: the first to drop when the check is over budget."""
+    return min(chosen, key=lambda name: layers[name]["score"] / max(layers[name]["cost"], 1e-12))
+
+
+def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], name: str,
+              score_data: Callable[[nn.Module], dict[str, float]] | None = None,
+              progress: Progress | None = None) -> LatencyPlan:
+    """The plan for the unadapted `model` at `size` (H, W); `score_data` scores an all-candidates
+    adapted copy (None: added parameters). Raises one line for bad input, before measuring."""
+    started = time.perf_counter()
+    say = progress or (lambda text: None)
+    slack = check_budget(options.latency_budget)
+    check_backend(options.backend)
+    if quadratic_layers(model):
+        raise QDeployError("plan a model before adapting it: pass the base model (or its unadapted folder)")
+    model = model.eval()
+    channels = 3
+    run_reference(model, torch.zeros(1, channels, *size))  # one line (naming the module) if it cannot take `size`
+    candidates = resolve_targets(model, options.candidates) if options.candidates else candidate_layers(model)
+    if not candidates:
+        raise QDeployError("the model has no layer the adapter can wrap; pass --candidates GLOB")
+    key, cost_key = (cache_key(model, candidates, size, options, section) for section in ("plans", "costs"))
+    cache = cache_path(options)
+    cached = read_cache(cache) if options.use_cache else {}
+    if key in cached.get("plans", {}):
+        plan = LatencyPlan.from_dict(cached["plans"][key])
+        return replace(plan, cached=True, seconds=time.perf_counter() - started)
+
+    scored, report = adapt(copy.deepcopy(model), candidates, config=options.quad(), input_size=(channels, *size))
+    say("scoring the candidate layers")
+    scores = score_data(scored) if score_data is not None else param_scores(scored)
+    score_kind = "zero-start gradient L1 (first AdamW step), share" if score_data else "added parameters, share"
+    flops = _layer_flops(scored, (channels, *size))
+    params = {n: sum(p.numel() for p in layer.quad.parameters()) for n, layer in quadratic_layers(scored).items()}
+    with tempfile.TemporaryDirectory(prefix="qdeploy-plan-") as tmp:
+        work = Path(tmp)
+        base_onnx = export_plain_onnx(model, work / "base.onnx", (channels, *size))
+        say(f"profiling {len(candidates)} candidate layers on {options.backend}")
+        if cost_key in cached.get("costs", {}):
+            base_ms, costs, ms = cached["costs"][cost_key]
+        else:
+            base_ms, costs, ms = measure_costs(model, candidates, base_onnx, options, work, size)
+            store(cache, "costs", cost_key, [base_ms, costs, ms])
+        layers = {n: {"name": n, "cost": max(costs[n].values()), "cost_by_batch": costs[n], "ms_by_batch": ms[n],
+                      "params": params[n], "flops": flops[n], "flops_pct": 100.0 * flops[n] / report.base_flops,
+                      "score": scores[n]} for n in candidates}
+        cost_of = {n: layer["cost"] for n, layer in layers.items()}
+        low_name, low_cost = cheapest(cost_of)
+        if low_cost > slack:
+            raise QDeployError(f"latency budget {options.latency_budget:.2f}x is unreachable: the cheapest layer, "
+                               f"{low_name}, alone costs {1 + low_cost:.3f}x at {size[0]}x{size[1]} px; raise "
+                               "--latency-budget or pick other --candidates")
+        chosen = choose(cost_of, scores, options.latency_budget)
+        plan = LatencyPlan(name, options.backend, size, options.batches, options.threads, options.latency_budget,
+                           score_kind, base_ms, list(layers.values()), chosen,
+                           {b: 1.0 + sum(layers[n]["cost_by_batch"][b] for n in chosen) for b in base_ms})
+        attempt = 0
+        while plan.chosen:
+            say(f"checking {len(plan.chosen)} layers end to end (attempt {attempt + 1})")
+            plan.measured = check_plan(model, plan.chosen, base_onnx, options, work, size, attempt)
+            plan.checks.append({"layers": len(plan.chosen), "measured": plan.measured})
+            if plan.within_budget:
+                break
+            dropped = _worst(plan.chosen, layers)
+            plan.checks[-1]["dropped"] = dropped
+            plan.chosen = [n for n in plan.chosen if n != dropped]
+            plan.predicted = {b: 1.0 + sum(layers[n]["cost_by_batch"][b] for n in plan.chosen) for b in base_ms}
+            attempt += 1
+        if not plan.chosen and plan.checks:
+            last = plan.checks[-1]
+            raise QDeployError(f"latency budget {options.latency_budget:.2f}x is unreachable: {last['dropped']}, the "
+                               f"last layer left, measured {max(last['measured'].values()):.3f}x end to end; "
+                               "raise --latency-budget or pick other --candidates")
+    plan.seconds = time.perf_counter() - started
+    store(cache, "plans", key, plan.to_dict())
+    return plan
+
+
+def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Progress | None = None) -> LatencyPlan:
+    """The plan for a base model (left unchanged): the size from the options, the data or the model."""
+    from qdeploy.data.splits import default_image_size
+    from qdeploy.model_io import model_input_size
+
+    model = copy.deepcopy(model).eval()
+    if options.input_size is not None:
+        size = tuple(options.input_size)
+    elif options.data is not None:
+        size = (default_image_size(options.data, model),) * 2
+    else:
+        size = tuple(model_input_size(model)[1:])
+    check_budget(options.latency_budget)
+    check_backend(options.backend)
+    if options.data is not None and size[0] != size[1]:
+        raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
+    scorer = data_scorer(model, options.data, size[0], options.score_batches, options.score_batch_size,
+                         options.head_probe_steps, options.seed) if options.data else None
+    return make_plan(model, options, size, name, scorer, progress)  # type: ignore[arg-type]
+
+
+def plan_for_training(config: Any, options: PlanOptions, progress: Progress | None = None) -> LatencyPlan:
+    """The plan `qdeploy train --latency-budget` trains: the run's model, data, image size and adapter shape."""
+    from qdeploy.data.splits import default_image_size
+    from qdeploy.training.model_setup import load_source
+
+    model = load_source(config)
+    size = config.image_size or default_image_size(config.data, model)
+    options = replace(options, data=config.data, input_size=(size, size), rank=config.rank,
+                      depthwise_rank=config.depthwise_rank, dilation=config.dilation, seed=config.seed)
+    return plan_model(model, options, config.model, progress)

@@ -1,0 +1,32 @@
+"""benchmarks/budget_pareto.py --quick: every stage runs and its JSON, tables and plot read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # 6 exports and 6 short training runs: ~2 min alone, 8 min on the shared 2 cores
+def test_quick_mode_runs_every_stage(tmp_path) -> None:
+    out = tmp_path / "pareto.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "budget_pareto.py"), "--quick", "--runs",
+                             str(tmp_path / "runs"), "--json", str(out)], capture_output=True, text=True,
+                            cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+                                               "PATH": "/usr/bin:/bin", "COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (data,) = report["results"]
+    runs = [(row["run"], row["primary"]) for row in data["rows"]]
+    assert runs == [("finetune", "-"), ("lora", "-"), ("all", "trained"), ("budget 1.50", "trained"),
+                    ("last-k", "trained"), ("random 1", "trained")]
+    plan = data["plans"]["1.50"]
+    assert [row for row in data["rows"] if row["run"] == "budget 1.50"][0]["targets"] == plan["chosen"]
+    assert all(row["latency_ratio"]["1"] > 0 and row["steps"] >= 0 for row in data["rows"])
+    assert set(data["goals"]["trained"]) >= {"accuracy_minus_all", "accuracy_minus_best_random", "step_time_vs_finetune"}
+    assert Path(data["plot"]).is_file() and "best val accuracy at equal training time" in result.stdout

@@ -1,0 +1,195 @@
+"""Hardware-aware adaptation: targets from the CLI, the knapsack, zero-start scores, `qdeploy plan`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from qdeploy.adaptation import adapt
+from qdeploy.adaptation.knapsack import choose
+from qdeploy.adaptation.scores import gradient_scores, param_scores
+from qdeploy.adaptation.targets import candidate_layers, default_targets, resolve_targets
+from qdeploy.cli import main
+from qdeploy.errors import QDeployError
+from qdeploy.layers import QuadConfig
+from qdeploy.models.sources import load_base_model
+from tests.train_helpers import TINY, tiny_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ---- the knapsack ---------------------------------------------------------------------------
+
+def test_knapsack_prefers_two_cheap_layers_to_one_dear_one() -> None:
+    costs = {"a": 0.06, "b": 0.05, "c": 0.05}
+    scores = {"a": 0.5, "b": 0.3, "c": 0.3}
+    assert choose(costs, scores, 1.10) == ["b", "c"]  # 0.6 beats 0.5 at 0.10 of slack
+    assert choose(costs, scores, 1.06) == ["a"]
+    assert choose(costs, scores, 1.0) == []
+    with pytest.raises(QDeployError, match="must be >= 1.0"):
+        choose(costs, scores, 0.95)
+
+
+def test_knapsack_matches_brute_force_and_never_exceeds_the_slack() -> None:
+    rng = random.Random(0)
+    for _ in range(30):
+        names = [f"l{i}" for i in range(8)]
+        costs = {n: rng.uniform(0.001, 0.08) for n in names}
+        scores = {n: rng.uniform(0.0, 1.0) for n in names}
+        budget = 1 + rng.uniform(0.02, 0.2)
+        chosen = choose(costs, scores, budget)
+        assert sum(costs[n] for n in chosen) <= budget - 1 + 1e-12
+        best = max(sum(scores[n] for n in subset) for k in range(9) for subset in itertools.combinations(names, k)
+                   if sum(costs[n] for n in subset) <= (budget - 1) * (1 - 8 / 2000))  # grid: 8 round-ups
+        assert sum(scores[n] for n in chosen) >= best - 1e-12
+
+
+# ---- the benefit score ----------------------------------------------------------------------
+
+def _tiny_adapted() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    adapt(model, ["0", "1"], config=QuadConfig(rank=2), count_model_flops=False)
+    return model
+
+
+def test_gradient_scores_are_the_first_adam_step_by_hand() -> None:
+    """L1 of dL/dU (the zero projection) per layer, as shares, against the closed form."""
+    model = _tiny_adapted()
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    c = torch.randn(5, 2, generator=torch.Generator().manual_seed(2))
+    scores = gradient_scores(model, [(x, c)], lambda out, target: (out * target).sum())
+
+    def product(layer, inputs):  # (A x) * (B x) of a quadratic linear layer
+        return (layer.quad.a(inputs) * layer.quad.b(inputs)).detach().numpy()
+
+    first, second = model[0], model[1]
+    with torch.no_grad():
+        hidden = first.primary(x)  # the zero term adds nothing
+    xn, cn, w2 = x.numpy(), c.numpy(), second.primary.weight.detach().numpy()
+    upstream = cn @ w2  # dL/d(first's output): second's term has zero U, so only its primary passes gradient
+    raw = {"0": np.abs(upstream.T @ product(first, x)).sum() + np.abs(upstream.sum(0)).sum(),
+           "1": np.abs(cn.T @ product(second, hidden)).sum() + np.abs(cn.sum(0)).sum()}
+    assert xn.shape == (5, 4)
+    total = raw["0"] + raw["1"]
+    assert scores == pytest.approx({"0": raw["0"] / total, "1": raw["1"] / total}, rel=1e-5)
+    assert sum(scores.values()) == pytest.approx(1.0)
+
+
+def test_without_data_the_score_is_the_added_parameters() -> None:
+    model = _tiny_adapted()
+    # per layer: A and B (in*2 + 2 each), U (2*out + out)
+    first, second = 2 * (4 * 2 + 2) + (2 * 3 + 3), 2 * (3 * 2 + 2) + (2 * 2 + 2)
+    assert param_scores(model) == pytest.approx({"0": first / (first + second), "1": second / (first + second)})
+
+
+# ---- targets: every family, every wrappable layer --------------------------------------------
+
+def test_mixer_defaults_skip_the_patchify_stem_and_export_with_parity(tmp_path) -> None:
+    from qdeploy.adaptation import randomize_quadratic_terms
+    from qdeploy.export import ExportOptions, export_model
+
+    model = load_base_model("mixer_s16_224", pretrained=False, img_size=32, num_classes=10)
+    assert "stem.proj" not in default_targets(model) and "stem.proj" not in candidate_layers(model)
+    assert "head" not in candidate_layers(model)
+    assert set(default_targets(model)) == {f"blocks.{i}.mlp_{kind}.fc1" for i in range(8) for kind in ("tokens", "channels")}
+    adapt(model, input_size=(3, 32, 32))
+    randomize_quadratic_terms(model)
+    report = export_model(model, tmp_path / "onnx", ExportOptions(modes=("decomposed",), input_size=(32, 32), tune=False))
+    assert report["files"]["decomposed"]["passed"] and report["quadratic_layers"] == 16
+
+
+def test_export_says_when_pytorch_itself_gives_nan(tmp_path) -> None:
+    from qdeploy.export import ExportOptions, export_model
+
+    model, _ = adapt(load_base_model(TINY, pretrained=False), input_size=(3, 32, 32))
+    with torch.no_grad():
+        model.get_classifier().weight.fill_(float("nan"))
+    with pytest.raises(QDeployError, match="PyTorch model itself gives non-finite outputs"):
+        export_model(model, tmp_path / "onnx", ExportOptions(modes=("decomposed",), input_size=(32, 32)))
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_train_targets_are_recorded_in_the_run_and_the_model_folder(tmp_path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--model", TINY, "--checkpoint", str(tiny_checkpoint(tmp_path / "weights")), "--image-size",
+            "32", "--batch-size", "16", "--max-samples", "32", "--workers", "0", "--no-progress", "--max-steps", "1",
+            "--out", str(out), "--targets", "blocks.4.*.conv_dw", "--targets", "conv_head"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    adapter = json.loads((out / "model" / "adapter.json").read_text())
+    assert adapter["targets"] == ["blocks.4.0.conv_dw", "blocks.4.1.conv_dw", "blocks.4.2.conv_dw", "conv_head"]
+    assert adapter["training"]["targets"] == ["blocks.4.*.conv_dw", "conv_head"]
+    assert json.loads((out / "summary.json").read_text())["config"]["targets"] == ["blocks.4.*.conv_dw", "conv_head"]
+    bad = CliRunner().invoke(main, [*args[:-4], "--out", str(tmp_path / "r2"), "--targets", "nope.*"])
+    assert bad.exit_code == 2 and "target 'nope.*' matches no Conv2d/Linear module" in bad.output
+
+
+# ---- qdeploy plan ---------------------------------------------------------------------------
+
+def _plan(tmp_path, *extra: str):
+    return CliRunner().invoke(main, ["plan", "efficientnet_lite0", "--input-size", "32", "--batch", "1",
+                                     "--threads", "1", "--out", str(tmp_path / "plan.json"), *extra],
+                              terminal_width=120)
+
+
+def test_plan_measures_chooses_and_checks_within_budget(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = _plan(tmp_path, "--latency-budget", "1.5", "--candidates", "blocks.5.*.conv_dw",
+                   "--candidates", "blocks.6.*.conv_dw")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    names = [layer["name"] for layer in plan["layers"]]
+    assert names == [f"blocks.5.{i}.conv_dw" for i in range(4)] + ["blocks.6.0.conv_dw"]
+    assert all(layer["cost"] > 0 and layer["params"] > 0 and layer["flops"] > 0 for layer in plan["layers"])
+    assert sum(layer["score"] for layer in plan["layers"]) == pytest.approx(1.0)
+    assert plan["chosen"] and set(plan["chosen"]) <= set(names)
+    chosen_cost = sum(layer["cost_by_batch"]["1"] for layer in plan["layers"] if layer["name"] in plan["chosen"])
+    assert plan["predicted"]["1"] == pytest.approx(1 + chosen_cost)
+    assert plan["measured"]["1"] <= 1.5  # the check only ends within budget (or fails)
+    assert "latency plan: efficientnet_lite0 at 32x32 px" in result.output and "measured" in result.output
+    again = _plan(tmp_path, "--latency-budget", "1.5", "--candidates", "blocks.5.*.conv_dw",
+                  "--candidates", "blocks.6.*.conv_dw")
+    assert "(cached)" in again.output and json.loads((tmp_path / "plan.json").read_text())["chosen"] == plan["chosen"]
+
+
+def test_plan_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, monkeypatch) -> None:
+    import qdeploy
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    vit = tmp_path / "vit"
+    qdeploy.save(load_base_model("vit_tiny_patch16_224", pretrained=False), vit)
+    cases = [
+        (["--latency-budget", "0.9"], "must be >= 1.0"),
+        (["--backend", "ort-cuda"], "backend ort-cuda is not installed here"),
+        (["--candidates", "nope.*"], "target 'nope.*' matches no Conv2d/Linear module"),
+        (["--latency-budget", "1.0001", "--candidates", "blocks.6.0.conv_dw"],
+         "unreachable: the cheapest layer, blocks.6.0.conv_dw, alone costs"),
+    ]
+    for extra, message in cases:
+        result = _plan(tmp_path, *extra)
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)
+        assert len(result.output.strip().splitlines()) == 1
+    size = CliRunner().invoke(main, ["plan", str(vit), "--input-size", "32", "--out", str(tmp_path / "plan.json")])
+    assert size.exit_code == 2 and "fails at input size (3, 32, 32)" in size.output, size.output
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_qdeploy_adapt_with_a_budget_goes_through_the_plan() -> None:
+    import qdeploy
+    from qdeploy.adaptation import quadratic_layers
+
+    model = load_base_model(TINY, pretrained=False)
+    with pytest.raises(QDeployError, match="must be >= 1.0"):
+        qdeploy.adapt(model, latency_budget=0.95, input_size=(32, 32))
+    assert not quadratic_layers(model)  # refused before anything changed
+    expected = resolve_targets(load_base_model(TINY, pretrained=False), None)
+    _, report = qdeploy.adapt(model, input_size=(32, 32))  # no budget: the family's defaults, as before
+    assert report.layers == expected and list(quadratic_layers(model)) == expected and report.plan is None
