@@ -137,7 +137,7 @@ def test_export_records_rewrites_and_no_tune_is_reproducible(plain, tmp_path) ->
     options = ExportOptions(input_size=SIZE[1:], modes=("decomposed",), tune=False)
     report = export_model(model, tmp_path / "a", options)
     export_model(model, tmp_path / "b", options)
-    rewrites = report["files"]["decomposed"]["rewrites"]
+    rewrites = report.files["decomposed"].rewrites
     assert rewrites["enabled"] and rewrites["folded_norms"] == 17
     assert all(info == {**info, "form": "blocked", "tuned": False} for info in rewrites["layers"].values())
     assert (tmp_path / "a" / "decomposed.onnx").read_bytes() == (tmp_path / "b" / "decomposed.onnx").read_bytes()

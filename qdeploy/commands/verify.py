@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
@@ -18,26 +17,27 @@ from qdeploy.commands.parsing import parse_ints
 from qdeploy.commands.tables import print_table
 from qdeploy.compare import PRESETS, resolve_tolerance
 from qdeploy.runtime import BACKENDS
+from qdeploy.store import VerifyReport
 from qdeploy.workflows.verify import verify_model
 
 
-def print_report(report: dict[str, Any], console: Console) -> None:
-    tol = report["tolerance"]
+def print_report(report: VerifyReport, console: Console) -> None:
+    tol = report.tolerance
     limits = (f"atol {tol['atol']:.0e}, rtol {tol['rtol']:.0e} of scale" if "atol" in tol
               else "per-output tolerances")
-    table = Table(title=f"{Path(report['model']).name or 'model'} on {report['backend']} vs PyTorch ({limits})")
-    several = len({s["output"] for s in report["sets"]}) > 1
+    table = Table(title=f"{Path(report.model).name or 'model'} on {report.backend} vs PyTorch ({limits})")
+    several = len({s["output"] for s in report.sets}) > 1
     for column in ("set", *(("output",) if several else ()), "n", "max abs", "q99 abs", "max rel", "cosine", "top-1",
                    "top-5", "acc torch", "acc", "ok"):
         table.add_column(column, no_wrap=True)
     percent = lambda value: "-" if value is None else f"{value:.1%}"  # noqa: E731
-    for s in report["sets"]:
+    for s in report.sets:
         table.add_row(s["name"], *((s["output"],) if several else ()), str(s["images"]), f"{s['max_abs']:.2e}",
                       f"{s['quantile_abs']:.2e}", f"{s['max_rel']:.2e}", f"{s['cosine']:.5f}",
                       percent(s["top1_agreement"]), percent(s["top5_agreement"]), percent(s["reference_accuracy"]),
                       percent(s["backend_accuracy"]), "yes" if s["passed"] else "[red]NO[/red]")
     print_table(console, table)
-    drift = report.get("drift")
+    drift = report.drift
     if drift:
         if drift["first_layer"] or drift["first_block"]:
             console.print(f"drift starts at quadratic layer {drift['first_layer'] or '-'} "

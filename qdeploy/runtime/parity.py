@@ -9,7 +9,7 @@ the accuracy of each side.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from qdeploy.data.eval_set import EvalSet
 from qdeploy.errors import QDeployError
 from qdeploy.export.parity import random_batch
 from qdeploy.runtime.engine import Engine
+from qdeploy.store import VerifyReport
 
 
 def run_all(engine: Engine, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -33,9 +34,9 @@ def run_all(engine: Engine, images: np.ndarray, batch_size: int) -> dict[str, np
 def verify(engine: Engine, reference: Engine, tolerance: Tolerance | Mapping[str, Tolerance],
            eval_set: EvalSet | None = None,
            random_batches: tuple[int, ...] = (1, 8), batch_size: int = 32, seed: int = 0,
-           cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+           cache: dict[str, dict[str, np.ndarray]] | None = None) -> VerifyReport:
     """Compare every output of `engine` with `reference` on random inputs and the labelled
-    `eval_set` (tolerance: one, or one per output name); the report dict. `cache`: the
+    `eval_set` (tolerance: one, or one per output name); the report. `cache`: the
     reference's outputs by set name, filled on first use (several engines, one reference run)."""
     shape = tuple(d for d in engine.inputs[0].shape[1:])
     if not all(isinstance(d, int) for d in shape):
@@ -51,13 +52,6 @@ def verify(engine: Engine, reference: Engine, tolerance: Tolerance | Mapping[str
         if name not in cache:
             cache[name] = run_all(reference, images, batch_size)
         comparisons += compare_all(name, cache[name], run_all(engine, images, batch_size), tolerance, labels)
-    return {
-        "backend": engine.backend,
-        "backend_detail": engine.describe(),
-        "model": str(getattr(engine, "path", "")),
-        "reference": reference.describe(),
-        "tolerance": ({out: asdict(t) for out, t in tolerance.items()} if isinstance(tolerance, Mapping)
-                      else asdict(tolerance)),
-        "sets": [c.to_dict() for c in comparisons],
-        "passed": all(c.passed for c in comparisons),
-    }
+    return VerifyReport(engine.backend, engine.describe(), str(getattr(engine, "path", "")), reference.describe(),
+                        {out: asdict(t) for out, t in tolerance.items()} if isinstance(tolerance, Mapping)
+                        else asdict(tolerance), [c.to_dict() for c in comparisons], all(c.passed for c in comparisons))

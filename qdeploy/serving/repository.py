@@ -18,13 +18,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Any, Sequence
 
 from qdeploy import __version__
 from qdeploy.atomic import staged_directory, write_text
 from qdeploy.errors import QDeployError
 from qdeploy.export.validate import load_onnx
 from qdeploy.runtime import TensorSpec, load_engine
+from qdeploy.store.artifacts import PythonBackendParameters
 from qdeploy.serving.datatypes import config_datatype, dtype_from_config
 
 PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
@@ -309,10 +310,10 @@ def _write_python_model(repo: str | Path, name: str, model_path: Path, *, max_ba
     else:
         raise QDeployError(f"{model_path.name}: the Python backend serves .onnx, .plan or model folders")
     inputs, outputs = read_signature(signature_from or model_path)
-    parameters = {"model_file": model_file, "engine_backend": engine_backend, "threads": str(threads)}
-    if plugin_lib is not None:
-        parameters["plugin_libs"] = str(Path(plugin_lib).resolve())
-    config = build_config(name, PYTHON_BACKEND, inputs, outputs, max_batch, instances, max_queue_delay_us, parameters)
+    parameters = PythonBackendParameters(model_file, engine_backend, threads,
+                                         (str(Path(plugin_lib).resolve()),) if plugin_lib is not None else ())
+    config = build_config(name, PYTHON_BACKEND, inputs, outputs, max_batch, instances, max_queue_delay_us,
+                          parameters.to_config())
     files["model.py"] = Path(__file__).with_name("triton_python_model.py")
     _write_model_folder(repo, name, version, config,
                         [f"{model_path.name} for Triton's Python backend: model.py runs qdeploy's "
@@ -359,6 +360,11 @@ class RepositoryModel:
         return PLATFORMS[self.path.suffix]
 
 
+def python_parameters(config: Any, where: str | Path) -> PythonBackendParameters:
+    """A Python-backend config's parameters, typed (the one reader the server and model.py share)."""
+    return PythonBackendParameters.from_config({k: v.string_value for k, v in config.parameters.items()}, str(where))
+
+
 def _find_model(folder: Path) -> RepositoryModel:
     config_path = folder / CONFIG_FILE
     config = read_config(config_path) if config_path.is_file() else None
@@ -368,10 +374,7 @@ def _find_model(folder: Path) -> RepositoryModel:
         raise QDeployError(f"{config_path}: platform {config.platform!r} is not served; "
                            f"use one of {sorted(MODEL_FILES)}")
     if config is not None and config.backend == PYTHON_BACKEND:
-        if "model_file" not in config.parameters:
-            raise QDeployError(f"{config_path}: a Python-backend model needs a 'model_file' parameter naming what "
-                               "model.py loads; write it with `qdeploy triton-repo --backend python`")
-        candidates = [config.parameters["model_file"].string_value]
+        candidates = [python_parameters(config, config_path).model_file]
     elif config is not None and config.default_model_filename:
         candidates = [config.default_model_filename]
     elif config is not None and config.platform:

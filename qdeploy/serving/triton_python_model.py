@@ -26,10 +26,7 @@ import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from qdeploy.runtime import load_engine  # noqa: E402
-
-
-def _parameters(config: dict) -> dict:
-    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+from qdeploy.store.artifacts import PythonBackendParameters  # noqa: E402
 
 
 def _output_tensor(name: str, array: np.ndarray):
@@ -43,13 +40,11 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        params = _parameters(config)
+        params = PythonBackendParameters.from_config(
+            {key: value["string_value"] for key, value in config.get("parameters", {}).items()}, config["name"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        options = {}
-        if params.get("plugin_libs"):
-            options["plugin_libs"] = params["plugin_libs"].split(":")
-        self.engine = load_engine(folder / params["model_file"], params.get("engine_backend", "auto"),
-                                  threads=int(params.get("threads", "0")), **options)
+        self.engine = load_engine(folder / params.model_file, params.engine_backend, params.threads,
+                                  **params.engine_options())
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.batching = config.get("max_batch_size", 0) > 0

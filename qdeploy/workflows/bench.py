@@ -53,8 +53,7 @@ def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list
             targets.append(Target(label, _engine_factory(path, "torch"), base="base torch"))
             continue
         model_folder = model_folder or stored.model_folder  # named by the export report beside it
-        if stored.report is not None:
-            size = size or tuple(stored.report["input"]["shape"][2:])
+        size = size or stored.input_size
         for file in stored.files:
             for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
                 targets.append(Target(f"{file.stem} {backend}", _engine_factory(file, backend), base=f"base {backend}",
@@ -95,8 +94,7 @@ def bench(models: Sequence[Path], backends: Sequence[str] = ("ort-cpu",), batche
             raise QDeployError("--base needs the adapted model, and no export report beside the files names an existing one: "
                                "pass its folder too, or use --no-base")
         stored = load(model_folder)
-        input_size = tuple(size) if size else ((stored.image_size,) * 2 if stored.image_size else None)
-        targets += base_targets(stored.model, targets, backends, out, input_size)
+        targets += base_targets(stored.model, targets, backends, out, size or stored.input_size)
     results = run_benchmark(targets, batches, thread_counts, warmup, iterations, time_budget, progress=progress,
                             rounds=rounds)
     paths = write_results(results, out, {"machine": machine(), "models": [str(m) for m in models]})

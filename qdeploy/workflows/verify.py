@@ -4,32 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from qdeploy import atomic
 from qdeploy.compare import Tolerance
-from qdeploy.data.eval_set import EvalSet, load_eval_set, training_split
+from qdeploy.data.eval_set import EvalSet, load_eval_set
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import Engine, load_engine
 from qdeploy.runtime.drift import localize_drift
 from qdeploy.runtime.parity import verify
 from qdeploy.runtime.torch_engine import TorchEngine
-from qdeploy.store import REPORT_FILE, locate
+from qdeploy.store import REPORT_FILE, VerifyReport, locate
 
 
 @dataclass
 class VerifyResult:
     """The verify report (as written to `path`) and the engine that was checked."""
 
-    report: dict[str, Any]
+    report: VerifyReport
     path: Path
     engine: Engine
 
     @property
     def passed(self) -> bool:
-        return bool(self.report["passed"])
+        return self.report.passed
 
 
 def find_reference(model: Path) -> Path:
@@ -43,7 +42,7 @@ def find_reference(model: Path) -> Path:
 
 def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance | Mapping[str, Tolerance],
                eval_set: EvalSet | None, random_batches: tuple[int, ...], batch_size: int, localize: bool | None,
-               threads: int, reference_cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+               threads: int, reference_cache: dict[str, dict[str, np.ndarray]] | None = None) -> VerifyReport:
     """verify(), plus the drift localisation of an ONNX engine that failed (or always with localize=True).
 
     reference_cache: reference outputs by input set, filled on first use, so several files
@@ -51,14 +50,14 @@ def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance | Ma
     """
     report = verify(engine, reference, tolerance, eval_set, random_batches, batch_size, cache=reference_cache)
     onnx_file = getattr(engine, "path", None)
-    wants = localize if localize is not None else not report["passed"]
+    wants = localize if localize is not None else not report.passed
     if wants and onnx_file is not None and Path(onnx_file).suffix == ".onnx":
         from qdeploy.export.parity import random_batch
 
         images = random_batch(tuple(engine.inputs[0].shape[1:]), 2, seed=0).numpy()
         backend = engine.backend if engine.backend.startswith("ort-") else "ort-cpu"
         drift_tolerance = tolerance if isinstance(tolerance, Tolerance) else next(iter(tolerance.values()))
-        report["drift"] = localize_drift(onnx_file, reference.model, images, drift_tolerance, backend, threads)
+        report.drift = localize_drift(onnx_file, reference.model, images, drift_tolerance, backend, threads)
     return report
 
 
@@ -79,11 +78,11 @@ def verify_model(model: Path, tolerance: Tolerance, reference: Path | None = Non
         raise QDeployError(f"{model} has a dynamic image size; export it with a fixed --input-size")
     reference_path = reference or find_reference(model)
     reference_engine = TorchEngine(reference_path, threads=threads, input_size=tuple(size))
-    training = locate(reference_path).record  # the natural eval set: the held-out part of its training data
-    data = None if data == "none" else (data or training.get("data"))
+    stored = locate(reference_path)  # the natural eval set: the held-out part of its training data
+    data = None if data == "none" else (data or stored.eval_data)
     eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit,
-                             **training_split(training, data)) if data else None
+                             **(stored.record.split_for(data) if stored.record else {})) if data else None
     report = run_verify(engine, reference_engine, tolerance, eval_set, random_batches, batch_size, localize, threads)
     out = out or (model if model.is_dir() else model.parent) / f"verify_{engine.backend}.json"
-    atomic.write_json(out, report)
+    report.write(out)
     return VerifyResult(report, out, engine)
