@@ -70,7 +70,7 @@ def reorders(path: Path, folder: Path) -> dict[str, int]:
 
 
 def top1_agreement(a: Path, b: Path, images: np.ndarray) -> float:
-    from qdeploy.export.parity import ort_session
+    from qdeploy.onnx_io import ort_session
 
     outputs = [np.concatenate([ort_session(p).run(None, {"input": images[i:i + 64]})[0]
                                for i in range(0, len(images), 64)]) for p in (a, b)]

@@ -13,7 +13,8 @@ from qdeploy.adaptation import quadratic_layers
 from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
-from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session
+from qdeploy.export import ExportOptions, check_onnx_file, export_model
+from qdeploy.onnx_io import ort_session
 from qdeploy.compare import PRESETS, Tolerance
 from qdeploy.layers import QuadConfig
 from tests.conftest import family_model

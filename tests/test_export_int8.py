@@ -13,7 +13,8 @@ from PIL import Image
 from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
-from qdeploy.export import ExportOptions, export_model, ort_session
+from qdeploy.export import ExportOptions, export_model
+from qdeploy.onnx_io import ort_session
 from qdeploy.export import int8
 from qdeploy.data.eval_set import load_eval_set
 from tests.export_helpers import tiny_model

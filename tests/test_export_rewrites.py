@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from qdeploy.adaptation import quadratic_layers
-from qdeploy.export import ExportOptions, export_model, ort_session
+from qdeploy.export import ExportOptions, export_model
+from qdeploy.onnx_io import ort_session
 from qdeploy.export.forms import FORMS, TuneSettings
 from qdeploy.export.graph_rewrites import rewrite_graph
-from qdeploy.export.layer_names import layer_of, part_of
+from qdeploy.onnx_io import layer_of, part_of
 from qdeploy.export.norm_fold import fold_norms
 from qdeploy.models.sources import load_base_model
 from tests.export_helpers import adapted

@@ -114,10 +114,10 @@ def _print_rewrites(info: ExportedFile, console: Console) -> None:
 def _write_triton(repo: Path, name: str, model_path: Path, batch: int | None) -> None:
     """The exported file as `<repo>/<name>/1/model.onnx` + config.pbtxt (issue #7's layout).
 
-    A dynamic-batch export lets Triton batch requests (max_batch_size 8); a fixed --batch N
+    A dynamic-batch export lets Triton batch requests (max_batch_size MAX_BATCH); a fixed --batch N
     graph has no free batch axis, so it is served as is (max_batch_size 0).
     """
-    from qdeploy.serving.repository import CONFIG_FILE, write_triton_model
+    from qdeploy.serving.repository import CONFIG_FILE, MAX_BATCH, write_triton_model
 
-    folder = write_triton_model(repo, name, model_path, max_batch=8 if batch is None else 0)
+    folder = write_triton_model(repo, name, model_path, max_batch=MAX_BATCH if batch is None else 0)
     Console().print(f"Triton model: {folder / CONFIG_FILE} and {folder / '1'}/")

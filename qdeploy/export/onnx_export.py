@@ -31,9 +31,10 @@ from qdeploy.export.graph_rewrites import Forms, rewrite_graph
 from qdeploy.export.int8 import INT8_TARGETS, int8_parity, quantize_qdq
 from qdeploy.export.rewrite import export_copy
 from qdeploy.compare import PRESETS
-from qdeploy.export.parity import check_parity, random_batch, sample_batch
+from qdeploy.export.parity import check_parity, sample_batch
 from qdeploy.export.report import files_bytes, node_counts, weights_sha256
 from qdeploy.export.validate import check_onnx_file
+from qdeploy.onnx_io import RANDOM_BATCHES, ort_session, random_batch, random_sets
 from qdeploy.model_io import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, model_input_size
 from qdeploy.store import EXPORT_MODES, ExportedFile, ExportReport, Stored, config_of, locate, write_report
 
@@ -224,11 +225,10 @@ def save_onnx(model: ir.Model, path: Path, threshold: int = EXTERNAL_DATA_THRESH
     return external
 
 
-def _input_sets(model: nn.Module, shape: tuple[int, int, int], batch: int | None) -> dict[str, torch.Tensor]:
-    """Random inputs at batch 1 and 7 (dynamic) or at the fixed batch, and real photos."""
-    batches = (1, 7) if batch is None else (batch,)
-    sets = {f"random_b{b}": random_batch(shape, b, seed=b) for b in batches}
-    sets["samples"] = sample_batch(model, shape, 3 if batch is None else batch)
+def _input_sets(model: nn.Module, shape: tuple[int, int, int], batch: int | None) -> dict[str, np.ndarray]:
+    """verify's random sets (RANDOM_BATCHES when dynamic, else the fixed batch) and real photos."""
+    sets = random_sets(shape, RANDOM_BATCHES if batch is None else (batch,))
+    sets["samples"] = sample_batch(model, shape, 3 if batch is None else batch).numpy()
     return sets
 
 
@@ -255,8 +255,6 @@ def _quantize(model: nn.Module, path: Path, eval_set, options: ExportOptions, ou
     onnx.save(quantized, str(path))
     fp32.unlink()
     check_onnx_file(path)
-    from qdeploy.export.parity import ort_session
-
     session = ort_session(path)
     reference = np.concatenate([run_reference(model, torch.from_numpy(images)).float().numpy()
                                 for images, _ in eval_set.batches(64)])
@@ -303,13 +301,14 @@ def export_model(model: nn.Module | Stored | str | Path, out: str | Path,
     shape = _input_shape(model, options)
     layers = quadratic_layers(model)
     inputs = _input_sets(model, shape, options.batch)
-    references = {name: [t.float().numpy() for t in _as_list(run_reference(model, batch))] for name, batch in inputs.items()}
+    references = {name: [t.float().numpy() for t in _as_list(run_reference(model, torch.from_numpy(batch)))]
+                  for name, batch in inputs.items()}
 
     eval_set = _calibration_set(model, shape, options)
     exportable = export_copy(model, fused="fused" in options.modes)
     if options.precision == "fp16":
         exportable = fp16_compute(exportable)
-    example = random_batch(shape, options.batch or 2, seed=0)
+    example = torch.from_numpy(random_batch(shape, options.batch or 2, seed=0))
     convert_start = time.perf_counter()
     base = to_onnx(exportable, example, options.batch is None, options.opset)
     convert_s = time.perf_counter() - convert_start

@@ -18,8 +18,8 @@ from qdeploy.runtime import Engine, TensorSpec, load_engine
 from qdeploy.serving.batcher import DynamicBatcher
 from qdeploy.serving.datatypes import protocol_datatype
 from qdeploy.serving.protocol import InferRequest
-from qdeploy.serving.repository import (PYTHON_BACKEND, RepositoryModel, build_config, check_config_matches,
-                                        python_parameters, scan_repository)
+from qdeploy.serving.repository import (MAX_BATCH, MAX_QUEUE_DELAY_US, PYTHON_BACKEND, RepositoryModel, build_config,
+                                        check_config_matches, python_parameters, scan_repository)
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class ServeOptions:
     threads: int = 0  # ONNX Runtime intra-op threads per engine; 0: one per core
     check_finite: bool = False  # refuse NaN/Inf inputs with 400
     instances: int | None = None  # engines per model; None: config's instance_group count, else 1
-    max_batch: int = 8  # default max_batch_size for models without config.pbtxt
-    max_queue_delay_us: int = 100  # default dynamic_batching delay
+    max_batch: int = MAX_BATCH  # default max_batch_size for models without config.pbtxt
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US  # default dynamic_batching delay
     max_queue: int = 64  # default waiting requests per model before 503
     timeout_s: float = 30.0  # default longest wait in the queue (504 after it), as Triton's queue policy
 

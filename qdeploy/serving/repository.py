@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from qdeploy import __version__
 from qdeploy.atomic import staged_directory, write_text
 from qdeploy.errors import QDeployError
-from qdeploy.export.validate import load_onnx
+from qdeploy.onnx_io import load_onnx
 from qdeploy.runtime import TensorSpec, load_engine
 from qdeploy.store.artifacts import PythonBackendParameters
 from qdeploy.serving.datatypes import config_datatype, dtype_from_config
@@ -33,6 +33,7 @@ MODEL_FILES = {platform: "model" + suffix for suffix, platform in PLATFORMS.item
 CONFIG_FILE = "config.pbtxt"
 PYTHON_BACKEND = "python"
 TORCH_MODEL_FOLDER = "model"  # a model folder (safetensors + adapter.json) in a Python-backend version
+MAX_BATCH, MAX_QUEUE_DELAY_US = 8, 100  # the dynamic batching qdeploy writes and serves by default
 # ONNX domains ONNX Runtime implements itself; nodes of any other domain need a plugin
 # unless the model carries a local function of that name.
 _ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -178,7 +179,7 @@ def _tensor_dims(spec: TensorSpec, max_batch: int) -> list[int]:
 
 
 def build_config(name: str, platform: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                 max_batch: int = 8, instances: int = 1, max_queue_delay_us: int = 100,
+                 max_batch: int = MAX_BATCH, instances: int = 1, max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
                  parameters: dict[str, str] | None = None):
     """A Triton ModelConfig for a model with these tensors.
 
@@ -243,8 +244,8 @@ def plugin_notes(platform: str, plugin_lib: str | Path | None) -> list[str]:
             "The library must be built against the TensorRT version of the Triton image."]
 
 
-def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, max_batch: int = 8,
-                       instances: int = 1, max_queue_delay_us: int = 100,
+def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, max_batch: int = MAX_BATCH,
+                       instances: int = 1, max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
                        plugin_lib: str | Path | None = None, signature_from: str | Path | None = None,
                        version: int = 1, backend: str = "platform", engine_backend: str = "auto",
                        threads: int = 0) -> Path:

@@ -23,7 +23,8 @@ from qdeploy.lazy import lazy_exports
 
 # The layout (paths, JSON records) imports no torch; the models side does, on first use.
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    **dict.fromkeys(["ADAPTER_FILE", "BASE_FILE", "EXPORT_MODES", "PLAN_INFO_FILE", "PLAN_SUFFIXES", "REPORT_FILE", "RUN_MODEL_DIR",
+    **dict.fromkeys(["ADAPTER_FILE", "BASE_FILE", "CHECKPOINT_DIR", "SUMMARY_FILE",
+                     "EXPORT_MODES", "PLAN_INFO_FILE", "PLAN_SUFFIXES", "REPORT_FILE", "RUN_MODEL_DIR",
                      "WEIGHTS_FILE", "Stored", "is_model_folder", "locate", "model_config", "read_record",
                      "read_report", "write_report"], "layout"),
     **dict.fromkeys(["ExportReport", "ExportedFile", "PythonBackendParameters", "TrainingRecord", "VerifyReport"],

@@ -20,6 +20,7 @@ BASE_FILE = "base.json"
 BASE_FORMAT = "qdeploy-base/1"
 MODEL_CONFIGS = {ADAPTER_FILE: ADAPTER_FORMAT, BASE_FILE: BASE_FORMAT}
 RUN_MODEL_DIR = "model"  # a train run's deliverable, inside the run folder
+CHECKPOINT_DIR, SUMMARY_FILE = "checkpoint", "summary.json"  # a train run's resumable state and its summary
 REPORT_FILE = "export_report.json"
 EXPORT_MODES = ("decomposed", "fused")  # <mode>.onnx in an export folder
 PLAN_SUFFIXES = (".plan", ".engine")  # serialized TensorRT engines, as `qdeploy build` and trtexec name them
@@ -150,7 +151,7 @@ def locate(path: str | Path) -> Stored:
             report = read_report(path)
             files = tuple(path / f"{mode}.onnx" for mode in EXPORT_MODES if (path / f"{mode}.onnx").is_file())
             return Stored("export", path, _report_source(report, path), report, files)
-        if (path / "checkpoint").is_dir() or (path / "summary.json").is_file():
+        if (path / CHECKPOINT_DIR).is_dir() or (path / SUMMARY_FILE).is_file():
             raise QDeployError(f"{path} is a train run without {RUN_MODEL_DIR}/{ADAPTER_FILE} or "
                                f"{RUN_MODEL_DIR}/{BASE_FILE}: the run did not finish; resume it (qdeploy train --resume)")
         raise QDeployError(f"{path} holds no qdeploy model (no {ADAPTER_FILE}, {BASE_FILE}, {RUN_MODEL_DIR}/ "

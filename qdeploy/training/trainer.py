@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from qdeploy import atomic
 from qdeploy.adaptation import AdaptReport
 from qdeploy.errors import QDeployError
-from qdeploy.store import RUN_MODEL_DIR, TrainingRecord, save
+from qdeploy.store import CHECKPOINT_DIR, RUN_MODEL_DIR, SUMMARY_FILE, TrainingRecord, save
 from qdeploy.training.checkpointing import Checkpoint, read_checkpoint, read_checkpoint_state, save_checkpoint
 from qdeploy.training.config import AUTO_LR, TrainConfig
 from qdeploy.training.data import build_data, steps_per_epoch, train_loader, val_loader
@@ -51,8 +51,6 @@ from qdeploy.training.progress import ProgressBar
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass

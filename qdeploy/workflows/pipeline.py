@@ -11,8 +11,8 @@ once for both files.
 
 Training defaults (measured, README "What qdeploy pipeline shows"): the primary trains with
 the quadratic terms (`--train-primary`; frozen ImageNet features on 64 px shifted digits
-learn several times slower), EPOCHS epochs at the trainer's AdamW defaults, each run capped
-at TRAIN_MINUTES.
+learn several times slower), TrainConfig's epochs at the trainer's AdamW defaults, each run
+capped at TRAIN_MINUTES.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from rich.console import Console
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BUILTIN_DEFAULT
-from qdeploy.store import VerifyReport
+from qdeploy.store import EXPORT_MODES, VerifyReport
+from qdeploy.training.config import TrainConfig
 
 SUMMARY_FILE = "pipeline_summary.json"
-EPOCHS = 3
 TRAIN_MINUTES = 3.0
-MODES = ("decomposed", "fused")
+MODES = EXPORT_MODES
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class PipelineOptions:
     data: str = field(default="digits-shift",
                       metadata={"help": "'digits-shift', 'fashion-mnist[:DIR]' or an ImageFolder path."})
     out: Path = field(default=Path("runs/pipeline"), metadata={"help": "Folder for every output."})
-    epochs: int = field(default=EPOCHS, metadata={"help": "Epochs of each training run."})
+    epochs: int = field(default=TrainConfig.epochs, metadata={"help": "Epochs of each training run."})
     train_minutes: float = field(default=TRAIN_MINUTES, metadata={"help": "Time budget of each training run (minutes)."})
     max_samples: int | None = field(default=None, metadata={"help": "Cap train/val images (quick trials)."})
     batches: tuple[int, ...] = field(default=(1, 32), metadata={"help": "Bench batch sizes.", "option": "--batch"})
@@ -105,7 +105,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     from qdeploy.runtime.torch_engine import TorchEngine
     from qdeploy.store import load
     from qdeploy.workflows.bench import base_targets
-    from qdeploy.workflows.verify import run_verify
+    from qdeploy.workflows.verify import VerifyOptions, run_verify
 
     for folder in ("train", "finetune"):
         if (options.out / folder).exists():
@@ -141,7 +141,8 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     cache: dict[str, Any] = {}  # the reference's outputs, computed once for both files
     parity = {}
     for mode, engine in engines.items():
-        parity[mode] = run_verify(engine, reference, tolerance, eval_set, (1, 8), 32, None, options.threads, cache)
+        parity[mode] = run_verify(engine, reference, tolerance, eval_set, VerifyOptions.random_batches,
+                                  VerifyOptions.batch_size, None, options.threads, cache)
         parity[mode].write(options.out / f"verify_{mode}.json")
     stages["verify_s"] = time.perf_counter() - tick
 
