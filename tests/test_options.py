@@ -8,6 +8,7 @@ import pytest
 
 from qdeploy.commands import load_command
 from qdeploy.serving.models import ServeOptions
+from qdeploy.workflows.bench import BenchOptions
 from qdeploy.workflows.pipeline import PipelineOptions
 from qdeploy.workflows.verify import VerifyOptions
 
@@ -22,14 +23,16 @@ def differing_defaults(command: str, options: type) -> list[str]:
         if spec.name not in params or spec.default is MISSING:
             continue
         cli = params[spec.name].default
-        expected = ",".join(map(str, spec.default)) if isinstance(spec.default, tuple) else spec.default
+        repeatable = getattr(params[spec.name], "multiple", False)
+        expected = (",".join(map(str, spec.default)) if isinstance(spec.default, tuple) and not repeatable
+                    else spec.default)
         if cli != expected:
             problems.append(f"--{spec.name}: CLI {cli!r} vs {options.__name__} {spec.default!r}")
     return problems
 
 
-@pytest.mark.parametrize("command, options", [("verify", VerifyOptions), ("pipeline", PipelineOptions),
-                                              ("serve", ServeOptions)])
+@pytest.mark.parametrize("command, options", [("verify", VerifyOptions), ("bench", BenchOptions),
+                                              ("pipeline", PipelineOptions), ("serve", ServeOptions)])
 def test_cli_defaults_are_the_dataclass_defaults(command, options) -> None:
     params = {p.name for p in load_command(command).params}
     assert {f.name for f in fields(options)} <= params  # every field is an option, so every default is compared

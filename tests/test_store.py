@@ -132,7 +132,7 @@ def test_a_plan_with_a_foreign_engine_json_is_one_line(tmp_path) -> None:
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\0")
     (tmp_path / "engine.json").write_text(json.dumps({"format": 1}))
-    with pytest.raises(QDeployError, match=r"engine.json is not a qdeploy engine.json .*rebuild with `qdeploy build`"):
+    with pytest.raises(QDeployError, match=r"engine.json is not a qdeploy EngineInfo .*re-create it with `qdeploy build`"):
         locate(plan)
 
 

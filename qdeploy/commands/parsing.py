@@ -40,6 +40,9 @@ def dataclass_options(cls: type) -> Callable[[Callable], Callable]:
                 off = spec.metadata.get("off", "--no-" + name[2:])
                 option = click.option(f"{name}/{off}", spec.name, default=spec.default, show_default=spec.default is not None,
                                       help=help_text)
+            elif spec.type == "tuple[str, ...]":  # a repeatable option
+                option = click.option(name, spec.name, multiple=True, type=click.Choice(list(spec.metadata["choices"])),
+                                      default=spec.default, show_default=True, help=help_text)
             elif spec.type == "tuple[int, ...]":
                 option = click.option(name, spec.name, default=",".join(map(str, spec.default)), show_default=True,
                                       help=help_text + " Comma-separated.")

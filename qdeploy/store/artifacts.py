@@ -33,7 +33,7 @@ def read_json(path: Path, writer: str = "the qdeploy command that wrote it") -> 
 class Artifact:
     """A versioned JSON record: FORMAT names kind and version, WRITER the command that re-creates it."""
 
-    FORMAT: ClassVar[str]
+    FORMAT: ClassVar[str | int]
     WRITER: ClassVar[str]
 
     def to_json(self) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class Artifact:
         try:
             return cls._from_fields({f.name: data[f.name] for f in fields(cls) if f.name in data})  # type: ignore
         except (TypeError, ValueError, KeyError) as exc:
-            raise QDeployError(f"{where} is not a valid {cls.FORMAT} ({exc}); re-create it with {cls.WRITER}") from exc
+            raise QDeployError(f"{where} is not a qdeploy {cls.__name__} ({exc}); re-create it with {cls.WRITER}") from exc
 
     @classmethod
     def _from_fields(cls: type[A], values: dict[str, Any]) -> A:
