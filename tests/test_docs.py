@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s+(.+?)\s*-->")
-SLOW = re.compile(r"<!--\s*docs-test:\s*slow\b")
+SKIP = re.compile(r"\s*<!--\s*docs-test:\s*skip\s+(.+?)\s*-->\s*")  # a line of its own
+SLOW = re.compile(r"^\s*<!--\s*docs-test:\s*slow\b.*-->\s*$", re.MULTILINE)
 FENCE = re.compile(r"^(`{3,})\s*(\S*)")
 BLOCK_TIMEOUT_S = 1200  # the README tour's first block trains and exports: minutes on a loaded 2-core CPU
 
@@ -44,7 +44,7 @@ def bash_blocks(text: str) -> list[Block]:
         match = FENCE.match(line)
         if fence is None and match:
             fence, language, start, body = match.group(1), match.group(2), number, []
-            marked = SKIP.search(previous)  # the marker is the last non-blank line before the fence
+            marked = SKIP.fullmatch(previous)  # the marker is the last non-blank line before the fence
             skip = marked.group(1) if marked else None
         elif fence is None:
             previous = line if line.strip() else previous
@@ -136,6 +136,8 @@ def test_blocks_are_found_with_their_skip_reasons_and_failures_are_caught(tmp_pa
             "```\n```bash\ncat one.txt\n```\n\n```python\nprint('not run')\n```\n")
     blocks = bash_blocks(text)
     assert [(b.line, b.skip) for b in blocks] == [(3, None), (8, "needs a GPU"), (11, None)]
+    mentioned = bash_blocks("Mark a block with `<!-- docs-test: skip REASON -->`:\n```bash\ntrue\n```\n")
+    assert mentioned[0].skip is None and not SLOW.search("pages carry `<!-- docs-test: slow REASON -->` ...")
     assert [run_block(b.code, tmp_path).returncode for b in (blocks[0], blocks[2])] == [0, 0]
     failing = run_block("false\necho the rest must not run\n", tmp_path)
     assert failing.returncode == 1 and "the rest" not in failing.stdout
