@@ -59,18 +59,17 @@ def adapted_model(model_dir: str | None) -> torch.nn.Module:
 def reorders(path: Path, folder: Path) -> dict[str, int]:
     """Reorder nodes in ONNX Runtime's optimized CPU graph of `path`."""
     import onnx
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(folder / f"{path.stem}.optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    counts = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    from qdeploy.onnx_io import ort_session
+
+    optimized = folder / f"{path.stem}.optimized.onnx"
+    ort_session(path, optimized_model_filepath=str(optimized))
+    counts = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
     return {op: counts[op] for op in ("ReorderInput", "ReorderOutput")}
 
 
 def top1_agreement(a: Path, b: Path, images: np.ndarray) -> float:
-    from qdeploy.export.parity import ort_session
+    from qdeploy.onnx_io import ort_session
 
     outputs = [np.concatenate([ort_session(p).run(None, {"input": images[i:i + 64]})[0]
                                for i in range(0, len(images), 64)]) for p in (a, b)]

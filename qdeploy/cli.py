@@ -12,7 +12,7 @@ from qdeploy.errors import exit_on_user_error
 
 
 class _Group(click.Group):
-    """Loads sub-commands on demand, and turns QDeployError into one line and exit status 2."""
+    """Loads sub-commands on demand; a QDeployError is one line and exit status 2, a bug exit status 3."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -26,10 +26,13 @@ class _Group(click.Group):
             formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
     def invoke(self, ctx: click.Context):
-        return exit_on_user_error(functools.partial(super().invoke, ctx))
+        return exit_on_user_error(functools.partial(super().invoke, ctx), debug=ctx.params.get("debug", False),
+                                  passthrough=(click.exceptions.ClickException, click.exceptions.Exit,
+                                               click.exceptions.Abort))
 
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="qdeploy")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="On an error, print the chained traceback (also QDEPLOY_DEBUG=1).")
+def main(debug: bool) -> None:
     """Adapt pretrained models into quadratic networks, export, verify, bench and serve them."""

@@ -15,7 +15,7 @@ numpy only (no torch): the server and the runtime readers import it cheaply.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -109,6 +109,22 @@ def compare(reference: np.ndarray, output: np.ndarray, tolerance: Tolerance, nam
         reference_accuracy=accuracy(flat_ref) if accuracy else None,
         backend_accuracy=accuracy(flat_out) if accuracy else None,
         passed=bool(np.isfinite(max_abs) and max_abs <= tolerance.bound(scale)))
+
+
+def compare_sets(sets: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+                 reference: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+                 backend: Callable[[np.ndarray], Mapping[str, np.ndarray]], tolerance: Tolerance | Mapping[str, Tolerance],
+                 cache: dict[str, Mapping[str, np.ndarray]] | None = None) -> list[Comparison]:
+    """Run both sides on every named input set ((images, labels or None)) and compare every output:
+    the one path export parity and `qdeploy verify` share. `cache`: reference outputs by set name,
+    filled on first use (several backends, one reference run)."""
+    cache = {} if cache is None else cache
+    comparisons: list[Comparison] = []
+    for name, (images, labels) in sets.items():
+        if name not in cache:
+            cache[name] = reference(images)
+        comparisons += compare_all(name, cache[name], backend(images), tolerance, labels)
+    return comparisons
 
 
 def compare_all(name: str, references: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],

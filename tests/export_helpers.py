@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms
-from qdeploy.export import ort_session
+from qdeploy.onnx_io import ort_session
 from qdeploy.export.translations import plugin_nodes
 from qdeploy.models.sources import load_base_model
 

@@ -30,13 +30,13 @@ def builtin(tmp_path_factory) -> tuple[torch.nn.Module, Path, dict]:
 
 def test_both_modes_pass_parity_on_random_and_real_images(builtin) -> None:
     model, out, report = builtin
-    assert report["base"]["name"] == "efficientnet_lite0" and report["quadratic_layers"] == 16
+    assert report.base["name"] == "efficientnet_lite0" and report.quadratic_layers == 16
     for mode in ("decomposed", "fused"):
-        parity = report["files"][mode]["parity"]
+        parity = report.files[mode].parity
         assert all(s["passed"] and s["max_rel"] <= FP32_TOLERANCE for s in parity.values())
         assert parity["samples"]["top1_agreement"] == 1.0
         assert_parity(out / f"{mode}.onnx", model, torch.randn(5, *SIZE), FP32_TOLERANCE)
-    assert report["files"]["fused"]["nodes"][f"{PLUGIN_DOMAIN}::{PRODUCT_OP}"] == 16
+    assert report.files["fused"].nodes[f"{PLUGIN_DOMAIN}::{PRODUCT_OP}"] == 16
 
 
 def test_tf_same_pads_are_the_static_pads_of_the_export_size(builtin) -> None:

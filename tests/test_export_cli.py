@@ -41,29 +41,29 @@ def test_cli_fp16_export_from_a_checkpoint_writes_files_and_a_true_report(tmp_pa
     assert [(t.name, list(t.dims)) for t in config.output] == [("output", [1000])]
 
     report = read_report(out)
-    assert report["precision"] == "fp16" and report["opset"] == 20 and report["source"] == str(checkpoint)
-    assert report["tolerance"] == asdict(PRESETS["fp16"])
+    assert report.precision == "fp16" and report.opset == 20 and report.source == str(checkpoint)
+    assert report.tolerance == asdict(PRESETS["fp16"])
     assert PRESETS["fp16"].rtol > PRESETS["fp32"].rtol
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = model(x).numpy()
-    for mode, info in report["files"].items():
-        path = out / info["file"]
+    for mode, info in report.files.items():
+        path = out / info.file
         proto = onnx.load(path)
         # The report's numbers describe the file on disk.
-        assert info["file_bytes"] == path.stat().st_size
-        assert info["nodes"] == dict(sorted(Counter(
+        assert info.file_bytes == path.stat().st_size
+        assert info.nodes == dict(sorted(Counter(
             n.op_type if n.domain == "" else f"{n.domain}::{n.op_type}" for n in proto.graph.node).items()))
-        assert info["plugin_nodes"] == (4 if mode == "fused" else 0) == info["nodes"].get(f"{PLUGIN_DOMAIN}::AtrousQuadConv", 0)
-        assert info["export_s"] > 0 and report["total_s"] >= info["export_s"]
-        for stats in info["parity"].values():
+        assert info.plugin_nodes == (4 if mode == "fused" else 0) == info.nodes.get(f"{PLUGIN_DOMAIN}::AtrousQuadConv", 0)
+        assert info.export_s > 0 and report.total_s >= info.export_s
+        for stats in info.parity.values():
             assert stats["passed"] and 0 <= stats["max_abs"] <= PRESETS["fp16"].bound(stats["output_scale"])
             assert stats["max_rel"] == stats["max_abs"] / stats["output_scale"]
             assert stats["cosine"] > 0.999 and stats["top1_agreement"] == 1.0
         # fp16 compute, fp32 interface, opset 20 everywhere (functions included).
         assert [i.type.tensor_type.elem_type for i in (*proto.graph.input, *proto.graph.output)] == [TensorProto.FLOAT] * 2
         assert {i.data_type for i in proto.graph.initializer if len(i.dims) == 4} == {TensorProto.FLOAT16}
-        assert info["nodes"]["Cast"] == 2
+        assert info.nodes["Cast"] == 2
         assert {o.version for o in proto.opset_import if o.domain == ""} == {20}
         assert all({o.version for o in f.opset_import if o.domain == ""} == {20} for f in proto.functions)
         output = run_onnx(path, x)

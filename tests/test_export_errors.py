@@ -13,7 +13,8 @@ from qdeploy.adaptation import quadratic_layers
 from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
-from qdeploy.export import ExportOptions, check_onnx_file, export_model, ort_session
+from qdeploy.export import ExportOptions, check_onnx_file, export_model
+from qdeploy.onnx_io import ort_session
 from qdeploy.compare import PRESETS, Tolerance
 from qdeploy.layers import QuadConfig
 from tests.conftest import family_model
@@ -49,7 +50,7 @@ def test_rbf_layers_export_decomposed_only(tmp_path) -> None:
         export_model(model, tmp_path / "fused", ExportOptions(modes=("fused",), input_size=(32, 32)))
     assert not (tmp_path / "fused").exists()
     report = export_model(model, tmp_path / "dec", ExportOptions(modes=("decomposed",), input_size=(32, 32), batch=2))
-    assert report["input"]["shape"] == [2, 3, 32, 32] and set(report["files"]) == {"decomposed"}
+    assert report.input["shape"] == [2, 3, 32, 32] and set(report.files) == {"decomposed"}
     assert_parity(tmp_path / "dec" / "decomposed.onnx", model, torch.randn(2, 3, 32, 32), 1e-4)
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
-from qdeploy.export import ExportOptions, export_model, ort_session
+from qdeploy.export import ExportOptions, export_model
+from qdeploy.onnx_io import ort_session
 from qdeploy.export import int8
 from qdeploy.data.eval_set import load_eval_set
 from tests.export_helpers import tiny_model
@@ -46,12 +47,12 @@ def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> 
     model = tiny_model()
     data = image_folder(tmp_path / "calib")
     report = export_model(model, tmp_path / "out", options(str(data)))
-    info = report["files"]["decomposed"]
+    info = report.files["decomposed"]
     path = tmp_path / "out" / "decomposed.onnx"
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "BatchNormalization" not in ops
-    assert info["nodes"]["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert info.nodes["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert '"precision": "int8"' in meta["qdeploy.export"] and "qdeploy.weights_sha256" in meta
     eval_set = load_eval_set(str(data), model, SIZE)
@@ -61,11 +62,11 @@ def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> 
     with torch.no_grad():
         reference = model(torch.from_numpy(eval_set.images)).numpy()
     expected = int8.int8_parity(reference, output, eval_set.labels)
-    got = info["int8"]
+    got = info.int8
     assert got["images"] == len(eval_set.labels) == 2 and got["calibration_images"] == 2  # val split of 12 images
     assert got["top1_agreement"] == pytest.approx(expected["top1_agreement"])
     assert got["int8_accuracy"] == pytest.approx(expected["int8_accuracy"]) and got["target"] == "ort-cpu"
-    assert info["parity"]["random_b1"]["passed"]  # the fp32 graph it came from met the fp32 preset
+    assert info.parity["random_b1"]["passed"]  # the fp32 graph it came from met the fp32 preset
 
 
 def test_int8_parity_rule() -> None:

@@ -100,7 +100,7 @@ def test_grouped_layers_with_rank_above_groups_export_exactly(grouped_export) ->
     groups = {layer.primary.groups: layer.rank for layer in quadratic_layers(model).values()}
     assert {g for g, rank in groups.items() if rank > g} >= {2, 3, 4}
     for mode in ("decomposed", "fused"):
-        assert all(s["passed"] for s in report["files"][mode]["parity"].values())
+        assert all(s["passed"] for s in report.files[mode].parity.values())
         assert_parity(out / f"{mode}.onnx", model, torch.randn(3, 3, 32, 32), FP32_TOLERANCE)
 
 
@@ -129,18 +129,18 @@ def test_depthwise_layers_with_two_products_per_group_export_exactly(same_pads_e
     model, out, report = same_pads_export
     for layer in quadratic_layers(model).values():
         assert layer.primary.groups > 1 and layer.rank == 2 * layer.primary.groups
-    assert report["files"]["fused"]["nodes"]["trt.plugins::AtrousQuadConv"] == 2
+    assert report.files["fused"].nodes["trt.plugins::AtrousQuadConv"] == 2
     for mode in ("decomposed", "fused"):
-        assert all(s["passed"] for s in report["files"][mode]["parity"].values())
+        assert all(s["passed"] for s in report.files[mode].parity.values())
         assert_parity(out / f"{mode}.onnx", model, torch.randn(3, 3, 32, 32), FP32_TOLERANCE)
 
 
 def test_external_data_sits_beside_the_model(same_pads_export) -> None:
     _, out, report = same_pads_export
     for mode in ("decomposed", "fused"):
-        info = report["files"][mode]
+        info = report.files[mode]
         data = out / f"{mode}.onnx.data"
-        assert info["external_data"] and data.stat().st_size > 0
-        assert info["file_bytes"] == (out / info["file"]).stat().st_size + data.stat().st_size
-        check_onnx_file(out / info["file"])
-        assert onnx.load(out / info["file"], load_external_data=False).ByteSize() < data.stat().st_size
+        assert info.external_data and data.stat().st_size > 0
+        assert info.file_bytes == (out / info.file).stat().st_size + data.stat().st_size
+        check_onnx_file(out / info.file)
+        assert onnx.load(out / info.file, load_external_data=False).ByteSize() < data.stat().st_size

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from qdeploy.adaptation import quadratic_layers
-from qdeploy.export import ExportOptions, export_model, ort_session
+from qdeploy.export import ExportOptions, export_model
+from qdeploy.onnx_io import ort_session
 from qdeploy.export.forms import FORMS, TuneSettings
 from qdeploy.export.graph_rewrites import rewrite_graph
-from qdeploy.export.layer_names import layer_of, part_of
+from qdeploy.onnx_io import layer_of, part_of
 from qdeploy.export.norm_fold import fold_norms
 from qdeploy.models.sources import load_base_model
 from tests.export_helpers import adapted
@@ -137,7 +138,7 @@ def test_export_records_rewrites_and_no_tune_is_reproducible(plain, tmp_path) ->
     options = ExportOptions(input_size=SIZE[1:], modes=("decomposed",), tune=False)
     report = export_model(model, tmp_path / "a", options)
     export_model(model, tmp_path / "b", options)
-    rewrites = report["files"]["decomposed"]["rewrites"]
+    rewrites = report.files["decomposed"].rewrites
     assert rewrites["enabled"] and rewrites["folded_norms"] == 17
     assert all(info == {**info, "form": "blocked", "tuned": False} for info in rewrites["layers"].values())
     assert (tmp_path / "a" / "decomposed.onnx").read_bytes() == (tmp_path / "b" / "decomposed.onnx").read_bytes()

@@ -54,7 +54,7 @@ def test_bad_inputs_are_clear_errors(tiny_onnx, tmp_path) -> None:
         load_engine(tmp_path / "missing.onnx")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(open(path, "rb").read()[:100])
-    with pytest.raises(QDeployError, match="cannot load"):
+    with pytest.raises(QDeployError, match="is not a readable ONNX model .*re-export it"):
         load_engine(corrupt, "ort-cpu")
 
 

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
+from qdeploy.store import VerifyReport
 from qdeploy.runtime import load_engine
 from qdeploy.runtime.drift import block_of, localize_drift
 from qdeploy.data.eval_set import load_eval_set
@@ -91,9 +92,9 @@ def test_every_local_backend_matches_pytorch_on_random_and_real_images(tiny_expo
     engines.append(load_engine(tiny_export.folder, "torch", input_size=INPUT_SIZE))
     for engine in engines:
         report = verify(engine, reference, resolve_tolerance("fp32"), eval_set, random_batches=(1, 3), batch_size=10)
-        assert report["passed"], report
-        assert [s["name"] for s in report["sets"]] == ["random_b1", "random_b3", "digits-shift"]
-        real = report["sets"][-1]
+        assert report.passed, report
+        assert [s["name"] for s in report.sets] == ["random_b1", "random_b3", "digits-shift"]
+        real = report.sets[-1]
         assert real["top1_agreement"] == 1.0 and real["reference_accuracy"] == real["backend_accuracy"]
         assert real["max_rel"] < 1e-4 and real["cosine"] > 0.999999
 
@@ -115,11 +116,11 @@ def test_verify_cli_passes_then_fails_with_the_layer_named(tiny_export, corrupte
     good = runner.invoke(main, ["verify", str(tiny_export.onnx / "fused.onnx"), "--backend", "ort-cpu", "--data", "digits-shift",
                                 "--limit", "16", "--random-batches", "2", "--out", str(tmp_path / "good.json")])
     assert good.exit_code == 0, good.output
-    report = json.loads((tmp_path / "good.json").read_text())  # reference found via export_report.json
-    assert report["passed"] and report["backend"] == "ort-cpu" and report["sets"][-1]["images"] == 16
+    report = VerifyReport.read(tmp_path / "good.json")  # reference found via export_report.json
+    assert report.passed and report.backend == "ort-cpu" and report.sets[-1]["images"] == 16
     # In a log (not a terminal, 80 columns) the table names its file and keeps every number whole.
     assert "fused.onnx on ort-cpu vs PyTorch" in good.output and "…" not in good.output
-    assert f"{report['sets'][0]['max_abs']:.2e}" in good.output
+    assert f"{report.sets[0]['max_abs']:.2e}" in good.output
     bad = runner.invoke(main, ["verify", str(corrupted), "--reference", str(tiny_export.folder), "--backend", "ort-cpu",
                                "--data", "none", "--out", str(tmp_path / "bad.json")], terminal_width=200)
     assert bad.exit_code == 1, bad.output

@@ -252,7 +252,7 @@ def test_graceful_shutdown_finishes_in_flight_requests() -> None:
 def _request_in_thread(server: BackgroundServer, results: dict, key: str, value: float = 1.0) -> threading.Thread:
     def send() -> None:
         results[key] = raw(server, "POST", "/v2/models/slow/infer",
-                           json_infer(np.full((1, 4), value, np.float32), name="x"))
+                           json_infer(np.full((1, 4), value, np.float32), name="x", id=key))
 
     thread = threading.Thread(target=send)
     thread.start()
@@ -266,7 +266,7 @@ def _metric_counts(server: BackgroundServer, model: str) -> dict[str, float]:
             if s.name == "qdeploy_requests_total" and s.labels["model"] == model}
 
 
-def test_an_engine_failure_is_500_for_its_batch_only_and_counted() -> None:
+def test_an_engine_failure_is_500_for_its_batch_only_and_counted(caplog) -> None:
     engine = SlowDoubler(delay_s=0.4)
     engine.fail_next = True  # the first batch fails
     model = serve_engines("slow", "1", "onnxruntime_onnx", [engine], None, ServeOptions(max_batch=4, max_queue_delay_us=0))
@@ -282,6 +282,9 @@ def test_an_engine_failure_is_500_for_its_batch_only_and_counted() -> None:
             assert results[key][0] == 200 and results[key][1]["outputs"][0]["data"] == [6.0] * 4
         assert engine.batches == [1, 2]
         assert _metric_counts(running, "slow") == {"500": 1.0, "200": 2.0}
+    failure = next(r for r in caplog.records if r.name == "qdeploy.serving.app")  # logged with its id and trace
+    assert failure.getMessage() == "model 'slow' request first failed: inference failed: device lost"
+    assert 'raise RuntimeError("device lost")' in caplog.text
 
 
 def test_config_queue_policy_and_timeout_apply_and_every_status_is_counted() -> None:

@@ -1,4 +1,4 @@
-"""The Dockerfile: hadolint-clean, and in step with `qdeploy serve` and the README.
+"""The Dockerfile: hadolint-clean, and in step with `qdeploy serve` and docs/serving.md.
 
 No image can be built here (no Docker engine), so these checks are what keeps it honest.
 """
@@ -17,7 +17,7 @@ from qdeploy.commands.serve import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-README = (ROOT / "README.md").read_text()
+SERVING_DOC = (ROOT / "docs" / "serving.md").read_text()
 
 
 def instruction(name: str) -> str:
@@ -62,9 +62,9 @@ def test_plugin_build_is_guarded_and_gpu_extras_installed() -> None:
 
 def test_readme_docker_commands_match_the_image() -> None:
     args = serve_arguments()
-    section = README[README.index("## Serving"):]
+    section = SERVING_DOC[SERVING_DOC.index("## Docker"):]
     run_lines = [line for line in section.splitlines() if line.startswith("docker run")]
-    assert run_lines, "README's Serving section has no `docker run` line"
+    assert run_lines, "docs/serving.md's Docker section has no `docker run` line"
     for line in run_lines:
         assert f"-p {args['port']}:{args['port']}" in line and f':{args["repo"]}:' in line
         assert line in DOCKERFILE  # the Dockerfile's header shows the same command

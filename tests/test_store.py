@@ -13,11 +13,12 @@ import qdeploy
 from qdeploy.cli import main
 from qdeploy.workflows.bench import expand_targets
 from qdeploy.errors import QDeployError
-from qdeploy.store import load, locate, read_record, save
+from qdeploy.store import (ExportReport, PythonBackendParameters, TrainingRecord, VerifyReport, load, locate,
+                           read_record, read_report, save)
 from tests.conftest import engine_info
 from tests.runtime_fixtures import tiny_adapted
 
-RECORD = {"data": "digits-shift", "image_size": 32, "seed": 1, "val_fraction": 0.3}
+RECORD = TrainingRecord("digits-shift", image_size=32, seed=1, val_fraction=0.3)
 
 
 @pytest.fixture()
@@ -34,7 +35,7 @@ def test_load_takes_a_run_folder_and_its_model_folder(run) -> None:
     for path in (run, run / "model", run / "model" / "model.safetensors"):
         stored = load(path)
         assert (stored.kind, stored.model_folder) == ("model", run / "model")
-        assert stored.record == RECORD and stored.image_size == 32
+        assert stored.record == RECORD and stored.input_size == (32, 32) and stored.eval_data == "digits-shift"
         assert torch.equal(stored.model(torch.ones(1, 3, 32, 32)), expected)
 
 
@@ -46,7 +47,7 @@ def test_load_takes_export_folders_and_files_beside_their_report(tiny_export) ->
         stored = locate(tiny_export.onnx / name)
         assert (stored.kind, stored.files, stored.model_folder) == ("onnx", (tiny_export.onnx / name,),
                                                                      tiny_export.folder)
-        assert stored.report["input"]["shape"][2:] == [32, 32]
+        assert stored.report.input["shape"][2:] == [32, 32]
         assert torch.equal(stored.build()(torch.ones(1, 3, 32, 32)), tiny_export.model(torch.ones(1, 3, 32, 32)))
 
 
@@ -124,13 +125,41 @@ def test_export_of_a_run_defaults_to_the_trained_image_size(run, tmp_path) -> No
     done = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "onnx"), "--mode", "decomposed",
                                      "--no-tune"], terminal_width=200)
     assert done.exit_code == 0, done.output
-    report = json.loads((tmp_path / "onnx" / "export_report.json").read_text())
-    assert report["input"]["shape"][1:] == [3, RECORD["image_size"], RECORD["image_size"]]
+    assert read_report(tmp_path / "onnx").input["shape"][1:] == [3, RECORD.image_size, RECORD.image_size]
 
 
 def test_a_plan_with_a_foreign_engine_json_is_one_line(tmp_path) -> None:
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\0")
     (tmp_path / "engine.json").write_text(json.dumps({"format": 1}))
-    with pytest.raises(QDeployError, match=r"engine.json is not a qdeploy engine.json .*rebuild with `qdeploy build`"):
+    with pytest.raises(QDeployError, match=r"engine.json is not a qdeploy EngineInfo .*re-create it with `qdeploy build`"):
         locate(plan)
+
+
+def test_export_model_of_a_stored_model_takes_its_trained_size(run, tmp_path) -> None:
+    from qdeploy.export import ExportOptions, export_model
+
+    report = export_model(run, tmp_path / "onnx", ExportOptions(modes=("decomposed",), tune=False, rewrites=False))
+    assert report.image_size == (32, 32) and report.source == str(run / "model")
+    assert read_report(tmp_path / "onnx") == report  # one writer, one reader: the same record back
+
+
+@pytest.mark.parametrize("artifact, document", [
+    (ExportReport, {"format": "qdeploy-export-report/2", "files": {}}),
+    (TrainingRecord, {"data": "digits-shift", "image_size": 32}),
+    (VerifyReport, {"format": "qdeploy-verify-report/1", "backend": "ort-cpu"}),
+])
+def test_an_older_or_foreign_record_is_one_line_naming_the_fix(artifact, document, tmp_path) -> None:
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(QDeployError, match=r"re-create it with `qdeploy \w+`") as caught:
+        artifact.read(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_records_round_trip_through_json() -> None:
+    assert TrainingRecord.from_json(json.loads(json.dumps(RECORD.to_json())), "x") == RECORD
+    params = PythonBackendParameters("model.onnx", "ort-cpu", 2, ("/a.so", "/b.so"))
+    assert PythonBackendParameters.from_config(params.to_config(), "x") == params
+    with pytest.raises(QDeployError, match="needs a 'model_file' parameter"):
+        PythonBackendParameters.from_config({}, "config.pbtxt")

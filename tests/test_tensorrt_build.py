@@ -156,7 +156,7 @@ def test_engine_json_missing_or_damaged(tmp_path: Path) -> None:
     with pytest.raises(QDeployError, match="engine.json is missing"):
         read_engine_info(tmp_path)
     (tmp_path / "engine.json").write_text('{"format": 1, "gpu_name": "x"}')
-    with pytest.raises(QDeployError, match="not a qdeploy engine.json"):
+    with pytest.raises(QDeployError, match="not a qdeploy EngineInfo .*re-create it with `qdeploy build`"):
         read_engine_info(tmp_path)
 
 

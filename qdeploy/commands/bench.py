@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from qdeploy.commands.parsing import parse_ints
+from qdeploy.commands.parsing import dataclass_options, parse_dataclass_options
 from qdeploy.commands.tables import print_table
-from qdeploy.runtime import BACKENDS
 from qdeploy.runtime.benchmark import Measurement
 from qdeploy.runtime.profile import Profile
-from qdeploy.workflows.bench import bench as run_bench
+from qdeploy.workflows.bench import BenchOptions, bench as run_bench
 
 
 def print_results(results: Sequence[Measurement], console: Console, title: str = "latency") -> None:
@@ -54,29 +53,13 @@ def print_profile(profile: Profile, console: Console, top_ops: int = 3) -> None:
 
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--backend", "backends", multiple=True, type=click.Choice([b for b in BACKENDS if b.startswith("ort-")]),
-              default=("ort-cpu",), show_default=True, help="ONNX Runtime backends for ONNX files (repeatable).")
-@click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--threads", default=None, help="Thread counts, comma-separated. [default: this machine's CPU count]")
-@click.option("--warmup", default=5, show_default=True, help="Untimed runs before timing.")
-@click.option("--iterations", default=100, show_default=True, help="Timed runs (at most).")
-@click.option("--time-budget", type=float, default=None, help="Seconds per measurement (stops early).")
-@click.option("--rounds", default=1, show_default=True,
-              help="Interleave the targets: each of N rounds times every target (a share of the runs).")
-@click.option("--base/--no-base", default=True, show_default=True,
-              help="Also run the unadapted base model (needs the adapted model folder or an export report naming it).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench"), show_default=True,
-              help="Folder for bench.json, bench.csv, bench.png (and profile.json).")
-@click.option("--profile", is_flag=True, help="Also profile every ONNX file on ort-cpu (ONNX Runtime's profiler): "
-              "time per op type and per quadratic layer, at each batch and thread count.")
-def bench(models: tuple[Path, ...], backends: tuple[str, ...], batches: str, threads: str | None, warmup: int,
-          iterations: int, time_budget: float | None, rounds: int, base: bool, out: Path, profile: bool) -> None:
+@dataclass_options(BenchOptions)
+def bench(models: tuple[Path, ...], **options: Any) -> None:
     """Measure latency (p50/p90/p99/mean) and throughput of MODELS side by side."""
     console = Console()
     with console.status("benchmarking") as status:
-        result = run_bench(models, backends, parse_ints(batches, "--batch", minimum=1),
-                           parse_ints(threads, "--threads") if threads else None, warmup, iterations, time_budget,
-                           rounds, base, out, profile, progress=lambda text: status.update(f"benchmarking {text}"))
+        result = run_bench(models, parse_dataclass_options(BenchOptions, options),
+                           progress=lambda text: status.update(f"benchmarking {text}"))
     print_results(result.results, console)
     console.print("wrote " + ", ".join(str(p) for name, p in result.paths.items() if name != "profile"))
     for item in result.profiles:

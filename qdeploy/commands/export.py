@@ -11,8 +11,8 @@ from rich.table import Table
 
 from qdeploy.errors import QDeployError
 from qdeploy.export.int8 import INT8_TARGETS
-from qdeploy.export.onnx_export import DEFAULT_OPSET, PRECISIONS, ExportOptions, export_model
-from qdeploy.store import REPORT_FILE, locate
+from qdeploy.export.onnx_export import DEFAULT_OPSET, PRECISIONS, ExportOptions, export_model, for_stored
+from qdeploy.store import REPORT_FILE, ExportedFile, locate
 from qdeploy.commands.tables import print_table
 
 
@@ -67,68 +67,57 @@ def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, in
            triton_repo: Path | None, triton_name: str | None) -> None:
     """Export an adapted model (a train run, its model folder or a checkpoint in one) to ONNX and verify it."""
     stored = locate(source)
-    if stored.kind != "model":
-        raise QDeployError(f"{source} is already an {stored.kind} file or folder; pass the model it came from "
-                           "(a train run or model folder)")
-    if precision == "int8" and calib is None:
-        calib = stored.record.get("data")
-    options = ExportOptions(
-        modes=("decomposed", "fused") if mode == "both" else (mode,),
-        # The size it was trained at (the training record) unless told otherwise: a 64 px model
-        # exported at its architecture's 224 px would be checked, calibrated and served wrongly.
-        opset=opset, batch=_batch(batch), precision=precision,
-        input_size=_input_size(input_size) or ((stored.image_size,) * 2 if stored.image_size else None),
-        rewrites=rewrites, tune=tune, tune_cache=tune_cache, calibration=calib, int8_target=int8_target,
-        source=str(stored.weights or stored.model_folder),
-    )
+    options = for_stored(stored, ExportOptions(
+        modes=("decomposed", "fused") if mode == "both" else (mode,), opset=opset, batch=_batch(batch),
+        precision=precision, input_size=_input_size(input_size), rewrites=rewrites, tune=tune, tune_cache=tune_cache,
+        calibration=calib, int8_target=int8_target))
     out = out or Path("export") / f"{(source if source.is_dir() else source.parent).resolve().name}-onnx"
     if triton_repo is not None:
         from qdeploy.serving.repository import check_model_name
 
         triton_name = check_model_name(triton_name or out.resolve().name)  # refuse before the long export
-    report = export_model(stored.build(), out, options)
+    report = export_model(stored, out, options)
 
-    table = Table(title=f"ONNX export of {report['base']['name']} ({precision}, batch {report['batch']})")
+    table = Table(title=f"ONNX export of {report.base['name']} ({precision}, batch {report.batch})")
     for column in ("file", "nodes", "plugin nodes", "MB", "max err / scale", "top-1 agree", "export s"):
         table.add_column(column)
-    for info in report["files"].values():
-        worst = max(info["parity"].values(), key=lambda stats: stats["max_rel"])
-        top1 = min(stats["top1_agreement"] for stats in info["parity"].values())
-        table.add_row(info["file"], str(info["nodes_total"]), str(info["plugin_nodes"]),
-                      f"{info['file_bytes'] / 1e6:.1f}", f"{worst['max_rel']:.1e}", f"{top1:.0%}",
-                      f"{info['export_s']:.1f}")
+    for info in report.files.values():
+        worst = max(info.parity.values(), key=lambda stats: stats["max_rel"])
+        top1 = min(stats["top1_agreement"] for stats in info.parity.values())
+        table.add_row(info.file, str(info.nodes_total), str(info.plugin_nodes), f"{info.file_bytes / 1e6:.1f}",
+                      f"{worst['max_rel']:.1e}", f"{top1:.0%}", f"{info.export_s:.1f}")
     console = Console()
     print_table(console, table)
-    tolerance = report["tolerance"]
+    tolerance = report.tolerance
     console.print(f"parity passed (tolerance atol {tolerance['atol']:.0e} + rtol {tolerance['rtol']:.0e} of the "
                   f"output scale); report: {out / REPORT_FILE}")
-    for info in report["files"].values():
+    for info in report.files.values():
         _print_rewrites(info, console)
     if triton_repo is not None:
-        _write_triton(triton_repo, triton_name, out / report["files"][options.modes[0]]["file"], options.batch)
+        _write_triton(triton_repo, triton_name, out / report.files[options.modes[0]].file, options.batch)
 
 
-def _print_rewrites(info: dict, console: Console) -> None:
+def _print_rewrites(info: ExportedFile, console: Console) -> None:
     """One line on the rewrites of a file and, for int8, one on its answers."""
-    rewrites = info["rewrites"]
+    rewrites = info.rewrites
     if rewrites["enabled"]:
         forms = [layer.get("form") for layer in rewrites["layers"].values() if layer.get("form")]
         counts = ", ".join(f"{forms.count(f)} {f}" for f in sorted(set(forms))) or "none to choose"
-        console.print(f"{info['file']}: {rewrites['folded_norms']} norms folded into quadratic layers; "
+        console.print(f"{info.file}: {rewrites['folded_norms']} norms folded into quadratic layers; "
                       f"activation forms: {counts}")
-    if "int8" in info:
-        q = info["int8"]
-        console.print(f"{info['file']}: int8 top-1 agreement {q['top1_agreement']:.1%} on {q['images']} images, "
+    if info.int8 is not None:
+        q = info.int8
+        console.print(f"{info.file}: int8 top-1 agreement {q['top1_agreement']:.1%} on {q['images']} images, "
                       f"accuracy {q['int8_accuracy']:.1%} (PyTorch {q['reference_accuracy']:.1%})")
 
 
 def _write_triton(repo: Path, name: str, model_path: Path, batch: int | None) -> None:
     """The exported file as `<repo>/<name>/1/model.onnx` + config.pbtxt (issue #7's layout).
 
-    A dynamic-batch export lets Triton batch requests (max_batch_size 8); a fixed --batch N
+    A dynamic-batch export lets Triton batch requests (max_batch_size MAX_BATCH); a fixed --batch N
     graph has no free batch axis, so it is served as is (max_batch_size 0).
     """
-    from qdeploy.serving.repository import CONFIG_FILE, write_triton_model
+    from qdeploy.serving.repository import CONFIG_FILE, MAX_BATCH, write_triton_model
 
-    folder = write_triton_model(repo, name, model_path, max_batch=8 if batch is None else 0)
+    folder = write_triton_model(repo, name, model_path, max_batch=MAX_BATCH if batch is None else 0)
     Console().print(f"Triton model: {folder / CONFIG_FILE} and {folder / '1'}/")

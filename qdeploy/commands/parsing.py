@@ -23,25 +23,32 @@ def parse_ints(value: str, option: str, minimum: int = 0) -> tuple[int, ...]:
 def dataclass_options(cls: type) -> Callable[[Callable], Callable]:
     """click options generated from the fields of the dataclass `cls`, so each default and help
     text is written once (in the dataclass). Field metadata: "help"; "option" (the option name,
-    default --field-name); "off" (a bool's negative flag, default --no-<name>). A bool is an
-    on/off flag pair, a tuple of ints a comma-separated list (parse_ints), `X | None` optional.
+    default --field-name); "off" (a bool's negative flag, default --no-<name>); "choices". A bool
+    is an on/off flag pair (`bool | None`: None unless given), a tuple of ints a comma-separated
+    list (parse_ints), `X | None` optional.
     Build the dataclass back with `cls(**options)` after `parse_dataclass_options`."""
     import click
 
-    types = {"str": str, "int": int, "float": float, "int | None": int, "float | None": float, "Path": click.Path(path_type=Path)}
+    types = {"str": str, "int": int, "float": float, "Path": click.Path(path_type=Path)}
 
     def decorate(command: Callable) -> Callable:
         for spec in reversed(fields(cls)):
             name = spec.metadata.get("option", "--" + spec.name.replace("_", "-"))
             help_text = spec.metadata.get("help", "")
-            if spec.type == "bool":
+            kind = spec.type.removesuffix(" | None")
+            if kind == "bool":
                 off = spec.metadata.get("off", "--no-" + name[2:])
-                option = click.option(f"{name}/{off}", spec.name, default=spec.default, show_default=True, help=help_text)
+                option = click.option(f"{name}/{off}", spec.name, default=spec.default, show_default=spec.default is not None,
+                                      help=help_text)
+            elif spec.type == "tuple[str, ...]":  # a repeatable option
+                option = click.option(name, spec.name, multiple=True, type=click.Choice(list(spec.metadata["choices"])),
+                                      default=spec.default, show_default=True, help=help_text)
             elif spec.type == "tuple[int, ...]":
                 option = click.option(name, spec.name, default=",".join(map(str, spec.default)), show_default=True,
                                       help=help_text + " Comma-separated.")
             else:
-                option = click.option(name, spec.name, type=types[spec.type], default=spec.default,
+                kind = click.Choice(list(spec.metadata["choices"])) if "choices" in spec.metadata else types[kind]
+                option = click.option(name, spec.name, type=kind, default=spec.default,
                                       show_default=spec.default is not None, help=help_text)
             command = option(command)
         return command

@@ -15,19 +15,21 @@ import click
 from qdeploy.errors import QDeployError
 from qdeploy.runtime import BACKENDS
 from qdeploy.serving.model_control import MODES, ControlOptions
+from qdeploy.serving.models import ServeOptions
 from qdeploy.serving.server import LOOPBACK
 
 
 @click.command("triton-repo")
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--repo", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Model repository folder (created if missing).")
 @click.option("--name", required=True, help="Model name: its folder and URL segment.")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(0),
+@click.option("--max-batch", default=ServeOptions.max_batch, show_default=True, type=click.IntRange(0),
               help="max_batch_size; 0 for models without a dynamic batch axis.")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(1),
               help="Engine instances (instance_group count).")
-@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(0),
+@click.option("--max-queue-delay-us", default=ServeOptions.max_queue_delay_us, show_default=True,
+              type=click.IntRange(0),
               help="Longest wait for a fuller batch (dynamic_batching).")
 @click.option("--version", "version", default=1, show_default=True, type=click.IntRange(1),
               help="Version folder to write.")
@@ -99,18 +101,22 @@ _EMBEDDED_ONLY = ("backend", "threads", "instances", "check_finite", "max_batch"
               help="Triton only: gRPC port; 0 picks a free one.")
 @click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(0, 65535),
               help="Triton only: Prometheus metrics port (the embedded server has /metrics on --port).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--backend", type=click.Choice(BACKENDS), default=ServeOptions.backend, show_default=True)
+@click.option("--threads", default=ServeOptions.threads, show_default=True, type=click.IntRange(0),
               help="Intra-op threads per engine (0: one per core).")
-@click.option("--instances", type=click.IntRange(1), help="Engines per model [default: config.pbtxt, else 1].")
-@click.option("--check-finite", is_flag=True, help="Refuse inputs holding NaN or Inf with 400.")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(0),
+@click.option("--instances", type=click.IntRange(1), default=ServeOptions.instances,
+              help="Engines per model [default: config.pbtxt, else 1].")
+@click.option("--check-finite", is_flag=True, default=ServeOptions.check_finite,
+              help="Refuse inputs holding NaN or Inf with 400.")
+@click.option("--max-batch", default=ServeOptions.max_batch, show_default=True, type=click.IntRange(0),
               help="max_batch_size for models without config.pbtxt.")
-@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(0),
+@click.option("--max-queue-delay-us", default=ServeOptions.max_queue_delay_us, show_default=True,
+              type=click.IntRange(0),
               help="Batching delay for models without config.pbtxt.")
-@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),
+@click.option("--max-queue", default=ServeOptions.max_queue, show_default=True, type=click.IntRange(1),
               help="Waiting requests per model before 503 (unless config.pbtxt sets max_queue_size).")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", "timeout_s", default=ServeOptions.timeout_s, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="Longest wait in the queue in seconds, 504 after it (clients may ask for less).")
 @click.option("--max-body-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest request body; bigger ones get 413.")
@@ -144,7 +150,7 @@ def serve(ctx: click.Context, repo: Path, server_kind: str, host: str, port: int
                                "Triton reads these settings from config.pbtxt (`qdeploy triton-repo` writes them)")
         _serve_triton(repo, host, port, grpc_port, metrics_port, graceful_timeout, control)
         return
-    from qdeploy.serving import ServeOptions, bind_socket, create_app, run_server, url_for
+    from qdeploy.serving import bind_socket, create_app, run_server, url_for
     from qdeploy.serving.model_control import ModelControl
 
     options = ServeOptions(backend=backend, threads=threads, check_finite=check_finite, instances=instances,

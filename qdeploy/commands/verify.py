@@ -14,30 +14,29 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from qdeploy.commands.parsing import parse_ints
+from qdeploy.commands.parsing import dataclass_options, parse_dataclass_options
 from qdeploy.commands.tables import print_table
-from qdeploy.compare import PRESETS, resolve_tolerance
-from qdeploy.runtime import BACKENDS
-from qdeploy.workflows.verify import verify_model
+from qdeploy.store import VerifyReport
+from qdeploy.workflows.verify import VerifyOptions, verify_model
 
 
-def print_report(report: dict[str, Any], console: Console) -> None:
-    tol = report["tolerance"]
+def print_report(report: VerifyReport, console: Console) -> None:
+    tol = report.tolerance
     limits = (f"atol {tol['atol']:.0e}, rtol {tol['rtol']:.0e} of scale" if "atol" in tol
               else "per-output tolerances")
-    table = Table(title=f"{Path(report['model']).name or 'model'} on {report['backend']} vs PyTorch ({limits})")
-    several = len({s["output"] for s in report["sets"]}) > 1
+    table = Table(title=f"{Path(report.model).name or 'model'} on {report.backend} vs PyTorch ({limits})")
+    several = len({s["output"] for s in report.sets}) > 1
     for column in ("set", *(("output",) if several else ()), "n", "max abs", "q99 abs", "max rel", "cosine", "top-1",
                    "top-5", "acc torch", "acc", "ok"):
         table.add_column(column, no_wrap=True)
     percent = lambda value: "-" if value is None else f"{value:.1%}"  # noqa: E731
-    for s in report["sets"]:
+    for s in report.sets:
         table.add_row(s["name"], *((s["output"],) if several else ()), str(s["images"]), f"{s['max_abs']:.2e}",
                       f"{s['quantile_abs']:.2e}", f"{s['max_rel']:.2e}", f"{s['cosine']:.5f}",
                       percent(s["top1_agreement"]), percent(s["top5_agreement"]), percent(s["reference_accuracy"]),
                       percent(s["backend_accuracy"]), "yes" if s["passed"] else "[red]NO[/red]")
     print_table(console, table)
-    drift = report.get("drift")
+    drift = report.drift
     if drift:
         if drift["first_layer"] or drift["first_block"]:
             console.print(f"drift starts at quadratic layer {drift['first_layer'] or '-'} "
@@ -52,31 +51,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
 @click.command("verify")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="PyTorch model folder to compare with. [default: the source named in export_report.json]")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--data", default=None, help="Labelled eval set: 'digits-shift', an ImageFolder path, or 'none'. "
-              "[default: the data the model was trained on]")
-@click.option("--limit", type=int, default=None, help="Use at most N eval images.")
-@click.option("--precision", type=click.Choice(list(PRESETS)), default="fp32", show_default=True,
-              help="Tolerance preset.")
-@click.option("--atol", type=float, default=None, help="Absolute tolerance (overrides the preset's).")
-@click.option("--rtol", type=float, default=None, help="Tolerance relative to the output scale (overrides the preset's).")
-@click.option("--random-batches", default="1,8", show_default=True, help="Batch sizes of random-input sets.")
-@click.option("--batch-size", default=32, show_default=True, help="Batch size for the eval set.")
-@click.option("--threads", default=0, show_default=True, help="Intra-op threads (0: the runtime's default).")
-@click.option("--localize/--no-localize", default=None,
-              help="Compare every quadratic layer and block. [default: only when out of tolerance]")
-@click.option("--check-finite", is_flag=True, help="Refuse inputs with NaN or Inf.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="JSON report path. [default: verify_<backend>.json beside the model]")
-def verify_command(model: Path, reference: Path | None, backend: str, data: str | None, limit: int | None,
-                   precision: str, atol: float | None, rtol: float | None, random_batches: str, batch_size: int,
-                   threads: int, localize: bool | None, check_finite: bool, out: Path | None) -> None:
+@dataclass_options(VerifyOptions)
+def verify_command(model: Path, **options: Any) -> None:
     """Compare MODEL (ONNX file, TensorRT plan or model folder) on a backend with the PyTorch model."""
-    result = verify_model(model, resolve_tolerance(precision, atol, rtol), reference, backend, data, limit,
-                          parse_ints(random_batches, "--random-batches", minimum=1), batch_size, threads, localize,
-                          check_finite, out)
+    result = verify_model(model, parse_dataclass_options(VerifyOptions, options))
     console = Console()
     console.print(f"backend: {result.engine.describe()}")
     print_report(result.report, console)

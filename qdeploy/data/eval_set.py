@@ -32,7 +32,7 @@ def load_eval_set(spec: str, model: nn.Module, image_size: tuple[int, int], limi
                   **split: Any) -> EvalSet:
     """The val split of `spec` ("digits-shift" or an ImageFolder path), at most `limit` images.
 
-    split: the `seed` and `val_fraction` the model was trained with (see `training_split`),
+    split: the `seed` and `val_fraction` the model was trained with (TrainingRecord.split_for),
     so that a model is scored on the images it was not trained on; the defaults otherwise.
     """
     from qdeploy.data.image_folder import collate_skipping_bad
@@ -52,9 +52,3 @@ def load_eval_set(spec: str, model: nn.Module, image_size: tuple[int, int], limi
         raise QDeployError(f"no image of {spec} could be decoded; check the files named in the warnings")
     return EvalSet(spec, np.concatenate(images), np.concatenate(labels).astype(np.int64))
 
-
-def training_split(training: dict[str, Any], spec: str | None) -> dict[str, Any]:
-    """load_eval_set's split keywords for `spec`: the recorded ones when the model was trained on it."""
-    if spec is None or spec != training.get("data"):
-        return {}
-    return {key: training[key] for key in ("seed", "val_fraction") if key in training}

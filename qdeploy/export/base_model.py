@@ -14,12 +14,13 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from qdeploy.adaptation import quadratic_layers, unadapt
 from qdeploy.errors import QDeployError
 from qdeploy.export.onnx_export import save_onnx, to_onnx
-from qdeploy.export.parity import random_batch
+from qdeploy.onnx_io import random_batch
 
 
 def base_of(model: nn.Module) -> nn.Module:
@@ -37,7 +38,7 @@ def export_plain_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx_model = to_onnx(model.eval(), random_batch(input_shape, 2, seed=0), dynamic_batch=True)
+    onnx_model = to_onnx(model.eval(), torch.from_numpy(random_batch(input_shape, 2, seed=0)), dynamic_batch=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as stage:
         save_onnx(onnx_model, Path(stage) / path.name)
         for staged in sorted(Path(stage).iterdir(), key=lambda file: file.name == path.name):

@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from qdeploy import atomic
 from qdeploy.errors import first_line
-from qdeploy.export.layer_names import SEPARATOR
+from qdeploy.onnx_io import SEPARATOR, ort_session, random_feeds
 from qdeploy.export.norm_fold import FoldedNorm, insert_identity_conv
 
 FORMS = ("reorder", "blocked")
@@ -102,18 +102,8 @@ def _boundary(fold: FoldedNorm, graph: onnx.GraphProto) -> tuple[list[str], str]
 
 
 def _session_and_feeds(path: Path, batch: int, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for spec in session.get_inputs():
-        shape = [batch if not isinstance(d, int) else d for d in spec.shape]
-        dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
-        feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+    session = ort_session(path, threads)
+    feeds = random_feeds(session, batch)
     session.run(None, feeds)  # warm-up: first runs allocate
     return session, feeds
 

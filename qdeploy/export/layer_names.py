@@ -3,7 +3,7 @@
 ONNX Runtime names the nodes it creates (NCHWc convs, fused activations) after the original
 node or its output, so a prefix on both survives its optimizer and reaches the profiler's
 events: `qdeploy bench --profile` groups time per quadratic layer by this prefix. Nothing
-but names changes. Only this module writes or reads the convention.
+but names changes. This module writes the convention; qdeploy.onnx_io reads it (layer_of, part_of).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Iterable
 
 import onnx_ir as ir
 
+from qdeploy.onnx_io import SEPARATOR
 from qdeploy.plugin_contract import PLUGIN_DOMAIN
 
-SEPARATOR = "/"
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # torch.onnx's module path of each node
 
 
@@ -66,15 +66,3 @@ def name_layer_nodes(model: ir.Model, layers: Iterable[str]) -> int:
         renamed += 1
     return renamed
 
-
-def layer_of(runtime_name: str) -> str | None:
-    """The quadratic layer a runtime node name (ONNX Runtime's, possibly suffixed) belongs to, if any."""
-    head, separator, _ = runtime_name.partition(SEPARATOR)
-    return head if separator else None
-
-
-def part_of(runtime_name: str) -> str:
-    """`primary`, `quad`, `sum`, `blocked` (the activation form) of a layer's runtime node name, else ``."""
-    tail = runtime_name.partition(SEPARATOR)[2]
-    part, dot, _ = tail.partition(".")
-    return part if dot else ""

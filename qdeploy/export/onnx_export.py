@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,12 @@ from qdeploy.export.graph_rewrites import Forms, rewrite_graph
 from qdeploy.export.int8 import INT8_TARGETS, int8_parity, quantize_qdq
 from qdeploy.export.rewrite import export_copy
 from qdeploy.compare import PRESETS
-from qdeploy.export.parity import check_parity, random_batch, sample_batch
-from qdeploy.export.report import REPORT_FORMAT, files_bytes, node_counts, weights_sha256
+from qdeploy.export.parity import check_parity, sample_batch
+from qdeploy.export.report import files_bytes, node_counts, weights_sha256
 from qdeploy.export.validate import check_onnx_file
+from qdeploy.onnx_io import RANDOM_BATCHES, ort_session, random_batch, random_sets
 from qdeploy.model_io import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, model_input_size
-from qdeploy.store import EXPORT_MODES, config_of, write_report
+from qdeploy.store import EXPORT_MODES, ExportedFile, ExportReport, Stored, config_of, locate, write_report
 
 MODES = EXPORT_MODES
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -79,9 +80,6 @@ class ExportOptions:
             raise QDeployError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if self.precision == "int8" and self.modes != ("decomposed",):
             raise QDeployError("--precision int8 quantizes the decomposed file only; pass --mode decomposed")
-        if self.precision == "int8" and not self.calibration:
-            raise QDeployError("--precision int8 needs calibration images and the model records no training data; "
-                               "pass --calib DIR (an ImageFolder) or --calib digits-shift")
         if self.int8_target not in INT8_TARGETS:
             raise QDeployError(f"unknown int8 target {self.int8_target!r}; use {' or '.join(INT8_TARGETS)}")
         if not translations.MIN_OPSET <= self.opset <= translations.MAX_OPSET:
@@ -236,11 +234,10 @@ def save_onnx(model: ir.Model, path: Path, threshold: int = EXTERNAL_DATA_THRESH
     return external
 
 
-def _input_sets(model: nn.Module, shape: tuple[int, int, int], batch: int | None) -> dict[str, torch.Tensor]:
-    """Random inputs at batch 1 and 7 (dynamic) or at the fixed batch, and real photos."""
-    batches = (1, 7) if batch is None else (batch,)
-    sets = {f"random_b{b}": random_batch(shape, b, seed=b) for b in batches}
-    sets["samples"] = sample_batch(model, shape, 3 if batch is None else batch)
+def _input_sets(model: nn.Module, shape: tuple[int, int, int], batch: int | None) -> dict[str, np.ndarray]:
+    """verify's random sets (RANDOM_BATCHES when dynamic, else the fixed batch) and real photos."""
+    sets = random_sets(shape, RANDOM_BATCHES if batch is None else (batch,))
+    sets["samples"] = sample_batch(model, shape, 3 if batch is None else batch).numpy()
     return sets
 
 
@@ -248,6 +245,9 @@ def _calibration_set(model: nn.Module, shape: tuple[int, int, int], options: Exp
     """The labelled images that calibrate and judge an int8 export (None for other precisions)."""
     if options.precision != "int8":
         return None
+    if not options.calibration:
+        raise QDeployError("--precision int8 needs calibration images and the model records no training data; "
+                           "pass --calib DIR (an ImageFolder) or --calib digits-shift")
     from qdeploy.data.eval_set import load_eval_set
 
     return load_eval_set(options.calibration, model, shape[1:])  # type: ignore[arg-type]
@@ -264,8 +264,6 @@ def _quantize(model: nn.Module, path: Path, eval_set, options: ExportOptions, ou
     onnx.save(quantized, str(path))
     fp32.unlink()
     check_onnx_file(path)
-    from qdeploy.export.parity import ort_session
-
     session = ort_session(path)
     reference = np.concatenate([run_reference(model, torch.from_numpy(images)).float().numpy()
                                 for images, _ in eval_set.batches(64)])
@@ -283,25 +281,44 @@ def _quantize(model: nn.Module, path: Path, eval_set, options: ExportOptions, ou
     return result
 
 
-def export_model(model: nn.Module, out: str | Path, options: ExportOptions = ExportOptions()) -> dict[str, Any]:
-    """Export an adapted model to `out` (replaced atomically); returns the report it writes.
+def for_stored(stored: Stored, options: ExportOptions) -> ExportOptions:
+    """`options` with what a stored model implies: its trained image size (a 64 px model exported at its
+    architecture's 224 px would be checked, calibrated and served wrongly), its training data as the
+    int8 calibration set, and its folder as the report's source."""
+    if stored.kind != "model":
+        raise QDeployError(f"{stored.path} is already an {stored.kind} file or folder; pass the model it came from "
+                           "(a train run or model folder)")
+    return replace(options, input_size=options.input_size or stored.input_size,
+                   calibration=options.calibration or (stored.eval_data if options.precision == "int8" else None),
+                   source=options.source or str(stored.weights or stored.model_folder))
+
+
+def export_model(model: nn.Module | Stored | str | Path, out: str | Path,
+                 options: ExportOptions = ExportOptions()) -> ExportReport:
+    """Export an adapted model (a module, or a stored one: a run, model folder or weights file, at its
+    trained size) to `out` (replaced atomically); returns the report it writes.
 
     Raises QDeployError (and leaves `out` untouched) when a layer cannot be exported, a file
     fails the ONNX checks, or ONNX Runtime's outputs miss the precision's tolerance.
     """
     started = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        stored = model if isinstance(model, Stored) else locate(model)
+        options = for_stored(stored, options)
+        model = stored.build()
     model = model.eval()
     shape = _input_shape(model, options)
     layers = quadratic_layers(model)
     inputs = _input_sets(model, shape, options.batch)
-    references = {name: [t.float().numpy() for t in _as_list(run_reference(model, batch))] for name, batch in inputs.items()}
+    references = {name: [t.float().numpy() for t in _as_list(run_reference(model, torch.from_numpy(batch)))]
+                  for name, batch in inputs.items()}
     _check_finite(references, out)
 
     eval_set = _calibration_set(model, shape, options)
     exportable = export_copy(model, fused="fused" in options.modes)
     if options.precision == "fp16":
         exportable = fp16_compute(exportable)
-    example = random_batch(shape, options.batch or 2, seed=0)
+    example = torch.from_numpy(random_batch(shape, options.batch or 2, seed=0))
     convert_start = time.perf_counter()
     base = to_onnx(exportable, example, options.batch is None, options.opset)
     convert_s = time.perf_counter() - convert_start
@@ -311,7 +328,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
         "qdeploy.weights_sha256": weights_sha256(model),
     }
     tolerance = PRESETS["fp32" if options.precision == "int8" else options.precision]  # int8: of the fp32 graph
-    files: dict[str, Any] = {}
+    files: dict[str, ExportedFile] = {}
     forms: Forms | None = None
     with atomic.staged_directory(out) as stage:
         for mode in options.modes:
@@ -334,19 +351,11 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
                 raise QDeployError(f"{mode} graph has {plugin_count} plugin nodes, expected {expected}; please report this bug")
             export_s = convert_s + time.perf_counter() - mode_start
             parity = check_parity(path, inputs, references, tolerance)
-            files[mode] = {
-                "file": path.name,
-                "external_data": external,
-                "file_bytes": files_bytes(path),
-                "export_s": round(export_s, 3),
-                "nodes": node_counts(proto),
-                "nodes_total": len(proto.graph.node),
-                "plugin_nodes": plugin_count,
-                "rewrites": rewrites,
-                "parity": {name: stats.to_dict() for name, stats in parity.items()},
-                "passed": all(stats.passed for stats in parity.values()),
-            }
-            if not files[mode]["passed"]:
+            files[mode] = ExportedFile(path.name, external, files_bytes(path), round(export_s, 3), node_counts(proto),
+                                       len(proto.graph.node), plugin_count, rewrites,
+                                       {name: stats.to_dict() for name, stats in parity.items()},
+                                       all(stats.passed for stats in parity.values()))
+            if not files[mode].passed:
                 worst = max(parity.items(), key=lambda item: item[1].max_rel)
                 raise QDeployError(
                     f"{mode} ONNX output differs from PyTorch on {worst[0]}: max error {worst[1].max_rel:.2e} of the "
@@ -354,26 +363,15 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
                     f"{tolerance.rtol:.0e} of the scale); nothing was written to {out}"
                 )
             if eval_set is not None:
-                files[mode]["int8"] = _quantize(model, path, eval_set, options, out)
-                files[mode]["file_bytes"] = files_bytes(path)
-                files[mode]["nodes"] = node_counts(check_onnx_file(path))
-                files[mode]["nodes_total"] = sum(files[mode]["nodes"].values())
-        report = {
-            "format": REPORT_FORMAT,
-            "qdeploy_version": __version__,
-            "source": options.source,
-            "base": config_of(model)[1]["base"],
-            "quadratic_layers": len(layers),
-            "weights_sha256": metadata["qdeploy.weights_sha256"],
-            "precision": options.precision,
-            "opset": options.opset,
-            "batch": options.batch or "dynamic",
-            "input": {"name": INPUT_NAME, "shape": [BATCH_AXIS if options.batch is None else options.batch, *shape],
-                      "dtype": "float32"},
-            "tolerance": asdict(tolerance),
-            "torch_to_onnx_s": round(convert_s, 3),
-            "total_s": round(time.perf_counter() - started, 3),
-            "files": files,
-        }
+                int8 = _quantize(model, path, eval_set, options, out)
+                nodes = node_counts(check_onnx_file(path))
+                files[mode] = replace(files[mode], int8=int8, file_bytes=files_bytes(path), nodes=nodes,
+                                      nodes_total=sum(nodes.values()))
+        report = ExportReport(
+            __version__, options.source, config_of(model)[1]["base"], len(layers), metadata["qdeploy.weights_sha256"],
+            options.precision, options.opset, options.batch or "dynamic",
+            {"name": INPUT_NAME, "shape": [BATCH_AXIS if options.batch is None else options.batch, *shape],
+             "dtype": "float32"},
+            asdict(tolerance), round(convert_s, 3), round(time.perf_counter() - started, 3), files)
         write_report(stage, report)
     return report

@@ -1,4 +1,4 @@
-"""What an export produced, as numbers, for `export_report.json` (read and written by `qdeploy.store`)."""
+"""What an export produced, as numbers, for `export_report.json` (qdeploy.store.ExportReport)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from pathlib import Path
 import onnx
 import torch
 from torch import nn
-
-
-REPORT_FORMAT = "qdeploy-export-report/2"  # 2: "tolerance" {atol, rtol} replaced "tolerance_max_rel"
 
 
 def node_counts(model: onnx.ModelProto) -> dict[str, int]:

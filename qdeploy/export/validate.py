@@ -9,26 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
-
 from qdeploy.errors import QDeployError, first_line
-
-_REEXPORT = "re-export it with `qdeploy export`"
-
-
-def load_onnx(path: str | Path, load_external_data: bool = False) -> onnx.ModelProto:
-    """The model at `path`, or one clear error when it is missing, truncated or not ONNX at all."""
-    path = Path(path)
-    if not path.is_file():
-        raise QDeployError(f"{path} does not exist; pass the path of an .onnx file")
-    try:
-        model = onnx.load(str(path), load_external_data=load_external_data)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise QDeployError(f"{path} is not a readable ONNX model (truncated or corrupt: {exc}); {_REEXPORT}") from exc
-    if not model.graph.node or not model.opset_import:
-        raise QDeployError(f"{path} holds no ONNX graph (empty, truncated or not an ONNX file); {_REEXPORT}")
-    return model
-
+from qdeploy.onnx_io import REEXPORT as _REEXPORT, load_onnx
 
 def check_onnx_file(path: str | Path) -> onnx.ModelProto:
     """Run onnx.checker and strict shape inference, and make sure shapes reach every output.

@@ -25,7 +25,7 @@ from torch import nn
 
 from qdeploy.adaptation import quadratic_layers
 from qdeploy.compare import Tolerance, compare
-from qdeploy.export.validate import load_onnx
+from qdeploy.onnx_io import load_onnx
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _EXTERNAL_THRESHOLD = 2**30  # above this, the temporary copy keeps its weights in a side file

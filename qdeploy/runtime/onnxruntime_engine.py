@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from qdeploy.errors import QDeployError, first_line
+from qdeploy.errors import QDeployError
+from qdeploy.onnx_io import ort_session
 from qdeploy.runtime.engine import Engine, TensorSpec, numpy_dtype
 
 _ORT_TYPES = {
@@ -99,23 +100,15 @@ class OrtEngine(Engine):
         }
         if optimization_level not in levels:
             raise QDeployError(f"unknown optimization level {optimization_level!r}; choose from {sorted(levels)}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.graph_optimization_level = levels[optimization_level]
-        options.log_severity_level = 3
-        if optimized_model_path is not None:
-            options.optimized_model_filepath = str(optimized_model_path)
         if backend not in PROVIDER_CHAINS:
             raise QDeployError(f"unknown ONNX Runtime backend {backend!r}; choose from {sorted(PROVIDER_CHAINS)}")
         wanted, *fallbacks = PROVIDER_CHAINS[backend]
         providers: list[Any] = [(wanted, provider_options or {}), *fallbacks]
         if wanted in _GPU_PROVIDERS:
             _require_cuda_driver(wanted)
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-            raise QDeployError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc
+        settings = {"optimized_model_filepath": str(optimized_model_path)} if optimized_model_path is not None else {}
+        self.session = ort_session(path, intra_op_threads, providers, inter_op_num_threads=inter_op_threads,
+                                   graph_optimization_level=levels[optimization_level], **settings)
         got = self.session.get_providers()
         if got[0] != wanted:
             raise QDeployError(

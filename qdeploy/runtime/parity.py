@@ -9,15 +9,16 @@ the accuracy of each side.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from qdeploy.compare import Tolerance, compare_all
+from qdeploy.compare import Tolerance, compare_sets
 from qdeploy.data.eval_set import EvalSet
 from qdeploy.errors import QDeployError
-from qdeploy.export.parity import random_batch
+from qdeploy.onnx_io import RANDOM_BATCHES, random_sets
 from qdeploy.runtime.engine import Engine
+from qdeploy.store import VerifyReport
 
 
 def run_all(engine: Engine, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -32,32 +33,19 @@ def run_all(engine: Engine, images: np.ndarray, batch_size: int) -> dict[str, np
 
 def verify(engine: Engine, reference: Engine, tolerance: Tolerance | Mapping[str, Tolerance],
            eval_set: EvalSet | None = None,
-           random_batches: tuple[int, ...] = (1, 8), batch_size: int = 32, seed: int = 0,
-           cache: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+           random_batches: tuple[int, ...] = RANDOM_BATCHES, batch_size: int = 32, seed: int = 0,
+           cache: dict[str, dict[str, np.ndarray]] | None = None) -> VerifyReport:
     """Compare every output of `engine` with `reference` on random inputs and the labelled
-    `eval_set` (tolerance: one, or one per output name); the report dict. `cache`: the
+    `eval_set` (tolerance: one, or one per output name); the report. `cache`: the
     reference's outputs by set name, filled on first use (several engines, one reference run)."""
     shape = tuple(d for d in engine.inputs[0].shape[1:])
     if not all(isinstance(d, int) for d in shape):
         raise QDeployError(f"{engine.describe()} has a dynamic image size {shape}; export with a fixed --input-size")
-    sets: list[tuple[str, np.ndarray, np.ndarray | None]] = [
-        (f"random_b{batch}", random_batch(shape, batch, seed=seed + batch).numpy(), None) for batch in random_batches
-    ]
+    sets = {name: (images, None) for name, images in random_sets(shape, random_batches, seed).items()}
     if eval_set is not None:
-        sets.append((eval_set.name, eval_set.images, eval_set.labels))
-    cache = {} if cache is None else cache
-    comparisons = []
-    for name, images, labels in sets:
-        if name not in cache:
-            cache[name] = run_all(reference, images, batch_size)
-        comparisons += compare_all(name, cache[name], run_all(engine, images, batch_size), tolerance, labels)
-    return {
-        "backend": engine.backend,
-        "backend_detail": engine.describe(),
-        "model": str(getattr(engine, "path", "")),
-        "reference": reference.describe(),
-        "tolerance": ({out: asdict(t) for out, t in tolerance.items()} if isinstance(tolerance, Mapping)
-                      else asdict(tolerance)),
-        "sets": [c.to_dict() for c in comparisons],
-        "passed": all(c.passed for c in comparisons),
-    }
+        sets[eval_set.name] = (eval_set.images, eval_set.labels)
+    comparisons = compare_sets(sets, lambda images: run_all(reference, images, batch_size),
+                               lambda images: run_all(engine, images, batch_size), tolerance, cache)
+    return VerifyReport(engine.backend, engine.describe(), str(getattr(engine, "path", "")), reference.describe(),
+                        {out: asdict(t) for out, t in tolerance.items()} if isinstance(tolerance, Mapping)
+                        else asdict(tolerance), [c.to_dict() for c in comparisons], all(c.passed for c in comparisons))

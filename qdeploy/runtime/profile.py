@@ -2,7 +2,7 @@
 
 ONNX Runtime's profiler writes one event per node run (`<node name>_kernel_time`, op type,
 microseconds). The exporter names a quadratic layer's nodes `<layer>/<op>` and ONNX Runtime
-keeps that prefix on the nodes it makes from them (export/layer_names.py), so summing the
+keeps that prefix on the nodes it makes from them (export/layer_names.py, read by qdeploy.onnx_io), so summing the
 events by prefix gives each adapted layer's cost, split by part (`primary Conv`, `quad Conv`
 for the factors A and B, `quad Mul`, `blocked Conv` for the fused activation form); every
 event also counts in the per-op-type totals.
@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from qdeploy.errors import QDeployError, first_line
-from qdeploy.export.layer_names import layer_of, part_of
+from qdeploy.errors import QDeployError
+from qdeploy.onnx_io import layer_of, ort_session, part_of, random_feeds
 
 _KERNEL_SUFFIX = "_kernel_time"
 
@@ -71,26 +70,11 @@ def summarize(events: list[dict[str, Any]], runs: int) -> tuple[float, dict[str,
 
 def profile_onnx(path: str | Path, batch: int, threads: int, runs: int = 10, warmup: int = 3, seed: int = 0) -> Profile:
     """Run `path` on ORT CPU with profiling on; `runs` timed runs after `warmup` untimed ones."""
-    import onnxruntime as ort
-
     if runs < 1:
         raise QDeployError(f"profiling needs at least one run, got {runs}")
     with tempfile.TemporaryDirectory(prefix="qdeploy-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise QDeployError(f"ONNX Runtime cannot load {path} ({first_line(exc)}); re-export it") from exc
-        rng = np.random.default_rng(seed)
-        feeds = {}
-        for spec in session.get_inputs():
-            shape = [batch if not isinstance(d, int) else d for d in spec.shape]
-            dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        session = ort_session(path, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort"))
+        feeds = random_feeds(session, batch, seed)
         for _ in range(warmup + runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())

@@ -22,7 +22,7 @@ import onnx
 
 from qdeploy.atomic import staged_directory, write_bytes
 from qdeploy.errors import QDeployError
-from qdeploy.export.validate import load_onnx
+from qdeploy.onnx_io import load_onnx
 from qdeploy.runtime.plan_info import PLAN_FILE, EngineInfo
 from qdeploy.plugin_contract import PLUGIN_DOMAIN, PLUGIN_NAMESPACE
 from qdeploy.runtime.plugin_library import PLUGIN_KINDS, LoadedPlugins, load_plugins

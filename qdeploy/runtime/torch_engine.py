@@ -34,12 +34,12 @@ class TorchEngine(Engine):
                  input_size: tuple[int, int] | None = None, check_finite: bool = False) -> None:
         super().__init__(check_finite)
         if isinstance(source, nn.Module):
-            model, trained_size = source, None
+            model = source
         else:
             stored = locate(source)
             if stored.kind != "model":
                 raise QDeployError(f"{source} is {stored.kind}, not a PyTorch model; pass a model folder (or a run)")
-            model, trained_size = stored.build(), stored.image_size
+            model, input_size = stored.build(), input_size or stored.input_size
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise QDeployError(f"device {device!r} needs a CUDA GPU, and PyTorch sees none; use --device cpu")
         self.device = torch.device(device)
@@ -47,8 +47,6 @@ class TorchEngine(Engine):
         self.threads = threads
         set_intra_op_threads(threads)
         channels, height, width = model_input_size(model)
-        if input_size is None and trained_size is not None:
-            input_size = (trained_size, trained_size)
         height, width = input_size or (height, width)
         self.backend = "torch"
         self.path = None if isinstance(source, nn.Module) else Path(source)

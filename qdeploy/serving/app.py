@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from typing import AsyncIterator, Sequence
 
@@ -40,6 +41,7 @@ from qdeploy.serving.protocol import (HEADER_LENGTH, RequestError, decode_infer_
 from qdeploy.serving.repository import config_json
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
+log = logging.getLogger(__name__)
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -161,10 +163,11 @@ class InferenceAPI:
 
     async def infer(self, request: Request) -> Response:
         started = time.perf_counter()
-        label = ""
+        label, request_id = "", None
         try:
             label = self.model(request).name  # unknown models are refused before their body is read
             infer_request = decode_infer_request(await self._body(request), request.headers.get(HEADER_LENGTH))
+            request_id = infer_request.request_id
             if self.draining:  # checked once the body is in: it may have been sent as the shutdown began
                 raise RequestError(SHUTTING_DOWN, 503)
             # Picked now, with no await until the request is queued on it: a version swapped out
@@ -175,9 +178,15 @@ class InferenceAPI:
             body, headers = encode_infer_response(model.name, model.version, infer_request, outputs, selected)
             response = Response(body, headers=headers)
         except RequestError as exc:
+            if exc.status == 500:
+                log.error("model %r request %s failed: %s", label, request_id, exc, exc_info=exc)
             response = error_response(exc.status, str(exc))
         except QDeployError as exc:  # Engine.feeds: names, dtypes, shapes, NaN
+            log.warning("model %r request %s refused: %s", label, request_id, exc)
             response = error_response(400, str(exc))
+        except Exception as exc:  # an engine or server bug: this request fails, the trace goes to the log
+            log.exception("model %r request %s failed", label, request_id)
+            response = error_response(500, f"internal server error ({type(exc).__name__}); see the server log")
         self.metrics.record(label, response.status_code, time.perf_counter() - started)
         return response
 
@@ -214,7 +223,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    """A bug, not a bad request: still a JSON answer (uvicorn logs the traceback)."""
+    """A bug outside infer, not a bad request: still a JSON answer, its traceback in the log."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_response(500, f"internal server error ({type(exc).__name__}); see the server log")
 
 

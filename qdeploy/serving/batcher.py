@@ -243,7 +243,9 @@ class DynamicBatcher:
             if pending.future.done():
                 pass
             elif error is not None:
-                pending.future.set_exception(RequestError(f"inference failed: {error}", 500))
+                failure = RequestError(f"inference failed: {error}", 500)
+                failure.__cause__ = error  # its traceback reaches the server log with the request id
+                pending.future.set_exception(failure)
             else:
                 pending.future.set_result(outputs if self.max_batch == 0 else
                                           {k: v[offset: offset + pending.rows] for k, v in outputs.items()})

@@ -18,7 +18,8 @@ from qdeploy.runtime import Engine, TensorSpec, load_engine
 from qdeploy.serving.batcher import DynamicBatcher
 from qdeploy.serving.datatypes import protocol_datatype
 from qdeploy.serving.protocol import InferRequest
-from qdeploy.serving.repository import RepositoryModel, build_config, check_config_matches, scan_repository
+from qdeploy.serving.repository import (MAX_BATCH, MAX_QUEUE_DELAY_US, PYTHON_BACKEND, RepositoryModel, build_config,
+                                        check_config_matches, python_parameters, scan_repository)
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,8 @@ class ServeOptions:
     threads: int = 0  # ONNX Runtime intra-op threads per engine; 0: one per core
     check_finite: bool = False  # refuse NaN/Inf inputs with 400
     instances: int | None = None  # engines per model; None: config's instance_group count, else 1
-    max_batch: int = 8  # default max_batch_size for models without config.pbtxt
-    max_queue_delay_us: int = 100  # default dynamic_batching delay
+    max_batch: int = MAX_BATCH  # default max_batch_size for models without config.pbtxt
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US  # default dynamic_batching delay
     max_queue: int = 64  # default waiting requests per model before 503
     timeout_s: float = 30.0  # default longest wait in the queue (504 after it), as Triton's queue policy
 
@@ -94,15 +95,13 @@ def serve_engines(name: str, version: str, platform: str, engines: Sequence[Engi
     return ServedModel(name, version, platform, first, config, batcher, timeout_s)
 
 
-def _engine_settings(config: Any | None, options: ServeOptions) -> tuple[str, int]:
-    """Engine backend and threads: the server's options, else a Python-backend config's parameters."""
-    parameters = config.parameters if config is not None else {}
-    backend, threads = options.backend, options.threads
-    if backend == "auto" and "engine_backend" in parameters:
-        backend = parameters["engine_backend"].string_value
-    if threads == 0 and "threads" in parameters:
-        threads = int(parameters["threads"].string_value)
-    return backend, threads
+def _engine_settings(entry: RepositoryModel, options: ServeOptions) -> tuple[str, int, dict[str, Any]]:
+    """Engine backend, threads and options: the server's options, else a Python-backend config's parameters."""
+    if entry.platform != PYTHON_BACKEND:
+        return options.backend, options.threads, {}
+    params = python_parameters(entry.config, entry.path.parent.parent / "config.pbtxt")
+    return (params.engine_backend if options.backend == "auto" else options.backend,
+            options.threads or params.threads, params.engine_options())
 
 
 def load_version(entry: RepositoryModel, options: ServeOptions) -> ServedModel:
@@ -113,9 +112,9 @@ def load_version(entry: RepositoryModel, options: ServeOptions) -> ServedModel:
     non-batch dims are not warmed up (zeros of a guessed size could be invalid input).
     """
     configured = sum(g.count for g in entry.config.instance_group) if entry.config else 0
-    backend, threads = _engine_settings(entry.config, options)
+    backend, threads, engine_options = _engine_settings(entry, options)
     try:
-        engines = [load_engine(entry.path, backend, threads, options.check_finite)
+        engines = [load_engine(entry.path, backend, threads, options.check_finite, **engine_options)
                    for _ in range(options.instances or configured or 1)]
         model = serve_engines(entry.name, str(entry.version), entry.platform, engines, entry.config, options)
     except QDeployError as exc:

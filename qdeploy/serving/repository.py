@@ -19,13 +19,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Any, Sequence
 
 from qdeploy import __version__
 from qdeploy.atomic import staged_directory, write_text
 from qdeploy.errors import QDeployError
-from qdeploy.export.validate import load_onnx
+from qdeploy.onnx_io import load_onnx
 from qdeploy.runtime import TensorSpec, load_engine
+from qdeploy.store.artifacts import PythonBackendParameters
 from qdeploy.serving.datatypes import config_datatype, dtype_from_config
 
 PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
@@ -33,6 +34,7 @@ MODEL_FILES = {platform: "model" + suffix for suffix, platform in PLATFORMS.item
 CONFIG_FILE = "config.pbtxt"
 PYTHON_BACKEND = "python"
 TORCH_MODEL_FOLDER = "model"  # a model folder (safetensors + adapter.json) in a Python-backend version
+MAX_BATCH, MAX_QUEUE_DELAY_US = 8, 100  # the dynamic batching qdeploy writes and serves by default
 # ONNX domains ONNX Runtime implements itself; nodes of any other domain need a plugin
 # unless the model carries a local function of that name.
 _ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -178,7 +180,7 @@ def _tensor_dims(spec: TensorSpec, max_batch: int) -> list[int]:
 
 
 def build_config(name: str, platform: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                 max_batch: int = 8, instances: int = 1, max_queue_delay_us: int = 100,
+                 max_batch: int = MAX_BATCH, instances: int = 1, max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
                  parameters: dict[str, str] | None = None):
     """A Triton ModelConfig for a model with these tensors.
 
@@ -243,8 +245,8 @@ def plugin_notes(platform: str, plugin_lib: str | Path | None) -> list[str]:
             "The library must be built against the TensorRT version of the Triton image."]
 
 
-def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, max_batch: int = 8,
-                       instances: int = 1, max_queue_delay_us: int = 100,
+def write_triton_model(repo: str | Path, name: str, model_path: str | Path, *, max_batch: int = MAX_BATCH,
+                       instances: int = 1, max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
                        plugin_lib: str | Path | None = None, signature_from: str | Path | None = None,
                        version: int = 1, backend: str = "platform", engine_backend: str = "auto",
                        threads: int = 0) -> Path:
@@ -310,10 +312,10 @@ def _write_python_model(repo: str | Path, name: str, model_path: Path, *, max_ba
     else:
         raise QDeployError(f"{model_path.name}: the Python backend serves .onnx, .plan or model folders")
     inputs, outputs = read_signature(signature_from or model_path)
-    parameters = {"model_file": model_file, "engine_backend": engine_backend, "threads": str(threads)}
-    if plugin_lib is not None:
-        parameters["plugin_libs"] = str(Path(plugin_lib).resolve())
-    config = build_config(name, PYTHON_BACKEND, inputs, outputs, max_batch, instances, max_queue_delay_us, parameters)
+    parameters = PythonBackendParameters(model_file, engine_backend, threads,
+                                         (str(Path(plugin_lib).resolve()),) if plugin_lib is not None else ())
+    config = build_config(name, PYTHON_BACKEND, inputs, outputs, max_batch, instances, max_queue_delay_us,
+                          parameters.to_config())
     files["model.py"] = Path(__file__).with_name("triton_python_model.py")
     _write_model_folder(repo, name, version, config,
                         [f"{model_path.name} for Triton's Python backend: model.py runs qdeploy's "
@@ -360,21 +362,25 @@ class RepositoryModel:
         return PLATFORMS[self.path.suffix]
 
 
+def python_parameters(config: Any, where: str | Path) -> PythonBackendParameters:
+    """A Python-backend config's parameters, typed (the one reader the server and model.py share)."""
+    return PythonBackendParameters.from_config({k: v.string_value for k, v in config.parameters.items()}, str(where))
+
+
 def check_config(config, folder_name: str, source: str) -> None:
     """Refuse a ModelConfig this server cannot serve from `folder_name` (config.pbtxt or a JSON override)."""
     if config.name and config.name != folder_name:
         raise QDeployError(f"{source} names the model {config.name!r}, but its folder is {folder_name!r}")
     if config.platform and config.platform not in MODEL_FILES:
         raise QDeployError(f"{source}: platform {config.platform!r} is not served; use one of {sorted(MODEL_FILES)}")
-    if config.backend == PYTHON_BACKEND and "model_file" not in config.parameters:
-        raise QDeployError(f"{source}: a Python-backend model needs a 'model_file' parameter naming what "
-                           "model.py loads; write it with `qdeploy triton-repo --backend python`")
+    if config.backend == PYTHON_BACKEND:
+        python_parameters(config, source)  # its parameters must read (model_file given, threads a number)
 
 
 def model_file_names(config) -> list[str]:
     """The file (or folder) names a version folder may hold its model under, by the config."""
     if config is not None and config.backend == PYTHON_BACKEND:
-        return [config.parameters["model_file"].string_value]
+        return [python_parameters(config, CONFIG_FILE).model_file]
     if config is not None and config.default_model_filename:
         return [config.default_model_filename]
     if config is not None and config.platform:

@@ -36,6 +36,7 @@ from qdeploy.errors import QDeployError
 WHEEL = "nvidia-pytriton==0.7.0"
 HOME_ENV = "QDEPLOY_TRITON_HOME"
 SITE_DIRS_ENV = "QDEPLOY_SITE_DIRS"  # read by the generated model.py: site dirs whose .pth files it processes
+SYS_PATH_ENV = "QDEPLOY_SYS_PATH"  # read by model.py: this process's sys.path, put first (the stub drops PYTHONPATH)
 _FOLDER = "nvidia-pytriton-0.7.0"
 _SERVER = Path("pytriton/tritonserver/bin/tritonserver")
 _LIBS = Path("nvidia_pytriton.libs")
@@ -160,8 +161,9 @@ def stub_environment(install: TritonInstall, base: dict[str, str] | None = None)
     The stub links `libpython3.X.so.1.0` dynamically; with the running Python's library first
     on LD_LIBRARY_PATH and PYTHONHOME at its prefix, the stub embeds this very Python (not
     whichever the system has), and PYTHONPATH gives it this process's sys.path (a virtual
-    environment's packages included). Site folders are also passed on so model.py can
-    process their .pth files (editable installs).
+    environment's packages included; the stub itself ignores PYTHONPATH, so model.py puts the
+    same list first in its sys.path). Site folders are also passed on so model.py can process
+    their .pth files (editable installs).
     """
     env = dict(os.environ if base is None else base)
     libraries = [str(install.libs)]
@@ -172,7 +174,7 @@ def stub_environment(install: TritonInstall, base: dict[str, str] | None = None)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
     env["PYTHONHOME"] = sys.base_prefix if sys.base_prefix == sys.base_exec_prefix else \
         os.pathsep.join([sys.base_prefix, sys.base_exec_prefix])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    env["PYTHONPATH"] = env[SYS_PATH_ENV] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
     site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
     env[SITE_DIRS_ENV] = os.pathsep.join(d for d in site_dirs if Path(d).is_dir())
     return env

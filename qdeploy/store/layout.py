@@ -6,13 +6,12 @@ without paying for torch; building a model is `qdeploy.store.models`'.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qdeploy import atomic
 from qdeploy.errors import QDeployError
+from qdeploy.store.artifacts import ExportReport, TrainingRecord, read_json
 
 WEIGHTS_FILE = "model.safetensors"
 ADAPTER_FILE = "adapter.json"
@@ -21,6 +20,7 @@ BASE_FILE = "base.json"
 BASE_FORMAT = "qdeploy-base/1"
 MODEL_CONFIGS = {ADAPTER_FILE: ADAPTER_FORMAT, BASE_FILE: BASE_FORMAT}
 RUN_MODEL_DIR = "model"  # a train run's deliverable, inside the run folder
+CHECKPOINT_DIR, SUMMARY_FILE = "checkpoint", "summary.json"  # a train run's resumable state and its summary
 REPORT_FILE = "export_report.json"
 EXPORT_MODES = ("decomposed", "fused")  # <mode>.onnx in an export folder
 PLAN_SUFFIXES = (".plan", ".engine")  # serialized TensorRT engines, as `qdeploy build` and trtexec name them
@@ -43,19 +43,27 @@ class Stored:
     kind: str
     path: Path
     model_folder: Path | None
-    report: dict[str, Any] | None = None
+    report: ExportReport | None = None
     files: tuple[Path, ...] = ()
     weights: Path | None = None  # a weights file other than the folder's own model.safetensors
     model: Any = field(default=None, repr=False)
 
     @property
-    def record(self) -> dict[str, Any]:
-        """The training record of the model behind this path ({} when it was not trained here)."""
-        return read_record(self.model_folder) if self.model_folder is not None else {}
+    def record(self) -> TrainingRecord | None:
+        """The training record of the model behind this path (None when it was not trained here)."""
+        return read_record(self.model_folder) if self.model_folder is not None else None
 
     @property
-    def image_size(self) -> int | None:
-        return self.record.get("image_size")
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) its files take, else the size it was trained at; None: the architecture's own."""
+        if self.report is not None:
+            return self.report.image_size
+        return (self.record.image_size,) * 2 if self.record else None  # type: ignore[return-value]
+
+    @property
+    def eval_data(self) -> str | None:
+        """Its natural eval (and int8 calibration) set: the data it was trained on, scored on the held-out split."""
+        return self.record.data if self.record else None
 
     def build(self, map_location: Any = "cpu") -> Any:
         """The PyTorch model behind this path, built once and kept."""
@@ -69,55 +77,43 @@ class Stored:
         return self.model
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QDeployError(f"{path} is not readable JSON ({exc}); re-create it with the qdeploy command that wrote it") from exc
-    if not isinstance(data, dict):
-        raise QDeployError(f"{path} holds a {type(data).__name__}, not a JSON object; re-create it with qdeploy")
-    return data
-
-
 def model_config(folder: str | Path) -> dict[str, Any]:
     """The model folder's JSON (adapter.json or base.json), its format checked."""
     folder = Path(folder)
     for name, expected in MODEL_CONFIGS.items():
         path = folder / name
         if path.is_file():
-            config = _read_json(path)
+            config = read_json(path)
             if config.get("format") != expected:
                 raise QDeployError(f"{path} has format {config.get('format')!r}, expected {expected!r}; re-save the model")
             return config
     raise QDeployError(f"{folder} is not a model folder (no {ADAPTER_FILE} or {BASE_FILE}); pass {EXPECTED}")
 
 
-def read_record(folder: str | Path) -> dict[str, Any]:
-    """What `qdeploy train` recorded in a model folder (data, classes, image_size, seed, ...), or {}."""
-    return model_config(folder).get(TRAINING_KEY, {})
+def read_record(folder: str | Path) -> TrainingRecord | None:
+    """What `qdeploy train` recorded in a model folder (data, image size, split, ...), or None."""
+    record = model_config(folder).get(TRAINING_KEY)
+    return None if record is None else TrainingRecord.from_json(record, f"{folder}'s {TRAINING_KEY} record")
 
 
 def is_model_folder(folder: Path) -> bool:
     return any((folder / name).is_file() for name in MODEL_CONFIGS)
 
 
-def write_report(folder: Path, report: dict[str, Any]) -> Path:
-    """Write an export report as is (it carries its own `format`), so reading it back gives the same dict."""
-    path = folder / REPORT_FILE
-    atomic.write_json(path, report)
-    return path
+def write_report(folder: Path, report: ExportReport) -> Path:
+    return report.write(folder / REPORT_FILE)
 
 
-def read_report(folder: str | Path) -> dict[str, Any]:
+def read_report(folder: str | Path) -> ExportReport:
     path = Path(folder) / REPORT_FILE
     if not path.is_file():
         raise QDeployError(f"{folder} has no {REPORT_FILE}; pass a folder `qdeploy export` wrote")
-    return _read_json(path)
+    return ExportReport.read(path)
 
 
-def _report_source(report: dict[str, Any], report_folder: Path) -> Path | None:
+def _report_source(report: ExportReport, report_folder: Path) -> Path | None:
     """The model folder an export report names, if it still exists (relative: to the cwd, then the report)."""
-    source = report.get("source")
+    source = report.source
     if not source:
         return None
     for candidate in (Path(source), report_folder / source):
@@ -155,7 +151,7 @@ def locate(path: str | Path) -> Stored:
             report = read_report(path)
             files = tuple(path / f"{mode}.onnx" for mode in EXPORT_MODES if (path / f"{mode}.onnx").is_file())
             return Stored("export", path, _report_source(report, path), report, files)
-        if (path / "checkpoint").is_dir() or (path / "summary.json").is_file():
+        if (path / CHECKPOINT_DIR).is_dir() or (path / SUMMARY_FILE).is_file():
             raise QDeployError(f"{path} is a train run without {RUN_MODEL_DIR}/{ADAPTER_FILE} or "
                                f"{RUN_MODEL_DIR}/{BASE_FILE}: the run did not finish; resume it (qdeploy train --resume)")
         raise QDeployError(f"{path} holds no qdeploy model (no {ADAPTER_FILE}, {BASE_FILE}, {RUN_MODEL_DIR}/ "

@@ -19,6 +19,7 @@ from qdeploy.adaptation.inject import adapt, adapter_config, quadratic_layers
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import BaseSpec, base_spec_of, build_architecture, load_state_checked, read_state_dict
+from qdeploy.store.artifacts import TrainingRecord
 from qdeploy.store.layout import (ADAPTER_FILE, ADAPTER_FORMAT, BASE_FILE, BASE_FORMAT, TRAINING_KEY, WEIGHTS_FILE,
                                   Stored, locate, model_config)
 
@@ -80,9 +81,9 @@ def write_folder(folder: str | Path, files: dict[str, bytes]) -> Path:
     return Path(folder)
 
 
-def save(model: nn.Module, folder: str | Path, record: dict[str, Any] | None = None) -> Path:
-    """Write `model` as a model folder (replaced atomically); `record`: its training record."""
-    return write_folder(folder, model_files(model, {TRAINING_KEY: record} if record else None))
+def save(model: nn.Module, folder: str | Path, record: TrainingRecord | None = None) -> Path:
+    """Write `model` as a model folder (replaced atomically); `record`: how it was trained."""
+    return write_folder(folder, model_files(model, {TRAINING_KEY: record.to_json()} if record else None))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> Stored:

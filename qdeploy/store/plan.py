@@ -6,13 +6,12 @@ ONNX file and model it came from; runtime/plan_info.py checks a plan against thi
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from qdeploy.atomic import write_json
 from qdeploy.errors import QDeployError
+from qdeploy.store.artifacts import Artifact
 from qdeploy.store.layout import PLAN_INFO_FILE as INFO_FILE, PLAN_SUFFIXES
 
 PLAN_FILE = "model.plan"
@@ -20,8 +19,11 @@ FORMAT = 1
 
 
 @dataclass(frozen=True)
-class EngineInfo:
+class EngineInfo(Artifact):
     """The facts recorded next to model.plan (engine.json)."""
+
+    FORMAT: ClassVar[int] = FORMAT
+    WRITER: ClassVar[str] = "`qdeploy build` (rebuild the plan)"
 
     tensorrt_version: str
     gpu_name: str
@@ -38,31 +40,20 @@ class EngineInfo:
     build_seconds: float
     built_at: str
     notes: tuple[str, ...] = field(default_factory=tuple)
-    format: int = FORMAT
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    @classmethod
+    def _from_fields(cls, values: dict[str, Any]) -> "EngineInfo":
+        return cls(**{**values, "builder_flags": tuple(values["builder_flags"]), "notes": tuple(values.get("notes", ()))})
 
-    def write(self, folder: str | Path) -> Path:
-        path = Path(folder) / INFO_FILE
-        write_json(path, self.to_json())
-        return path
+    def write(self, folder: str | Path) -> Path:  # type: ignore[override]
+        return super().write(Path(folder) / INFO_FILE)
 
 
 def read_engine_info(folder_or_plan: str | Path) -> EngineInfo:
     """engine.json of a plan folder (or of the folder holding a .plan / .engine file)."""
     path = Path(folder_or_plan)
-    folder = path.parent if path.suffix in PLAN_SUFFIXES else path
-    info = folder / INFO_FILE
+    info = (path.parent if path.suffix in PLAN_SUFFIXES else path) / INFO_FILE
     if not info.is_file():
         raise QDeployError(f"{info} is missing: a plan needs the engine.json that `qdeploy build` writes beside it "
                            "(rebuild with `qdeploy build MODEL.onnx`)")
-    try:
-        payload = json.loads(info.read_text())
-        if payload.get("format") != FORMAT:
-            raise ValueError(f"format {payload.get('format')!r}, expected {FORMAT}")
-        payload["builder_flags"] = tuple(payload["builder_flags"])
-        payload["notes"] = tuple(payload.get("notes", ()))
-        return EngineInfo(**payload)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise QDeployError(f"{info} is not a qdeploy engine.json ({exc}); rebuild with `qdeploy build`") from exc
+    return EngineInfo.read(info)

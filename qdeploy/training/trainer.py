@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from qdeploy import atomic
 from qdeploy.adaptation import AdaptReport
 from qdeploy.errors import QDeployError
-from qdeploy.store import RUN_MODEL_DIR, save
+from qdeploy.store import CHECKPOINT_DIR, RUN_MODEL_DIR, SUMMARY_FILE, TrainingRecord, save
 from qdeploy.training.checkpointing import Checkpoint, read_checkpoint, read_checkpoint_state, save_checkpoint
 from qdeploy.training.config import AUTO_LR, TrainConfig
 from qdeploy.training.data import build_data, steps_per_epoch, train_loader, val_loader
@@ -51,8 +51,6 @@ from qdeploy.training.progress import ProgressBar
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass
@@ -413,10 +411,10 @@ class Trainer:
         summary = self._summary(reason)
         if self.context.is_main:
             # The split (seed, val fraction) too: verify must score the held-out images only.
-            save(self.model, model_dir, record={
-                **{k: summary[k] for k in ("mode", "data", "classes", "image_size", "steps", "final_val_acc")},
-                "seed": self.config.seed, "val_fraction": self.config.val_fraction,
-                "targets": list(self.config.targets) if self.config.targets else None})
+            save(self.model, model_dir, record=TrainingRecord(
+                summary["data"], summary["image_size"], self.config.seed, self.config.val_fraction, summary["mode"],
+                tuple(summary["classes"]), summary["steps"], summary["final_val_acc"],
+                tuple(self.config.targets) if self.config.targets else None))
             plot_curves(self.out / METRICS_FILE, self.out / PLOT_FILE,
                         f"{self.config.mode}: {self.config.model} on {self.config.data}")
             atomic.write_json(self.out / SUMMARY_FILE, summary)

@@ -18,13 +18,36 @@ from torch import nn
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.export.base_model import base_of, export_plain_onnx
-from qdeploy.runtime import load_engine
+from qdeploy.runtime import BACKENDS, load_engine
 from qdeploy.runtime.benchmark import Measurement, Target, run_benchmark, write_results
 from qdeploy.runtime.profile import Profile, profile_onnx
 from qdeploy.runtime.torch_engine import TorchEngine
 from qdeploy.store import PLAN_SUFFIXES, load, locate
 
 PROFILE_RUNS = 20  # profiled runs per file, batch and thread count (at most `iterations`)
+ORT_BACKENDS = tuple(b for b in BACKENDS if b.startswith("ort-"))
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Every setting of a bench run (the CLI's options are generated from these fields)."""
+
+    backends: tuple[str, ...] = field(default=("ort-cpu",), metadata={
+        "option": "--backend", "choices": ORT_BACKENDS, "help": "ONNX Runtime backends for ONNX files (repeatable)."})
+    batches: tuple[int, ...] = field(default=(1, 32), metadata={"option": "--batch", "help": "Batch sizes."})
+    threads: tuple[int, ...] = field(default=(os.cpu_count() or 1,), metadata={"help": "Thread counts."})
+    warmup: int = field(default=5, metadata={"help": "Untimed runs before timing."})
+    iterations: int = field(default=100, metadata={"help": "Timed runs (at most)."})
+    time_budget: float | None = field(default=None, metadata={"help": "Seconds per measurement (stops early)."})
+    rounds: int = field(default=1, metadata={
+        "help": "Interleave the targets: each of N rounds times every target (a share of the runs)."})
+    base: bool = field(default=True, metadata={
+        "help": "Also run the unadapted base model (needs the adapted model folder or an export report naming it)."})
+    out: Path = field(default=Path("bench"), metadata={"help": "Folder for bench.json, bench.csv, bench.png (and "
+                                                               "profile.json)."})
+    profile: bool = field(default=False, metadata={
+        "help": "Also profile every ONNX file on ort-cpu (ONNX Runtime's profiler): time per op type and per "
+                "quadratic layer, at each batch and thread count."})
 
 
 @dataclass
@@ -53,8 +76,7 @@ def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list
             targets.append(Target(label, _engine_factory(path, "torch"), base="base torch"))
             continue
         model_folder = model_folder or stored.model_folder  # named by the export report beside it
-        if stored.report is not None:
-            size = size or tuple(stored.report["input"]["shape"][2:])
+        size = size or stored.input_size
         for file in stored.files:
             for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
                 targets.append(Target(f"{file.stem} {backend}", _engine_factory(file, backend), base=f"base {backend}",
@@ -83,27 +105,25 @@ def machine() -> dict[str, object]:
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
 
 
-def bench(models: Sequence[Path], backends: Sequence[str] = ("ort-cpu",), batches: Sequence[int] = (1, 32),
-          threads: Sequence[int] | None = None, warmup: int = 5, iterations: int = 100,
-          time_budget: float | None = None, rounds: int = 1, base: bool = True, out: Path = Path("bench"),
-          profile: bool = False, progress: Callable[[str], None] | None = None) -> BenchResult:
-    """Measure latency (p50/p90/p99/mean) and throughput of `models` side by side; writes to `out`."""
-    thread_counts = tuple(threads or (os.cpu_count() or 1,))
+def bench(models: Sequence[Path], options: BenchOptions = BenchOptions(),
+          progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Measure latency (p50/p90/p99/mean) and throughput of `models` side by side; writes to `options.out`."""
+    backends, out, iterations, warmup, thread_counts = (options.backends, options.out, options.iterations,
+                                                        options.warmup, options.threads)
     targets, model_folder, size = expand_targets(models, backends)
-    if base:
+    if options.base:
         if model_folder is None:
             raise QDeployError("--base needs the adapted model, and no export report beside the files names an existing one: "
                                "pass its folder too, or use --no-base")
         stored = load(model_folder)
-        input_size = tuple(size) if size else ((stored.image_size,) * 2 if stored.image_size else None)
-        targets += base_targets(stored.model, targets, backends, out, input_size)
-    results = run_benchmark(targets, batches, thread_counts, warmup, iterations, time_budget, progress=progress,
-                            rounds=rounds)
+        targets += base_targets(stored.model, targets, backends, out, size or stored.input_size)
+    results = run_benchmark(targets, options.batches, thread_counts, warmup, iterations, options.time_budget,
+                            progress=progress, rounds=options.rounds)
     paths = write_results(results, out, {"machine": machine(), "models": [str(m) for m in models]})
     profiles: list[Profile] = []
-    if profile:
+    if options.profile:
         profiles = [profile_onnx(t.onnx, b, n, runs=min(iterations, PROFILE_RUNS), warmup=warmup)
-                    for n in thread_counts for t in targets if t.onnx is not None for b in batches]
+                    for n in thread_counts for t in targets if t.onnx is not None for b in options.batches]
         if not profiles:
             raise QDeployError("--profile needs an ONNX file run on ort-cpu; pass an export folder or .onnx file")
         paths["profile"] = out / "profile.json"

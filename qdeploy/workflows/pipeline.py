@@ -11,8 +11,8 @@ once for both files.
 
 Training defaults (measured, README "What qdeploy pipeline shows"): the primary trains with
 the quadratic terms (`--train-primary`; frozen ImageNet features on 64 px shifted digits
-learn several times slower), EPOCHS epochs at the trainer's AdamW defaults, each run capped
-at TRAIN_MINUTES.
+learn several times slower), TrainConfig's epochs at the trainer's AdamW defaults, each run
+capped at TRAIN_MINUTES.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from rich.console import Console
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BUILTIN_DEFAULT
+from qdeploy.store import EXPORT_MODES, VerifyReport
+from qdeploy.training.config import TrainConfig
 
 SUMMARY_FILE = "pipeline_summary.json"
-EPOCHS = 3
 TRAIN_MINUTES = 3.0
-MODES = ("decomposed", "fused")
+MODES = EXPORT_MODES
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class PipelineOptions:
     data: str = field(default="digits-shift",
                       metadata={"help": "'digits-shift', 'fashion-mnist[:DIR]' or an ImageFolder path."})
     out: Path = field(default=Path("runs/pipeline"), metadata={"help": "Folder for every output."})
-    epochs: int = field(default=EPOCHS, metadata={"help": "Epochs of each training run."})
+    epochs: int = field(default=TrainConfig.epochs, metadata={"help": "Epochs of each training run."})
     train_minutes: float = field(default=TRAIN_MINUTES, metadata={"help": "Time budget of each training run (minutes)."})
     max_samples: int | None = field(default=None, metadata={"help": "Cap train/val images (quick trials)."})
     batches: tuple[int, ...] = field(default=(1, 32), metadata={"help": "Bench batch sizes.", "option": "--batch"})
@@ -70,7 +71,7 @@ class PipelineResult:
     """The summary (also written to `out/pipeline_summary.json`), the verify report per file and the latencies."""
 
     summary: dict[str, Any]
-    verify: dict[str, dict[str, Any]]  # mode -> verify report (written to out/verify_<mode>.json)
+    verify: dict[str, VerifyReport]  # mode -> verify report (written to out/verify_<mode>.json)
     latency: list[Any]  # runtime.benchmark.Measurement
     path: Path
 
@@ -108,11 +109,6 @@ def _latency_plan(options: PipelineOptions, console: Console):
     return plan
 
 
-def _eval_entry(report: dict[str, Any]) -> dict[str, Any]:
-    """The labelled set's comparison in a verify report (the random sets have no accuracy)."""
-    return next(s for s in report["sets"] if s["reference_accuracy"] is not None)
-
-
 def _accuracy(engine: Any, eval_set: Any) -> float:
     from qdeploy.runtime.parity import run_all
 
@@ -123,7 +119,7 @@ def _accuracy(engine: Any, eval_set: Any) -> float:
 def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     """Every stage in order (`console` shows the stage rules and training progress); writes the summary."""
     from qdeploy.compare import resolve_tolerance
-    from qdeploy.data.eval_set import load_eval_set, training_split
+    from qdeploy.data.eval_set import load_eval_set
     from qdeploy.export import ExportOptions, export_model
     from qdeploy.export.base_model import base_of
     from qdeploy.runtime import load_engine
@@ -131,7 +127,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     from qdeploy.runtime.torch_engine import TorchEngine
     from qdeploy.store import load
     from qdeploy.workflows.bench import base_targets
-    from qdeploy.workflows.verify import run_verify
+    from qdeploy.workflows.verify import VerifyOptions, run_verify
 
     for folder in ("train", "finetune"):
         if (options.out / folder).exists():
@@ -146,22 +142,19 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
         tick = time.perf_counter()
         finetune_dir, finetune_summary = _train(options, console, "finetune")
         stages["finetune_s"] = time.perf_counter() - tick
-    size = int(train_summary["image_size"])
     stored = load(model_dir)  # the adapted model, built once for export, verify and bench
-    model = stored.model
+    model, size = stored.model, stored.record.image_size
 
     console.rule("2/4 export (decomposed + fused)")
     tick = time.perf_counter()
     onnx_dir = options.out / "onnx"
-    export_report = export_model(model, onnx_dir, ExportOptions(modes=MODES, input_size=(size, size),
-                                                                source=str(model_dir)))
+    export_report = export_model(stored, onnx_dir, ExportOptions(modes=MODES))
     stages["export_s"] = time.perf_counter() - tick
 
     console.rule("3/4 verify (ONNX Runtime CPU vs PyTorch)")
     tick = time.perf_counter()
     reference = TorchEngine(model, threads=options.threads, input_size=(size, size))
-    record = stored.record  # the held-out split the model was trained beside
-    eval_set = load_eval_set(options.data, model, (size, size), **training_split(record, options.data))
+    eval_set = load_eval_set(options.data, model, (size, size), **stored.record.split_for(options.data))
     base = base_of(model)
     base_accuracy = _accuracy(TorchEngine(base, input_size=(size, size)), eval_set)
     finetune_accuracy = None if finetune_dir is None else _accuracy(TorchEngine(finetune_dir, input_size=(size, size)),
@@ -171,8 +164,9 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     cache: dict[str, Any] = {}  # the reference's outputs, computed once for both files
     parity = {}
     for mode, engine in engines.items():
-        parity[mode] = run_verify(engine, reference, tolerance, eval_set, (1, 8), 32, None, options.threads, cache)
-        atomic.write_json(options.out / f"verify_{mode}.json", parity[mode])
+        parity[mode] = run_verify(engine, reference, tolerance, eval_set, VerifyOptions.random_batches,
+                                  VerifyOptions.batch_size, None, options.threads, cache)
+        parity[mode].write(options.out / f"verify_{mode}.json")
     stages["verify_s"] = time.perf_counter() - tick
 
     console.rule("4/4 bench (base vs adapted)")
@@ -193,16 +187,16 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     summary = {
         "model": options.model, "data": options.data, "image_size": size,
         "accuracy": {"step0_untrained_head": train_summary["initial_val_acc"],
-                     "adapted": _eval_entry(parity["decomposed"])["reference_accuracy"],
+                     "adapted": parity["decomposed"].labelled()["reference_accuracy"],
                      "adapted_without_quadratic_terms": base_accuracy, "finetuned_base": finetune_accuracy,
-                     **{f"onnx_{mode}": _eval_entry(r)["backend_accuracy"] for mode, r in parity.items()}},
-        "parity": {mode: {"passed": r["passed"], "max_rel": max(s["max_rel"] for s in r["sets"]),
-                          "eval_top1_agreement": _eval_entry(r)["top1_agreement"]} for mode, r in parity.items()},
+                     **{f"onnx_{mode}": r.labelled()["backend_accuracy"] for mode, r in parity.items()}},
+        "parity": {mode: {"passed": r.passed, "max_rel": max(s["max_rel"] for s in r.sets),
+                          "eval_top1_agreement": r.labelled()["top1_agreement"]} for mode, r in parity.items()},
         "latency": [m.to_dict() for m in results],
         "training": {mode: {k: s[k] for k in ("steps", "train_seconds", "trainable_params", "stop_reason",
                                               "catapult_events")}
                      for mode, s in (("adapt", train_summary), ("finetune", finetune_summary)) if s is not None},
-        "export_nodes": {mode: info["nodes_total"] for mode, info in export_report["files"].items()},
+        "export_nodes": {mode: info.nodes_total for mode, info in export_report.files.items()},
         "seconds": {k: round(v, 1) for k, v in stages.items()},
         "plan": None if plan is None else {"layers": plan.chosen, "candidates": len(plan.layers),
                                            "latency_budget": plan.latency_budget, "predicted": plan.predicted,
