@@ -103,7 +103,7 @@ def test_mixer_defaults_skip_the_patchify_stem_and_export_with_parity(tmp_path) 
     adapt(model, input_size=(3, 32, 32))
     randomize_quadratic_terms(model)
     report = export_model(model, tmp_path / "onnx", ExportOptions(modes=("decomposed",), input_size=(32, 32), tune=False))
-    assert report["files"]["decomposed"]["passed"] and report["quadratic_layers"] == 16
+    assert report.files["decomposed"].passed and report.quadratic_layers == 16
 
 
 def test_export_says_when_pytorch_itself_gives_nan(tmp_path) -> None:

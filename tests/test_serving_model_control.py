@@ -142,7 +142,7 @@ def test_poll_swap_under_load_on_both_servers(tmp_path: Path) -> None:
         # v2 answers once it has loaded: the poll interval (1 s) plus its load and warm-up
         assert row["v2_first_answer_s"] is not None and row["v2_first_answer_s"] < 150, (kind, row)
         assert row["v3_entry"]["state"] == "UNAVAILABLE", (kind, row["v3_entry"])
-        assert "ONNX Runtime cannot load" in row["v3_entry"]["reason"], (kind, row["v3_entry"])
+        assert "is not a readable ONNX model" in row["v3_entry"]["reason"], (kind, row["v3_entry"])
         assert set(row["answers_after_refusal"]) == {"2"}, (kind, row)  # still v2 after v3 was refused
         states = {e["version"]: (e["state"], e.get("reason")) for e in row["final_index"]}
         assert states["1"] == ("UNAVAILABLE", "unloaded") and states["2"] == ("READY", None), (kind, states)
@@ -384,7 +384,8 @@ def test_a_model_failing_at_start_leaves_the_others_serving_unless_exit_on_error
     (repo / "bad" / "1" / "model.onnx").write_bytes(b"corrupt")
     models = ModelControl(repo, ServeOptions(threads=1), ControlOptions())
     failures = models.load_at_start()
-    assert len(failures) == 1 and failures[0].startswith("version 1 is at UNAVAILABLE state: model 'bad': ONNX Runtime")
+    assert len(failures) == 1 and failures[0].startswith("version 1 is at UNAVAILABLE state: model 'bad': ")
+    assert "is not a readable ONNX model" in failures[0]
     assert sorted(models.models["good"].ready) == [1] and not models.models["bad"].ready
     with pytest.raises(QDeployError, match=r"^version 1 is at UNAVAILABLE state: model 'bad': ONNX Runtime cannot "
                                            r"load .*\(--exit-on-error stops the start; leave it off"):
