@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,10 @@ def image_folder(root: Path, per_class: int = 80, corrupt: bool = False) -> Path
     return root
 
 
-def options(calibration: str | None, max_accuracy_drop: float = 0.005) -> ExportOptions:
+def options(calibration: str | None, max_accuracy_drop: float = 0.005, source: str | None = None) -> ExportOptions:
     control = AccuracyControl(max_accuracy_drop, timing_batches=(1,), timing_repeats=2, max_steps=2)
     return ExportOptions(input_size=SIZE, modes=("decomposed",), precision="int8", calibration=calibration,
-                         tune=False, int8_control=control)
+                         tune=False, int8_control=control, source=source)
 
 
 def faster_than_fp32(monkeypatch, ratio: float) -> None:
@@ -57,7 +58,8 @@ def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> 
     torch.manual_seed(0)
     model = tiny_model()
     data = image_folder(tmp_path / "calib")
-    report = export_model(model, tmp_path / "out", options(str(data), max_accuracy_drop=1.0))
+    report = export_model(model, tmp_path / "out", options(str(data), max_accuracy_drop=1.0,
+                                                           source=str(save(model, tmp_path / "model"))))
     info = report["files"]["decomposed"]
     path = tmp_path / "out" / "decomposed.onnx"
     proto = onnx.load(str(path))
@@ -79,6 +81,13 @@ def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> 
     assert got["int8_accuracy"] == pytest.approx(expected["int8_accuracy"]) and got["target"] == "ort-cpu"
     assert got["steps"][0]["latency"]["ratio_vs_fp32"] == 0.5 and "0.50x" in got["reason"]
     assert info["parity"]["random_b1"]["passed"]  # the fp32 graph it came from met the fp32 preset
+
+    verified = CliRunner().invoke(main, ["verify", str(path), "--precision", "int8", "--data", str(data),
+                                         "--random-batches", "1", "--out", str(tmp_path / "verify.json")])
+    written = json.loads((tmp_path / "verify.json").read_text())["int8_vs_fp32"]
+    assert written["file"] == fp32.name and written["images"] == 32
+    assert written["top1_agreement"] == pytest.approx(expected["top1_agreement"])
+    assert f"int8 vs its fp32 file {fp32.name}: top-1 agreement {expected['top1_agreement']:.1%}" in verified.output
 
 
 def test_int8_missing_the_rule_or_slower_than_fp32_ships_the_fp32_file_and_says_why(tmp_path, monkeypatch) -> None:

@@ -62,6 +62,33 @@ def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance | Ma
     return report
 
 
+def int8_fp32_file(model: Path) -> Path | None:
+    """The fp32 file an exported int8 file was judged against (kept beside it), or None for other files."""
+    stored = locate(model)
+    if stored.kind != "onnx" or not stored.report:
+        return None
+    for info in stored.report.get("files", {}).values():
+        int8 = info.get("int8") or {}
+        if info.get("file") == model.name and int8.get("shipped") == "int8" and int8.get("fp32_file"):
+            return model.parent / int8["fp32_file"]
+    return None
+
+
+def agreement_with_fp32(engine: Engine, fp32_file: Path, eval_set: EvalSet, batch_size: int,
+                        threads: int) -> dict[str, Any]:
+    """The int8 rule on `eval_set`: top-1 agreement of `engine` with the fp32 file and both accuracies."""
+    from qdeploy.export.int8 import int8_parity
+    from qdeploy.runtime.parity import run_all
+
+    if not fp32_file.is_file():
+        raise QDeployError(f"{fp32_file} (the fp32 file this int8 file was judged against) is missing; "
+                           "re-export with `qdeploy export --precision int8`")
+    fp32 = load_engine(fp32_file, "ort-cpu", threads)
+    output = run_all(engine, eval_set.images, batch_size)[engine.outputs[0].name]
+    reference = run_all(fp32, eval_set.images, batch_size)[fp32.outputs[0].name]
+    return {"file": fp32_file.name, **int8_parity(reference, output, eval_set.labels)}
+
+
 def verify_model(model: Path, tolerance: Tolerance, reference: Path | None = None, backend: str = "auto",
                  data: str | None = None, limit: int | None = None, random_batches: tuple[int, ...] = (1, 8),
                  batch_size: int = 32, threads: int = 0, localize: bool | None = None, check_finite: bool = False,
@@ -84,6 +111,10 @@ def verify_model(model: Path, tolerance: Tolerance, reference: Path | None = Non
     eval_set = load_eval_set(data, reference_engine.model, tuple(size), limit,
                              **training_split(training, data)) if data else None
     report = run_verify(engine, reference_engine, tolerance, eval_set, random_batches, batch_size, localize, threads)
+    fp32_file = int8_fp32_file(model) if model.suffix == ".onnx" else None
+    if fp32_file is not None and eval_set is not None:
+        report["int8_vs_fp32"] = agreement_with_fp32(engine, fp32_file, eval_set, batch_size, threads)
+        report["passed"] = report["passed"] and report["int8_vs_fp32"]["passed"]  # the rule it shipped under
     out = out or (model if model.is_dir() else model.parent) / f"verify_{engine.backend}.json"
     atomic.write_json(out, report)
     return VerifyResult(report, out, engine)
