@@ -91,7 +91,8 @@ def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, in
         from qdeploy.serving.repository import check_model_name
 
         triton_name = check_model_name(triton_name or out.resolve().name)  # refuse before the long export
-    report = export_model(stored.build(), out, options)
+    with Console().status("exporting") as status:
+        report = export_model(stored.build(), out, options, progress=lambda text: status.update(text))
 
     table = Table(title=f"ONNX export of {report['base']['name']} ({precision}, batch {report['batch']})")
     for column in ("file", "nodes", "plugin nodes", "MB", "max err / scale", "top-1 agree", "export s"):

@@ -1,17 +1,17 @@
 """Accuracy-controlled int8: the fastest QDQ file that keeps the fp32 file's answers, or the fp32 file.
 
 Plain static quantization either meets the int8 rule (top-1 agreement with the fp32 file >=
-INT8_MIN_TOP1, accuracy drop <= the allowed points) or it does not, and then nothing ships.
+INT8_MIN_TOP1, accuracy drop <= the allowed points) or it does not, and then no int8 ships.
 This module does what OpenVINO NNCF's `quantize_with_accuracy_control` does, with
 onnxruntime.quantization doing the quantizing (`nodes_to_exclude`):
 
 1. calibrate once (the activation ranges are cached, so every later file differs from the
    first only in which nodes stay float), quantize everything, judge it;
 2. when it misses the rule, rank the quantized node groups by a measured sensitivity: each
-   group is returned to float *in the all-int8 graph* (its nodes read the float tensors and
-   weights and the tensors between them again, no re-quantization) and the normalised squared error of the logits against
-   the fp32 file on RANKING_IMAGES images is measured; the sensitivity is how much of the
-   all-int8 error that removes. Groups are the nodes of one part of a quadratic layer
+   group is returned to float *in the all-int8 graph* (its nodes read float weights, and the
+   tensors between them stay float; no re-quantization) and the normalised squared error of
+   the logits against the fp32 file on RANKING_IMAGES images is measured; the sensitivity is
+   how much of the all-int8 error that removes. Groups are the nodes of one part of a quadratic layer
    (`<layer>/quad`: factor convs, product, projection; `<layer>/primary`, `/sum`, `/blocked`),
    so the ranking also says where the quadratic terms need float, and every other quantized
    node on its own;
@@ -45,8 +45,8 @@ import numpy as np
 import onnx
 
 from qdeploy.errors import QDeployError
-from qdeploy.export.forms import time_forms
 from qdeploy.export import int8
+from qdeploy.export.forms import time_forms
 from qdeploy.export.int8 import INT8_MAX_ACCURACY_DROP, int8_parity, quantize_qdq
 from qdeploy.export.layer_names import SEPARATOR, layer_of, part_of
 

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -44,6 +44,7 @@ DEFAULT_OPSET = translations.MIN_OPSET
 # Protobuf messages stop at 2 GiB; keep headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 MAX_DYNAMIC_BATCH = 65536  # torch.export needs a bound; no runtime batch comes near it
+INT8_EVAL_IMAGES = 1000  # a seeded choice of the held-out images judges int8 (Fashion-MNIST has 10,000)
 TUNE_BATCH = 8  # forms of a dynamic-batch export are timed at this batch (big enough to time a layer)
 _KNOWN_NAMESPACES = {"aten", "prims", "qdeploy"}
 
@@ -242,12 +243,12 @@ def _calibration_set(model: nn.Module, shape: tuple[int, int, int], options: Exp
         return None
     from qdeploy.data.eval_set import load_eval_set
 
-    eval_set = load_eval_set(options.calibration, model, shape[1:])  # type: ignore[arg-type]
+    eval_set = load_eval_set(options.calibration, model, shape[1:], INT8_EVAL_IMAGES)  # type: ignore[arg-type]
     check_calibration_images(eval_set.images, shape, options.calibration)  # type: ignore[arg-type]
     return eval_set
 
 
-def _quantize(path: Path, eval_set, options: ExportOptions) -> dict[str, Any]:
+def _quantize(path: Path, eval_set, options: ExportOptions, progress: Callable[[str], None]) -> dict[str, Any]:
     """Replace the checked fp32 file at `path` by the accuracy-controlled int8 file, or keep fp32 (the report says why).
 
     A shipped int8 file keeps its fp32 file beside it (`<stem>.fp32.onnx`): what it was judged
@@ -256,7 +257,8 @@ def _quantize(path: Path, eval_set, options: ExportOptions) -> dict[str, Any]:
     fp32 = path.with_name(f"{path.stem}.fp32.onnx")
     path.rename(fp32)
     result = quantize_with_accuracy_control(fp32, path, eval_set.images, eval_set.labels, options.int8_target,
-                                            options.int8_control, (options.batch,) if options.batch else None)
+                                            options.int8_control, (options.batch,) if options.batch else None,
+                                            progress)
     result["calibration"] = options.calibration
     original = onnx.load(str(fp32), load_external_data=False)
     export_info = json.loads(next(p.value for p in original.metadata_props if p.key == "qdeploy.export"))
@@ -274,8 +276,11 @@ def _quantize(path: Path, eval_set, options: ExportOptions) -> dict[str, Any]:
     return result
 
 
-def export_model(model: nn.Module, out: str | Path, options: ExportOptions = ExportOptions()) -> dict[str, Any]:
+def export_model(model: nn.Module, out: str | Path, options: ExportOptions = ExportOptions(),
+                 progress: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
     """Export an adapted model to `out` (replaced atomically); returns the report it writes.
+
+    progress: told what the int8 accuracy control is doing (its steps take minutes on large models).
 
     Raises QDeployError (and leaves `out` untouched) when a layer cannot be exported, a file
     fails the ONNX checks, or ONNX Runtime's outputs miss the precision's tolerance.
@@ -344,7 +349,7 @@ def export_model(model: nn.Module, out: str | Path, options: ExportOptions = Exp
                     f"{tolerance.rtol:.0e} of the scale); nothing was written to {out}"
                 )
             if eval_set is not None:
-                files[mode]["int8"] = _quantize(path, eval_set, options)
+                files[mode]["int8"] = _quantize(path, eval_set, options, progress)
                 files[mode]["file_bytes"] = files_bytes(path)
                 files[mode]["nodes"] = node_counts(check_onnx_file(path))
                 files[mode]["nodes_total"] = sum(files[mode]["nodes"].values())
