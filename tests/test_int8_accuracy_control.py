@@ -75,9 +75,12 @@ def test_emulated_float_groups_equal_requantizing_with_nodes_to_exclude(tmp_path
     weight = next(t for t in reverted.graph.initializer if t.name == conv.input[1])  # float again, not int8
     assert weight.data_type == TensorProto.FLOAT and numpy_helper.to_array(weight)[0, 0, 0, 0] == 1000.0
     emulated = run_logits(reverted, images, 1)
-    quantize_qdq(fp32, tmp_path / "x.onnx", images, "ort-cpu", nodes_to_exclude=groups["q/quad"])
-    np.testing.assert_allclose(emulated, run_logits(tmp_path / "x.onnx", images, 1), rtol=0, atol=1e-6)
     assert not np.allclose(emulated, run_logits(tmp_path / "q.onnx", images, 1), atol=1e-3)  # it did revert
+    # every reader of the graph input in float (it stays float then), a node mid-graph, the head
+    for nodes in (groups["q/quad"], groups["q/quad"] + groups["q/primary"], groups["q/sum"], groups["head"]):
+        quantize_qdq(fp32, tmp_path / "x.onnx", images, "ort-cpu", nodes_to_exclude=nodes)
+        emulated = run_logits(with_float_nodes(qdq, onnx.load(str(fp32)), set(nodes)), images, 1)
+        np.testing.assert_allclose(emulated, run_logits(tmp_path / "x.onnx", images, 1), rtol=0, atol=1e-5)
 
 
 def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_worst_group(tmp_path) -> None:

@@ -108,14 +108,20 @@ def with_float_nodes(qdq: onnx.ModelProto, fp32: onnx.ModelProto, names: set[str
     """A copy of `qdq` as `nodes_to_exclude=names` would quantize it, without quantizing again.
 
     As onnxruntime.quantization does for excluded nodes: their weights and biases are the
-    float initializers again, a tensor between two of them stays float, and a tensor from
-    (or to) a quantized node keeps its quantize/dequantize pair. A float tensor the QDQ
-    graph no longer has (an activation the quantizer folded away) keeps its dequantized value.
+    float initializers again, and an activation stays float only when neither its producer
+    nor any of its readers is quantized (a graph input has no producer); otherwise every
+    reader gets its dequantized value. A float tensor the QDQ graph no longer has (an
+    activation the quantizer folded away) keeps its dequantized value.
     """
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
     float_weights = {t.name: t for t in fp32.graph.initializer}
     produced_by = {out: n.name for n in fp32.graph.node for out in n.output}
+    read_by: dict[str, set[str]] = {}
+    for n in fp32.graph.node:
+        for name in n.input:
+            read_by.setdefault(name, set()).add(n.name)
+    graph_inputs = {i.name for i in fp32.graph.input}
     float_nodes = {n.name: n for n in fp32.graph.node if n.name in names}
     still_produced = {(n.name, out) for n in model.graph.node for out in n.output}
     added: set[str] = {t.name for t in model.graph.initializer}
@@ -132,7 +138,8 @@ def with_float_nodes(qdq: onnx.ModelProto, fp32: onnx.ModelProto, names: set[str
                     weight.name = float_name
                     added.add(float_name)
                 node.input[position] = float_name
-            elif produced_by.get(name) in names and (produced_by[name], name) in still_produced:
+            elif read_by[name] <= names and (name in graph_inputs or (
+                    produced_by.get(name) in names and (produced_by[name], name) in still_produced)):
                 node.input[position] = name
     return model
 
