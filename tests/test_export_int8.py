@@ -98,10 +98,11 @@ def test_int8_missing_the_rule_or_slower_than_fp32_ships_the_fp32_file_and_says_
     faster_than_fp32(monkeypatch, 0.5)
     report = export_model(model, tmp_path / "missed", options(data))
     got = report["files"]["decomposed"]["int8"]
-    assert got["shipped"] == "fp32" and len(got["steps"]) == 3 and len(got["ranking"]) > 2  # step 0 + 2 float groups
-    assert [s["float_groups"] for s in got["steps"][1:]] == [[got["ranking"][0]["group"]],
-                                                            [r["group"] for r in got["ranking"][:2]]]
-    assert "no int8 file met the rule within 2 float group(s)" in got["reason"]
+    harmful = [r["group"] for r in got["ranking"] if r["sensitivity"] > 0]  # worst first; float lowers their error
+    tried = min(2, len(harmful))
+    assert got["shipped"] == "fp32" and len(got["steps"]) == 1 + tried and len(got["ranking"]) > 2
+    assert [s["float_groups"] for s in got["steps"][1:]] == [harmful[:1], harmful[:2]][:tried]
+    assert f"no int8 file met the rule within {tried} float group(s)" in got["reason"]
     proto = onnx.load(str(tmp_path / "missed" / "decomposed.onnx"))
     assert "QuantizeLinear" not in {n.op_type for n in proto.graph.node}
     assert '"precision": "fp32"' in {p.key: p.value for p in proto.metadata_props}["qdeploy.export"]

@@ -55,6 +55,8 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
 @click.option("--max-accuracy-drop", type=float, default=100 * INT8_MAX_ACCURACY_DROP, show_default=True,
               help="int8: accuracy points the file may lose against the fp32 file (besides >= 99% top-1 "
                    "agreement); the most harmful nodes return to float until it holds.")
+@click.option("--int8-max-steps", type=click.IntRange(min=0), default=AccuracyControl.max_steps, show_default=True,
+              help="int8: node groups returned to float at most (one per step) before the fp32 file ships.")
 @click.option("--rewrites/--no-rewrites", default=True, show_default=True,
               help="Exact graph rewrites: fold the norm after each quadratic layer, per-layer activation form.")
 @click.option("--tune/--no-tune", default=True, show_default=True,
@@ -67,7 +69,8 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
                    "(decomposed.onnx when exported, else fused.onnx; platform onnxruntime_onnx).")
 @click.option("--triton-name", default=None, help="Model name in --triton-repo. [default: the --out folder's name]")
 def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, input_size: str | None,
-           precision: str, calib: str | None, int8_target: str, max_accuracy_drop: float, rewrites: bool, tune: bool, tune_cache: Path | None,
+           precision: str, calib: str | None, int8_target: str, max_accuracy_drop: float, int8_max_steps: int,
+           rewrites: bool, tune: bool, tune_cache: Path | None,
            triton_repo: Path | None, triton_name: str | None) -> None:
     """Export an adapted model (a train run, its model folder or a checkpoint in one) to ONNX and verify it."""
     stored = locate(source)
@@ -83,7 +86,7 @@ def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, in
         opset=opset, batch=_batch(batch), precision=precision,
         input_size=_input_size(input_size) or ((stored.image_size,) * 2 if stored.image_size else None),
         rewrites=rewrites, tune=tune, tune_cache=tune_cache, calibration=calib, int8_target=int8_target,
-        int8_control=AccuracyControl(max_accuracy_drop=max_accuracy_drop / 100),
+        int8_control=AccuracyControl(max_accuracy_drop=max_accuracy_drop / 100, max_steps=int8_max_steps),
         source=str(stored.weights or stored.model_folder),
     )
     out = out or Path("export") / f"{(source if source.is_dir() else source.parent).resolve().name}-onnx"

@@ -15,7 +15,8 @@ onnxruntime.quantization doing the quantizing (`nodes_to_exclude`):
    (`<layer>/quad`: factor convs, product, projection; `<layer>/primary`, `/sum`, `/blocked`),
    so the ranking also says where the quadratic terms need float, and every other quantized
    node on its own;
-3. return the groups to float in that order, one more per step (judged on every eval image),
+3. return the groups whose float form lowers the error to float in that order, one more per
+   step (judged on every eval image),
    until a file meets the rule or `max_steps` is spent; a step is the all-int8 graph with
    those groups reverted, which gives the same outputs as re-quantizing with them in
    `nodes_to_exclude` (checked: equal logits), at a fraction of the cost; the shipped file is
@@ -253,8 +254,9 @@ def quantize_with_accuracy_control(fp32_path: Path, out_path: Path, images: np.n
         if not try_step([])["passed"]:
             ranking = rank_groups(all_int8, fp32_path, images[:RANKING_IMAGES], reference[:RANKING_IMAGES],
                                   control.threads, progress)
-            for count in range(1, min(control.max_steps, len(ranking)) + 1):
-                if try_step([entry["group"] for entry in ranking[:count]])["passed"]:
+            harmful = [entry["group"] for entry in ranking if entry["sensitivity"] > 0]  # float helps them
+            for count in range(1, min(control.max_steps, len(harmful)) + 1):
+                if try_step(harmful[:count])["passed"]:
                     break
         passing = [step for step in steps if step["passed"]]
         fastest = min(passing, key=lambda step: step["latency"]["ratio_vs_fp32"], default=None)
