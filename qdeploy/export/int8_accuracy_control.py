@@ -186,13 +186,18 @@ def rank_groups(qdq_path: Path, fp32_path: Path, images: np.ndarray, reference: 
     return ranking
 
 
-def sensitivity_by_part(ranking: list[dict[str, Any]]) -> dict[str, float]:
-    """Summed sensitivity per part of the quadratic layers (`quad`, `primary`, ...), `other` for the rest."""
-    totals: dict[str, float] = {}
+def sensitivity_by_part(ranking: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per part of the quadratic layers (`quad`, `primary`, `sum`, `blocked`; `other`: the rest of the
+    network): its groups, how many of them float helps, and the logit error those remove in sum."""
+    parts: dict[str, dict[str, Any]] = {}
     for entry in ranking:
-        kind = entry["group"].partition("/")[2] if layer_of(entry["group"]) else "other"
-        totals[kind] = totals.get(kind, 0.0) + entry["sensitivity"]
-    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+        part = entry["group"].partition(SEPARATOR)[2] if layer_of(entry["group"]) else "other"
+        summary = parts.setdefault(part, {"groups": 0, "harmful_groups": 0, "error_removed": 0.0})
+        summary["groups"] += 1
+        if entry["sensitivity"] > 0:
+            summary["harmful_groups"] += 1
+            summary["error_removed"] += entry["sensitivity"]
+    return dict(sorted(parts.items(), key=lambda item: -item[1]["error_removed"]))
 
 
 def time_against_fp32(path: Path, fp32_path: Path, control: AccuracyControl, batches: tuple[int, ...]) -> dict[str, Any]:
