@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -15,15 +17,17 @@ from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.export import ExportOptions, export_model
 from qdeploy.onnx_io import ort_session
-from qdeploy.export import int8
+from qdeploy.compare import PRESETS, Tolerance
+from qdeploy.export import int8, int8_accuracy_control
+from qdeploy.export.int8_accuracy_control import AccuracyControl
 from qdeploy.data.eval_set import load_eval_set
 from tests.export_helpers import tiny_model
 
 SIZE = (32, 32)
 
 
-def image_folder(root: Path, per_class: int = 6, corrupt: bool = False) -> Path:
-    """Two classes of random RGB images (or of files that are not images)."""
+def image_folder(root: Path, per_class: int = 80, corrupt: bool = False) -> Path:
+    """Two classes of random RGB images (or of files that are not images); 80 per class hold out 32."""
     rng = np.random.default_rng(0)
     for label in ("a", "b"):
         (root / label).mkdir(parents=True)
@@ -36,37 +40,78 @@ def image_folder(root: Path, per_class: int = 6, corrupt: bool = False) -> Path:
     return root
 
 
-def options(calibration: str | None, **kwargs) -> ExportOptions:
+def options(calibration: str | None, max_accuracy_drop: float = 0.005, source: str | None = None) -> ExportOptions:
+    control = AccuracyControl(max_accuracy_drop, timing_batches=(1,), timing_repeats=2, max_steps=2)
     return ExportOptions(input_size=SIZE, modes=("decomposed",), precision="int8", calibration=calibration,
-                         tune=False, **kwargs)
+                         tune=False, int8_control=control, source=source)
+
+
+def faster_than_fp32(monkeypatch, ratio: float) -> None:
+    """Timing is the benchmarks' business: here every int8 file runs at `ratio` x fp32."""
+    monkeypatch.setattr(int8_accuracy_control, "time_against_fp32",
+                        lambda *args: {"batches": {"1": {"fp32_ms": 1.0, "int8_ms": ratio, "ratio": ratio}},
+                                       "threads": 1, "ratio_vs_fp32": ratio})
 
 
 def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(int8, "INT8_MIN_TOP1", 0.0)  # random weights on random images: answers are near ties
-    monkeypatch.setattr(int8, "INT8_MAX_ACCURACY_DROP", 1.0)
+    faster_than_fp32(monkeypatch, 0.5)
+    torch.manual_seed(0)
     model = tiny_model()
     data = image_folder(tmp_path / "calib")
-    report = export_model(model, tmp_path / "out", options(str(data)))
+    report = export_model(model, tmp_path / "out", options(str(data), max_accuracy_drop=1.0,
+                                                           source=str(save(model, tmp_path / "model"))))
     info = report.files["decomposed"]
     path = tmp_path / "out" / "decomposed.onnx"
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "BatchNormalization" not in ops
-    assert info.nodes["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert info["nodes"]["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert '"precision": "int8"' in meta["qdeploy.export"] and "qdeploy.weights_sha256" in meta
     eval_set = load_eval_set(str(data), model, SIZE)
+    fp32 = tmp_path / "out" / info.int8["fp32_file"]  # kept beside it: what it was judged against
+    assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(fp32)).graph.node}
     output = ort_session(path).run(None, {"input": eval_set.images})[0]
-    import torch
-
-    with torch.no_grad():
-        reference = model(torch.from_numpy(eval_set.images)).numpy()
+    reference = ort_session(fp32).run(None, {"input": eval_set.images})[0]
     expected = int8.int8_parity(reference, output, eval_set.labels)
     got = info.int8
-    assert got["images"] == len(eval_set.labels) == 2 and got["calibration_images"] == 2  # val split of 12 images
+    assert got["shipped"] == "int8" and got["chosen_step"] == 0 and got["float_nodes"] == []
+    assert got["images"] == len(eval_set.labels) == 32 and got["calibration_images"] == 32  # val split of 160
     assert got["top1_agreement"] == pytest.approx(expected["top1_agreement"])
     assert got["int8_accuracy"] == pytest.approx(expected["int8_accuracy"]) and got["target"] == "ort-cpu"
+    assert got["steps"][0]["latency"]["ratio_vs_fp32"] == 0.5 and "0.50x" in got["reason"]
     assert info.parity["random_b1"]["passed"]  # the fp32 graph it came from met the fp32 preset
+
+    verified = CliRunner().invoke(main, ["verify", str(path), "--precision", "int8", "--data", str(data),
+                                         "--random-batches", "1", "--out", str(tmp_path / "verify.json")])
+    written = json.loads((tmp_path / "verify.json").read_text())["int8_vs_fp32"]
+    assert written["file"] == fp32.name and written["images"] == 32
+    assert written["top1_agreement"] == pytest.approx(expected["top1_agreement"])
+    assert f"int8 vs its fp32 file {fp32.name}: top-1 agreement {expected['top1_agreement']:.1%}" in verified.output
+
+
+def test_int8_missing_the_rule_or_slower_than_fp32_ships_the_fp32_file_and_says_why(tmp_path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = tiny_model()
+    data = str(image_folder(tmp_path / "calib"))
+    monkeypatch.setattr(int8, "INT8_MIN_TOP1", 1.01)  # a miss whatever the answers
+    faster_than_fp32(monkeypatch, 0.5)
+    report = export_model(model, tmp_path / "missed", options(data))
+    got = report.files["decomposed"].int8
+    harmful = [r["group"] for r in got["ranking"] if r["sensitivity"] > 0]  # worst first; float lowers their error
+    tried = min(2, len(harmful))
+    assert got["shipped"] == "fp32" and len(got["steps"]) == 1 + tried and len(got["ranking"]) > 2
+    assert [s["float_groups"] for s in got["steps"][1:]] == [harmful[:1], harmful[:2]][:tried]
+    assert f"no int8 file met the rule within {tried} float group(s)" in got["reason"]
+    proto = onnx.load(str(tmp_path / "missed" / "decomposed.onnx"))
+    assert "QuantizeLinear" not in {n.op_type for n in proto.graph.node}
+    assert '"precision": "fp32"' in {p.key: p.value for p in proto.metadata_props}["qdeploy.export"]
+    assert not (tmp_path / "missed" / "decomposed.fp32.onnx").exists()
+    monkeypatch.setattr(int8, "INT8_MIN_TOP1", 0.0)
+    faster_than_fp32(monkeypatch, 1.2)
+    got = export_model(model, tmp_path / "slower", options(data, 1.0)).files["decomposed"].int8
+    assert got["shipped"] == "fp32" and "runs at 1.20x the fp32 file; shipping the fp32 file" in got["reason"]
 
 
 def test_int8_parity_rule() -> None:
@@ -91,11 +136,13 @@ def test_int8_refusals_are_one_line_and_write_nothing(tmp_path, monkeypatch) -> 
     with pytest.raises(QDeployError, match="decomposed file only; pass --mode decomposed"):
         ExportOptions(precision="int8", calibration="digits-shift")
     with pytest.raises(QDeployError, match="no image of .* could be decoded"):
-        export_model(model, out, options(str(image_folder(tmp_path / "corrupt", corrupt=True))))
+        export_model(model, out, options(str(image_folder(tmp_path / "corrupt", per_class=6, corrupt=True))))
     with pytest.raises(QDeployError, match="does not exist"):
         export_model(model, out, options(str(tmp_path / "missing")))
-    monkeypatch.setattr(int8, "INT8_MIN_TOP1", 1.01)  # a miss whatever the answers
-    with pytest.raises(QDeployError, match=r"int8 file agrees with PyTorch's top-1 on .* nothing was written"):
+    with pytest.raises(QDeployError, match=r"has 4 held-out images; int8 needs at least 32"):
+        export_model(model, out, options(str(image_folder(tmp_path / "few", per_class=10))))
+    monkeypatch.setitem(PRESETS, "fp32", Tolerance(atol=0.0, rtol=0.0))  # the fp32 file misses parity
+    with pytest.raises(QDeployError, match=r"decomposed ONNX output differs from PyTorch .* nothing was written"):
         export_model(model, out, options(str(image_folder(tmp_path / "calib"))))
     assert not out.exists()
 

@@ -31,7 +31,18 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
     assert training["adapt"]["steps"] == training["finetune"]["steps"] == 10  # the same budget
     assert training["adapt"]["trainable_params"] > training["finetune"]["trainable_params"]  # primary trains too
     labels = {m["label"] for m in summary["latency"]}
-    assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch"}
+    int8 = summary["int8"]  # the accuracy-controlled int8 file: shipped and measured, or fp32 with a reason
+    if int8["shipped"] == "int8":
+        assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch",
+                          "int8 ort-cpu"}
+        assert int8["passed"] and int8["fp32_top1_agreement"] >= 0.99 and set(int8["latency"]) == {"1", "2"}
+        p50 = {(m["label"], m["batch"]): m["p50_ms"] for m in summary["latency"]}
+        assert int8["latency"]["2"]["vs_adapted_fp32"] == p50[("int8 ort-cpu", 2)] / p50[("decomposed ort-cpu", 2)]
+        assert (out / "verify_int8.json").is_file() and "int8 latency, batch 2" in result.output
+    else:
+        assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch"}
+        assert "shipping the fp32 file" in int8["reason"] and "shipped fp32" in result.output
+    assert 1 <= int8["steps"] <= 9 and (out / "onnx-int8" / "decomposed.onnx").is_file()
     assert all(m["vs_base"] > 0 for m in summary["latency"] if not m["label"].startswith("base"))
     for name in ("train/model/adapter.json", "finetune/model/base.json", "onnx/decomposed.onnx", "onnx/fused.onnx",
                  "bench/bench.csv", "bench/bench.png", "verify_fused.json"):
@@ -54,9 +65,9 @@ def test_every_pipeline_option_is_settable_from_the_cli() -> None:
 
     args = ["--model", "resnet18", "--data", "d", "--out", "o", "--epochs", "2", "--train-minutes", "0.5",
             "--max-samples", "9", "--batch", "1,4", "--threads", "1", "--bench-seconds", "0.1", "--seed", "5",
-            "--freeze-primary", "--no-baseline", "--train-threads", "2"]
+            "--freeze-primary", "--no-baseline", "--train-threads", "2", "--no-int8"]
     options = parse_dataclass_options(PipelineOptions, pipeline.make_context("pipeline", args).params)
-    assert options == PipelineOptions("resnet18", "d", Path("o"), 2, 0.5, 9, (1, 4), 1, 0.1, 5, False, False, 2)
+    assert options == PipelineOptions("resnet18", "d", Path("o"), 2, 0.5, 9, (1, 4), 1, 0.1, 5, False, False, 2, False)
     assert {f.name for f in fields(PipelineOptions)} == {p.name for p in pipeline.params}  # no field without option
     defaults = parse_dataclass_options(PipelineOptions, pipeline.make_context("pipeline", []).params)
     assert defaults == PipelineOptions()  # the defaults are the dataclass's, defined once

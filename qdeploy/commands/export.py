@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from qdeploy.errors import QDeployError
-from qdeploy.export.int8 import INT8_TARGETS
+from qdeploy.export.int8 import INT8_MAX_ACCURACY_DROP, INT8_TARGETS
+from qdeploy.export.int8_accuracy_control import AccuracyControl
 from qdeploy.export.onnx_export import DEFAULT_OPSET, PRECISIONS, ExportOptions, export_model, for_stored
 from qdeploy.store import REPORT_FILE, ExportedFile, locate
 from qdeploy.commands.tables import print_table
@@ -51,6 +52,11 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
                    "[default: the data the model was trained on]")
 @click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=INT8_TARGETS[0], show_default=True,
               help="ort-cpu: uint8 activations (fast on x86 CPUs); tensorrt: symmetric int8 activations.")
+@click.option("--max-accuracy-drop", type=float, default=100 * INT8_MAX_ACCURACY_DROP, show_default=True,
+              help="int8: accuracy points the file may lose against the fp32 file (besides >= 99% top-1 "
+                   "agreement); the most harmful nodes return to float until it holds.")
+@click.option("--int8-max-steps", type=click.IntRange(min=0), default=AccuracyControl.max_steps, show_default=True,
+              help="int8: node groups returned to float at most (one per step) before the fp32 file ships.")
 @click.option("--rewrites/--no-rewrites", default=True, show_default=True,
               help="Exact graph rewrites: fold the norm after each quadratic layer, per-layer activation form.")
 @click.option("--tune/--no-tune", default=True, show_default=True,
@@ -63,20 +69,23 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
                    "(decomposed.onnx when exported, else fused.onnx; platform onnxruntime_onnx).")
 @click.option("--triton-name", default=None, help="Model name in --triton-repo. [default: the --out folder's name]")
 def export(source: Path, out: Path | None, mode: str, opset: int, batch: str, input_size: str | None,
-           precision: str, calib: str | None, int8_target: str, rewrites: bool, tune: bool, tune_cache: Path | None,
+           precision: str, calib: str | None, int8_target: str, max_accuracy_drop: float, int8_max_steps: int,
+           rewrites: bool, tune: bool, tune_cache: Path | None,
            triton_repo: Path | None, triton_name: str | None) -> None:
     """Export an adapted model (a train run, its model folder or a checkpoint in one) to ONNX and verify it."""
     stored = locate(source)
     options = for_stored(stored, ExportOptions(
         modes=("decomposed", "fused") if mode == "both" else (mode,), opset=opset, batch=_batch(batch),
         precision=precision, input_size=_input_size(input_size), rewrites=rewrites, tune=tune, tune_cache=tune_cache,
-        calibration=calib, int8_target=int8_target))
+        calibration=calib, int8_target=int8_target,
+        int8_control=AccuracyControl(max_accuracy_drop=max_accuracy_drop / 100, max_steps=int8_max_steps)))
     out = out or Path("export") / f"{(source if source.is_dir() else source.parent).resolve().name}-onnx"
     if triton_repo is not None:
         from qdeploy.serving.repository import check_model_name
 
         triton_name = check_model_name(triton_name or out.resolve().name)  # refuse before the long export
-    report = export_model(stored, out, options)
+    with Console().status("exporting") as status:
+        report = export_model(stored, out, options, progress=lambda text: status.update(text))
 
     table = Table(title=f"ONNX export of {report.base['name']} ({precision}, batch {report.batch})")
     for column in ("file", "nodes", "plugin nodes", "MB", "max err / scale", "top-1 agree", "export s"):
@@ -106,9 +115,24 @@ def _print_rewrites(info: ExportedFile, console: Console) -> None:
         console.print(f"{info.file}: {rewrites['folded_norms']} norms folded into quadratic layers; "
                       f"activation forms: {counts}")
     if info.int8 is not None:
-        q = info.int8
-        console.print(f"{info.file}: int8 top-1 agreement {q['top1_agreement']:.1%} on {q['images']} images, "
-                      f"accuracy {q['int8_accuracy']:.1%} (PyTorch {q['reference_accuracy']:.1%})")
+        _print_int8(info.file, info.int8, console)
+
+
+def _print_int8(file: str, q: dict, console: Console) -> None:
+    """The accuracy control's steps (float groups, answers, latency vs fp32) and what shipped."""
+    table = Table(title=f"{file}: int8 steps on {q['images']} {q['calibration']} images vs the fp32 file "
+                        f"(accuracy {q['reference_accuracy']:.1%})")
+    batches = list(q["steps"][0]["latency"]["batches"])
+    for column in ("step", "float nodes", "last group returned to float", "agree", "acc drop", "rule",
+                   *(f"b{b} vs fp32" for b in batches)):
+        table.add_column(column)
+    for step in q["steps"]:
+        table.add_row(str(step["step"]), str(len(step["float_nodes"])), (step["float_groups"] or ["-"])[-1],
+                      f"{step['top1_agreement']:.1%}", f"{100 * step['accuracy_drop']:+.1f} pt",
+                      "met" if step["passed"] else "missed",
+                      *(f"{step['latency']['batches'][b]['ratio']:.2f}x" for b in batches))
+    print_table(console, table)
+    console.print(f"{file}: shipped {q['shipped']}: {q['reason']}")
 
 
 def _write_triton(repo: Path, name: str, model_path: Path, batch: int | None) -> None:

@@ -45,6 +45,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         table.add_row(f"latency plan (budget {plan['latency_budget']:.2f}x)",
                       f"{len(plan['layers'])} of {plan['candidates']} layers; predicted {ratios('predicted')}; "
                       f"measured {ratios('measured')} (plan.json)")
+    _int8_rows(summary.get("int8"), table)
     rows = {(m["label"], m["batch"]): m for m in summary["latency"]}
     for label in dict.fromkeys(m["label"] for m in summary["latency"] if not m["label"].startswith("base")):
         for (name, batch), m in rows.items():
@@ -56,10 +57,26 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     print_table(console, table)
 
 
+def _int8_rows(int8: dict[str, Any] | None, table: Table) -> None:
+    """What the accuracy-controlled int8 export shipped, its answers and its latency ratios."""
+    if int8 is None:
+        return
+    if int8["shipped"] != "int8":
+        table.add_row("int8 decomposed.onnx", f"shipped fp32: {int8['reason']}")
+        return
+    table.add_row("int8 decomposed.onnx (ORT CPU)",
+                  f"{'pass' if int8['passed'] else 'FAIL'}: acc {int8['accuracy']:.1%} (fp32 "
+                  f"{int8['reference_accuracy']:.1%}), top-1 agree {int8['fp32_top1_agreement']:.1%} with the fp32 "
+                  f"file, {len(int8['float_nodes'])} float nodes")
+    for batch, ratio in int8["latency"].items():
+        table.add_row(f"  int8 latency, batch {batch}",
+                      f"{ratio['vs_base_fp32']:.2f}x base fp32, {ratio['vs_adapted_fp32']:.2f}x adapted fp32")
+
+
 @click.command("pipeline")
 @dataclass_options(PipelineOptions)
 def pipeline(**values: Any) -> None:
-    """Adapt (train), export both ONNX modes, verify them against PyTorch and bench base vs adapted."""
+    """Adapt (train), export both ONNX modes (and int8), verify them against PyTorch and bench base vs adapted."""
     options = parse_dataclass_options(PipelineOptions, values)
     console = Console()
     result = run_pipeline(options, console)

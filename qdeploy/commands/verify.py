@@ -36,6 +36,11 @@ def print_report(report: VerifyReport, console: Console) -> None:
                       percent(s["top1_agreement"]), percent(s["top5_agreement"]), percent(s["reference_accuracy"]),
                       percent(s["backend_accuracy"]), "yes" if s["passed"] else "[red]NO[/red]")
     print_table(console, table)
+    int8 = report.int8_vs_fp32
+    if int8:
+        console.print(f"int8 vs its fp32 file {int8['file']}: top-1 agreement {int8['top1_agreement']:.1%} on "
+                      f"{int8['images']} images, accuracy {int8['int8_accuracy']:.1%} (fp32 "
+                      f"{int8['reference_accuracy']:.1%}): int8 rule {'met' if int8['passed'] else 'missed'}")
     drift = report.drift
     if drift:
         if drift["first_layer"] or drift["first_block"]:

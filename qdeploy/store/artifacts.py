@@ -153,6 +153,7 @@ class VerifyReport(Artifact):
     sets: list[dict[str, Any]]  # compare.Comparison fields per (set, output)
     passed: bool
     drift: dict[str, Any] | None = None  # runtime.drift's localisation, when it ran
+    int8_vs_fp32: dict[str, Any] | None = None  # an int8 file against the fp32 file it shipped beside
 
     def labelled(self) -> dict[str, Any]:
         """The labelled set's comparison (the random sets have no accuracy)."""

@@ -64,6 +64,11 @@ class PipelineOptions:
     latency_budget: float | None = field(default=1.10, metadata={
         "help": "Adapt only the default layers a latency plan keeps within this adapted/base ratio on ORT CPU at "
                 "every --batch (qdeploy plan); 0 adapts them all."})
+    int8: bool = field(default=True, metadata={
+        "help": "Also export the accuracy-controlled int8 file (calibrated on --data), verify and bench it."})
+
+
+INT8_MAX_STEPS = 8  # float groups the pipeline's int8 export returns at most (the export's default: 32)
 
 
 @dataclass
@@ -114,6 +119,47 @@ def _accuracy(engine: Any, eval_set: Any) -> float:
 
     logits = run_all(engine, eval_set.images, 64)[engine.outputs[0].name]
     return float(np.mean(logits.argmax(axis=1) == eval_set.labels))
+
+
+def _int8_file(model: Any, options: PipelineOptions, size: int, model_dir: Path, eval_set: Any, reference: Any,
+               cache: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Export the accuracy-controlled int8 file, verify it against PyTorch and the fp32 file it was judged
+    against; returns its summary entry and its engine (None when the export shipped fp32)."""
+    from qdeploy.compare import resolve_tolerance
+    from qdeploy.export import ExportOptions, export_model
+    from qdeploy.export.int8_accuracy_control import AccuracyControl
+    from qdeploy.runtime import load_engine
+    from qdeploy.workflows.verify import VerifyOptions, agreement_with_fp32, run_verify
+
+    folder = options.out / "onnx-int8"
+    control = AccuracyControl(max_steps=INT8_MAX_STEPS, timing_batches=options.batches, threads=options.threads)
+    report = export_model(model, folder, ExportOptions(modes=("decomposed",), input_size=(size, size), precision="int8",
+                                                       calibration=options.data, int8_control=control,
+                                                       source=str(model_dir)))
+    int8 = report.files["decomposed"].int8
+    entry = {key: int8[key] for key in ("shipped", "reason", "float_nodes", "reference_accuracy")}
+    entry["steps"] = len(int8["steps"])
+    if int8["shipped"] != "int8":
+        return entry, None
+    engine = load_engine(folder / "decomposed.onnx", "ort-cpu", options.threads)
+    verified = run_verify(engine, reference, resolve_tolerance("int8"), eval_set, VerifyOptions.random_batches,
+                          VerifyOptions.batch_size, False, options.threads, cache)
+    against_fp32 = agreement_with_fp32(engine, folder / int8["fp32_file"], eval_set, VerifyOptions.batch_size,
+                                       options.threads)
+    verified = replace(verified, int8_vs_fp32=against_fp32)
+    verified.write(options.out / "verify_int8.json")
+    entry.update(accuracy=verified.labelled()["backend_accuracy"],
+                 torch_top1_agreement=verified.labelled()["top1_agreement"],
+                 fp32_top1_agreement=against_fp32["top1_agreement"], passed=against_fp32["passed"])
+    return entry, engine
+
+
+def _int8_latency(results: list[Any]) -> dict[str, dict[str, float]]:
+    """Per batch: the int8 file's p50 over the base fp32 file's and over the adapted fp32 (decomposed) file's."""
+    p50 = {(m.label, m.batch): m.p50_ms for m in results}
+    return {str(batch): {"vs_base_fp32": p50[(label, batch)] / p50[("base ort-cpu", batch)],
+                         "vs_adapted_fp32": p50[(label, batch)] / p50[("decomposed ort-cpu", batch)]}
+            for label, batch in p50 if label == "int8 ort-cpu"}
 
 
 def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
@@ -168,6 +214,12 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
                                   VerifyOptions.batch_size, None, options.threads, cache)
         parity[mode].write(options.out / f"verify_{mode}.json")
     stages["verify_s"] = time.perf_counter() - tick
+    int8, int8_engine = None, None
+    if options.int8:
+        console.rule("int8: accuracy-controlled export, verified against PyTorch and the fp32 file")
+        tick = time.perf_counter()
+        int8, int8_engine = _int8_file(model, options, size, model_dir, eval_set, reference, cache)
+        stages["int8_s"] = time.perf_counter() - tick
 
     console.rule("4/4 bench (base vs adapted)")
     tick = time.perf_counter()
@@ -175,6 +227,8 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     targets = [Target(f"{mode} ort-cpu", lambda threads, e=engine: e, base="base ort-cpu")
                for mode, engine in engines.items()]
     targets.append(Target("adapted torch", lambda threads: reference, base="base torch"))
+    if int8_engine is not None:
+        targets.append(Target("int8 ort-cpu", lambda threads: int8_engine, base="base ort-cpu"))
     targets += base_targets(model, targets, ("ort-cpu",), options.out / "bench", (size, size))
     with console.status("benchmarking") as status:
         results = run_benchmark(targets, options.batches, (options.threads,), warmup=3, iterations=200,
@@ -197,6 +251,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
                                               "catapult_events")}
                      for mode, s in (("adapt", train_summary), ("finetune", finetune_summary)) if s is not None},
         "export_nodes": {mode: info.nodes_total for mode, info in export_report.files.items()},
+        "int8": None if int8 is None else {**int8, "latency": _int8_latency(results)},
         "seconds": {k: round(v, 1) for k, v in stages.items()},
         "plan": None if plan is None else {"layers": plan.chosen, "candidates": len(plan.layers),
                                            "latency_budget": plan.latency_budget, "predicted": plan.predicted,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -85,6 +85,33 @@ def run_verify(engine: Engine, reference: TorchEngine, tolerance: Tolerance | Ma
     return report
 
 
+def int8_fp32_file(model: Path) -> Path | None:
+    """The fp32 file an exported int8 file was judged against (kept beside it), or None for other files."""
+    stored = locate(model)
+    if stored.kind != "onnx" or not stored.report:
+        return None
+    for info in stored.report.files.values():
+        int8 = info.int8 or {}
+        if info.file == model.name and int8.get("shipped") == "int8" and int8.get("fp32_file"):
+            return model.parent / int8["fp32_file"]
+    return None
+
+
+def agreement_with_fp32(engine: Engine, fp32_file: Path, eval_set: EvalSet, batch_size: int,
+                        threads: int) -> dict[str, Any]:
+    """The int8 rule on `eval_set`: top-1 agreement of `engine` with the fp32 file and both accuracies."""
+    from qdeploy.export.int8 import int8_parity
+    from qdeploy.runtime.parity import run_all
+
+    if not fp32_file.is_file():
+        raise QDeployError(f"{fp32_file} (the fp32 file this int8 file was judged against) is missing; "
+                           "re-export with `qdeploy export --precision int8`")
+    fp32 = load_engine(fp32_file, "ort-cpu", threads)
+    output = run_all(engine, eval_set.images, batch_size)[engine.outputs[0].name]
+    reference = run_all(fp32, eval_set.images, batch_size)[fp32.outputs[0].name]
+    return {"file": fp32_file.name, **int8_parity(reference, output, eval_set.labels)}
+
+
 def verify_model(model: Path, options: VerifyOptions = VerifyOptions()) -> VerifyResult:
     """Compare MODEL (ONNX file, plan or model folder) on a backend with its PyTorch model; writes the report.
 
@@ -106,6 +133,10 @@ def verify_model(model: Path, options: VerifyOptions = VerifyOptions()) -> Verif
                              **(stored.record.split_for(data) if stored.record else {})) if data else None
     report = run_verify(engine, reference_engine, resolve_tolerance(o.precision, o.atol, o.rtol), eval_set,
                         o.random_batches, o.batch_size, o.localize, o.threads)
+    fp32_file = int8_fp32_file(model) if model.suffix == ".onnx" else None
+    if fp32_file is not None and eval_set is not None:
+        int8 = agreement_with_fp32(engine, fp32_file, eval_set, o.batch_size, o.threads)
+        report = replace(report, int8_vs_fp32=int8, passed=report.passed and int8["passed"])  # the rule it shipped under
     out = o.out or (model if model.is_dir() else model.parent) / f"verify_{engine.backend}.json"
     report.write(out)
     return VerifyResult(report, out, engine)

@@ -1,0 +1,129 @@
+"""Accuracy-controlled int8: the control loop returns measured-harmful nodes to float until the rule holds.
+
+The graph is built by hand so that plain int8 must fail: one quadratic layer `q` whose factor
+A has an outlier channel (x1000, balanced by B's /1000, so the float product is ordinary).
+Per-tensor activation quantization of A(x) then rounds A's other channels to nothing, and the
+logits (the pooled products) lose their answers. Returning `q/quad` (factor convs + product)
+to float restores them; the ranking must find it by measurement.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qdeploy.errors import QDeployError
+from qdeploy.export.int8_accuracy_control import (AccuracyControl, check_calibration_images, quantize_with_accuracy_control,
+                                                  quantized_groups, run_logits, with_float_nodes)
+from qdeploy.export.int8 import quantize_qdq
+
+CLASSES, SIZE = 4, 8
+FAST = AccuracyControl(timing_batches=(1,), timing_repeats=2, threads=1)
+
+
+def outlier_graph(path: Path, outlier: float = 1000.0) -> Path:
+    """input -> q: primary conv + (A(x) * B(x)) -> pooled -> logits = the pooled products' channels."""
+    rng = np.random.default_rng(0)
+    eye = np.eye(CLASSES, dtype=np.float32).reshape(CLASSES, CLASSES, 1, 1)
+    a, b = eye.copy(), eye.copy()
+    a[0] *= outlier
+    b[0] /= outlier
+    weights = {"wp": 0.01 * rng.standard_normal((CLASSES, CLASSES, 1, 1)).astype(np.float32), "wa": a, "wb": b,
+               "head_w": np.eye(CLASSES, dtype=np.float32), "head_b": np.zeros(CLASSES, np.float32),
+               "shape": np.array([-1, CLASSES], np.int64)}
+    nodes = [
+        helper.make_node("Conv", ["input", "wp"], ["p"], name="q/primary.Conv_0"),
+        helper.make_node("Conv", ["input", "wa"], ["qa"], name="q/quad.Conv_1"),
+        helper.make_node("Conv", ["input", "wb"], ["qb"], name="q/quad.Conv_2"),
+        helper.make_node("Mul", ["qa", "qb"], ["qm"], name="q/quad.Mul_3"),
+        helper.make_node("Add", ["p", "qm"], ["y"], name="q/sum.Add_4"),
+        helper.make_node("GlobalAveragePool", ["y"], ["pooled"], name="pool"),
+        helper.make_node("Reshape", ["pooled", "shape"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "head_w", "head_b"], ["output"], name="head"),
+    ]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                ["batch", CLASSES, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", CLASSES])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    return path
+
+
+def confident_images(path: Path, count: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose fp32 answer wins by a clear margin (int8 noise alone cannot flip it), labelled with it."""
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((8 * count, CLASSES, SIZE, SIZE)).astype(np.float32)
+    logits = run_logits(path, images, threads=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    keep = (top2[:, 1] - top2[:, 0]) > 0.15
+    return images[keep][:count], logits[keep][:count].argmax(axis=1)
+
+
+def test_emulated_float_groups_equal_requantizing_with_nodes_to_exclude(tmp_path) -> None:
+    fp32 = outlier_graph(tmp_path / "fp32.onnx")
+    images, _ = confident_images(fp32)
+    quantize_qdq(fp32, tmp_path / "q.onnx", images, "ort-cpu")
+    qdq = onnx.load(str(tmp_path / "q.onnx"))
+    groups = quantized_groups(qdq)
+    assert set(groups["q/quad"]) == {"q/quad.Conv_1", "q/quad.Conv_2", "q/quad.Mul_3"} and "head" in groups
+    reverted = with_float_nodes(qdq, onnx.load(str(fp32)), set(groups["q/quad"]))
+    conv = next(n for n in reverted.graph.node if n.name == "q/quad.Conv_1")
+    weight = next(t for t in reverted.graph.initializer if t.name == conv.input[1])  # float again, not int8
+    assert weight.data_type == TensorProto.FLOAT and numpy_helper.to_array(weight)[0, 0, 0, 0] == 1000.0
+    emulated = run_logits(reverted, images, 1)
+    assert not np.allclose(emulated, run_logits(tmp_path / "q.onnx", images, 1), atol=1e-3)  # it did revert
+    # every reader of the graph input in float (it stays float then), a node mid-graph, the head
+    for nodes in (groups["q/quad"], groups["q/quad"] + groups["q/primary"], groups["q/sum"], groups["head"]):
+        quantize_qdq(fp32, tmp_path / "x.onnx", images, "ort-cpu", nodes_to_exclude=nodes)
+        emulated = run_logits(with_float_nodes(qdq, onnx.load(str(fp32)), set(nodes)), images, 1)
+        np.testing.assert_allclose(emulated, run_logits(tmp_path / "x.onnx", images, 1), rtol=0, atol=1e-5)
+
+
+def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_worst_group(tmp_path) -> None:
+    fp32 = outlier_graph(tmp_path / "fp32.onnx")
+    images, labels = confident_images(fp32)
+    report = quantize_with_accuracy_control(fp32, tmp_path / "int8.onnx", images, labels, "ort-cpu", FAST)
+    first, last = report["steps"][0], report["steps"][-1]
+    assert not first["passed"] and first["top1_agreement"] < 0.9  # plain int8 loses the answers
+    assert report["ranking"][0]["group"] == "q/quad" and report["ranking"][0]["sensitivity"] > 0
+    parts = report["sensitivity_by_part"]
+    assert list(parts)[0] == "quad" and parts["quad"] == {"groups": 1, "harmful_groups": 1,
+                                                          "error_removed": report["ranking"][0]["sensitivity"]}
+    assert last["passed"] and last["float_groups"][0] == "q/quad" and last["top1_agreement"] >= 0.99
+    assert all(step["latency"]["batches"]["1"]["fp32_ms"] > 0 for step in report["steps"])
+    shipped = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = {n.op_type for n in shipped.graph.node}
+    if report["shipped"] == "int8":  # the file and its report agree: q/quad's nodes read float tensors
+        assert "QuantizeLinear" in ops and report["passed"] and report["top1_agreement"] >= 0.99
+        assert set(report["float_nodes"]) == {"q/quad.Conv_1", "q/quad.Conv_2", "q/quad.Mul_3"}
+        mul = next(n for n in shipped.graph.node if n.name == "q/quad.Mul_3")
+        assert list(mul.input) == ["qa", "qb"]
+    else:  # slower than fp32 on this machine: the fp32 file ships, and the report says so
+        assert "QuantizeLinear" not in ops and "fp32 file" in report["reason"]
+
+
+def test_a_generous_accuracy_drop_does_not_lower_the_agreement_rule(tmp_path) -> None:
+    fp32 = outlier_graph(tmp_path / "fp32.onnx")
+    images, labels = confident_images(fp32)
+    control = AccuracyControl(max_accuracy_drop=1.0, timing_batches=(1,), timing_repeats=2, threads=1, max_steps=0)
+    report = quantize_with_accuracy_control(fp32, tmp_path / "int8.onnx", images, labels, "ort-cpu", control)
+    assert len(report["steps"]) == 1 and not report["steps"][0]["passed"]  # agreement still < 99%
+    assert report["shipped"] == "fp32" and "no int8 file met the rule within 0 float group(s)" in report["reason"]
+    assert onnx.load(str(tmp_path / "int8.onnx")).graph == onnx.load(str(fp32)).graph
+
+
+def test_calibration_sets_too_small_or_of_another_shape_are_refused() -> None:
+    images = np.zeros((40, 3, 32, 32), np.float32)
+    check_calibration_images(images, (3, 32, 32), "folder")
+    with pytest.raises(QDeployError, match=r"calibration set folder has 31 held-out images; int8 needs at least 32"):
+        check_calibration_images(images[:31], (3, 32, 32), "folder")
+    with pytest.raises(QDeployError, match=r"are 1x32x32 but the model takes 3x32x32"):
+        check_calibration_images(images[:, :1], (3, 32, 32), "folder")
+    with pytest.raises(QDeployError, match=r"are 3x28x28 but the model takes 3x32x32"):
+        check_calibration_images(images[:, :, :28, :28], (3, 32, 32), "folder")
+    with pytest.raises(QDeployError, match="--max-accuracy-drop must be between 0 and 100 points"):
+        AccuracyControl(max_accuracy_drop=-0.01)
