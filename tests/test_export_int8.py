@@ -66,7 +66,7 @@ def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> 
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "BatchNormalization" not in ops
-    assert info["nodes"]["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert info.nodes["QuantizeLinear"] == sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert '"precision": "int8"' in meta["qdeploy.export"] and "qdeploy.weights_sha256" in meta
     eval_set = load_eval_set(str(data), model, SIZE)

@@ -49,7 +49,7 @@ from qdeploy.errors import QDeployError
 from qdeploy.export import int8
 from qdeploy.export.forms import time_forms
 from qdeploy.export.int8 import INT8_MAX_ACCURACY_DROP, int8_parity, quantize_qdq
-from qdeploy.export.layer_names import SEPARATOR, layer_of, part_of
+from qdeploy.onnx_io import SEPARATOR, layer_of, part_of
 
 MIN_CALIBRATION_IMAGES = 32  # fewer: min-max ranges and a 99% agreement on them mean little
 CALIBRATION_IMAGES = 256  # calibration uses the first of the eval images (the rule is judged on them all)
