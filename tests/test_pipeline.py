@@ -65,9 +65,10 @@ def test_every_pipeline_option_is_settable_from_the_cli() -> None:
 
     args = ["--model", "resnet18", "--data", "d", "--out", "o", "--epochs", "2", "--train-minutes", "0.5",
             "--max-samples", "9", "--batch", "1,4", "--threads", "1", "--bench-seconds", "0.1", "--seed", "5",
-            "--freeze-primary", "--no-baseline", "--train-threads", "2", "--no-int8"]
+            "--freeze-primary", "--no-baseline", "--train-threads", "2", "--latency-budget", "1.5", "--no-int8"]
     options = parse_dataclass_options(PipelineOptions, pipeline.make_context("pipeline", args).params)
-    assert options == PipelineOptions("resnet18", "d", Path("o"), 2, 0.5, 9, (1, 4), 1, 0.1, 5, False, False, 2, False)
+    assert options == PipelineOptions("resnet18", "d", Path("o"), 2, 0.5, 9, (1, 4), 1, 0.1, 5, False, False, 2, 1.5,
+                                      False)
     assert {f.name for f in fields(PipelineOptions)} == {p.name for p in pipeline.params}  # no field without option
     defaults = parse_dataclass_options(PipelineOptions, pipeline.make_context("pipeline", []).params)
     assert defaults == PipelineOptions()  # the defaults are the dataclass's, defined once
