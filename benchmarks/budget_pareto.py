@@ -53,7 +53,7 @@ from qdeploy.adaptation.targets import default_targets  # noqa: E402
 from qdeploy.commands import tables  # noqa: E402
 from qdeploy.data import BUILTIN_DATA  # noqa: E402
 from qdeploy.data.fashion_mnist import SPEC as FASHION_MNIST  # noqa: E402
-from qdeploy.errors import exit_on_user_error  # noqa: E402
+from qdeploy.errors import QDeployError, exit_on_user_error  # noqa: E402
 from qdeploy.export.base_model import export_plain_onnx  # noqa: E402
 from qdeploy.models.sources import BUILTIN_DEFAULT, load_base_model  # noqa: E402
 from qdeploy.training import TrainConfig  # noqa: E402
@@ -112,12 +112,18 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
     options = PlanOptions(input_size=size, batches=tuple(args.batches), threads=args.latency_threads, data=data,
                           candidates=_candidates(args, model), seed=args.seed, cache=args.runs / "plan_cache.json",
                           **(QUICK_PLAN if args.quick else {"check_seconds": 1.0}))
-    plans = {}
+    plans, unreachable = {}, {}
     for budget in args.budgets:
         console.rule(f"{data}: plan at {budget:.2f}x")
-        plans[budget] = plan_model(model, replace(options, latency_budget=budget), BUILTIN_DEFAULT,
-                                   progress=console.print)
-    reference = sorted(args.budgets)[len(args.budgets) // 2]
+        try:
+            plans[budget] = plan_model(model, replace(options, latency_budget=budget), BUILTIN_DEFAULT,
+                                       progress=console.print)
+        except QDeployError as exc:  # an unreachable budget is a result too; the others still run
+            console.print(f"{budget:.2f}x: {exc}")
+            unreachable[f"{budget:.2f}"] = str(exc)
+    if not plans:
+        raise QDeployError(f"{data}: no budget of {args.budgets} is reachable; try larger --budgets")
+    reference = sorted(plans)[len(plans) // 2]
     candidates = [layer["name"] for layer in plans[reference].layers]
     sets = layer_sets(plans, candidates, list(_defaults(model, candidates)), reference, args.random, args.seed)
     latency = measure_sets(model, sets, options, size, console)
@@ -134,7 +140,7 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
             summary = run_mode(PRIMARY_MODES[primary], data, preset, run, args, targets=tuple(layers))
             rows.append(_row(name, primary, layers, summary, latency[name]))
     return {"data": data, "preset": asdict(preset), "image_size": preset.image_size, "reference_budget": reference,
-            "plans": {f"{b:.2f}": plan.to_dict() for b, plan in plans.items()}, "rows": rows,
+            "plans": {f"{b:.2f}": plan.to_dict() for b, plan in plans.items()}, "unreachable": unreachable, "rows": rows,
             "goals": goals(rows, reference)}
 
 
