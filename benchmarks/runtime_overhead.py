@@ -81,7 +81,7 @@ def int8_file(fp32: Path, out: Path, eval_set, threads: int, steps: int) -> dict
     from qdeploy.export.int8 import quantize_qdq
     from qdeploy.export.int8_accuracy_control import AccuracyControl, CALIBRATION_IMAGES, quantize_with_accuracy_control
 
-    control = AccuracyControl(max_steps=steps, timing_repeats=3, threads=threads)
+    control = AccuracyControl(max_steps=steps, threads=threads)
     report = quantize_with_accuracy_control(fp32, out, eval_set.images, eval_set.labels, "ort-cpu", control)
     if report["shipped"] != "int8":
         quantize_qdq(fp32, out, eval_set.images[:CALIBRATION_IMAGES], "ort-cpu")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 import torch
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from qdeploy.store import save
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.export import ExportOptions, export_model
+from qdeploy.export.base_model import export_plain_onnx
 from qdeploy.onnx_io import ort_session
 from qdeploy.compare import PRESETS, Tolerance
 from qdeploy.export import int8, int8_accuracy_control
@@ -41,7 +43,7 @@ def image_folder(root: Path, per_class: int = 80, corrupt: bool = False) -> Path
 
 
 def options(calibration: str | None, max_accuracy_drop: float = 0.005, source: str | None = None) -> ExportOptions:
-    control = AccuracyControl(max_accuracy_drop, timing_batches=(1,), timing_repeats=2, max_steps=2)
+    control = AccuracyControl(max_accuracy_drop, timing_batches=(1,), timing_seconds=0.05, max_steps=2)
     return ExportOptions(input_size=SIZE, modes=("decomposed",), precision="int8", calibration=calibration,
                          tune=False, int8_control=control, source=source)
 
@@ -152,3 +154,26 @@ def test_cli_int8_without_training_data_or_calib_is_refused(tmp_path) -> None:
     result = CliRunner().invoke(main, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "out"),
                                        "--mode", "decomposed", "--precision", "int8", "--input-size", "32"])
     assert result.exit_code != 0 and "pass --calib DIR" in result.output and not (tmp_path / "out").exists()
+
+
+def test_ort_cpu_int8_keeps_all_8_bits_only_for_depthwise_weights(tmp_path) -> None:
+    """reduce_range (7-bit weights) guards the u8 x s8 GEMM kernels against int16 saturation; depthwise
+    convs run a kernel that widens every product, so they keep 8 bits (and parity says it is safe)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 4, 1)).eval()
+    fp32, out = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_plain_onnx(net, fp32, (3, 16, 16))
+    depthwise = net[2].weight
+    assert list(int8.depthwise_full_range(fp32)) == [t.name for t in onnx.load(str(fp32)).graph.initializer
+                                                      if tuple(t.dims) == tuple(depthwise.shape)]
+    images = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    int8.quantize_qdq(fp32, out, images, "ort-cpu")
+    quantized = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
+                 if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) == 4}
+    peaks = {tuple(q.shape): int(np.abs(q.astype(np.int32)).max()) for q in quantized.values()}
+    assert peaks[tuple(depthwise.shape)] == 127  # symmetric per channel: the largest weight maps to 127
+    assert peaks[(8, 3, 3, 3)] <= 64 and peaks[(4, 8, 1, 1)] <= 64  # 7 bits
+    session = ort_session(out)
+    assert np.abs(session.run(None, {"input": images[:4]})[0] - net(torch.from_numpy(images[:4])).detach().numpy()).max() < 0.1

@@ -22,7 +22,7 @@ from qdeploy.export.int8_accuracy_control import (AccuracyControl, check_calibra
 from qdeploy.export.int8 import quantize_qdq
 
 CLASSES, SIZE = 4, 8
-FAST = AccuracyControl(timing_batches=(1,), timing_repeats=2, threads=1)
+FAST = AccuracyControl(timing_batches=(1,), timing_seconds=0.05, threads=1)
 
 
 def outlier_graph(path: Path, outlier: float = 1000.0) -> Path:
@@ -109,7 +109,7 @@ def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_wors
 def test_a_generous_accuracy_drop_does_not_lower_the_agreement_rule(tmp_path) -> None:
     fp32 = outlier_graph(tmp_path / "fp32.onnx")
     images, labels = confident_images(fp32)
-    control = AccuracyControl(max_accuracy_drop=1.0, timing_batches=(1,), timing_repeats=2, threads=1, max_steps=0)
+    control = AccuracyControl(max_accuracy_drop=1.0, timing_batches=(1,), timing_seconds=0.05, threads=1, max_steps=0)
     report = quantize_with_accuracy_control(fp32, tmp_path / "int8.onnx", images, labels, "ort-cpu", control)
     assert len(report["steps"]) == 1 and not report["steps"][0]["passed"]  # agreement still < 99%
     assert report["shipped"] == "fp32" and "no int8 file met the rule within 0 float group(s)" in report["reason"]

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from qdeploy import atomic
 from qdeploy.errors import first_line
 from qdeploy.onnx_io import SEPARATOR, ort_session, random_feeds
 from qdeploy.export.norm_fold import FoldedNorm, insert_identity_conv
+from qdeploy.timing import time_in_turns
 
 FORMS = ("reorder", "blocked")
 DEFAULT_FORM = "blocked"  # measured faster on this project's CPUs at 64 and 224 px (README, Export)
@@ -45,6 +45,7 @@ DEFAULT_FORM = "blocked"  # measured faster on this project's CPUs at 64 and 224
 CONV_FUSED_ACTIVATIONS = frozenset({"Clip"})
 CACHE_NAME = "qdeploy/layer_forms.json"
 CACHE_FORMAT = "qdeploy-layer-forms/1"
+TIMING_ROUNDS = 3  # interleaved turns per form when timing them
 
 
 @dataclass(frozen=True)
@@ -108,15 +109,13 @@ def _session_and_feeds(path: Path, batch: int, threads: int):
     return session, feeds
 
 
-def time_forms(pieces: dict[str, Path], batch: int, threads: int, repeats: int) -> dict[str, float]:
-    """Median ms of each piece, timed interleaved (one run of each per round) so load changes hit all alike."""
+def time_forms(pieces: dict[str, Path], batch: int, threads: int, repeats: int,
+               time_budget_s: float | None = None) -> dict[str, float]:
+    """Median ms of each piece over `repeats` runs (or `time_budget_s` seconds), in TIMING_ROUNDS
+    interleaved turns (qdeploy/timing.py) so load changes hit all alike."""
     runs = {form: _session_and_feeds(path, batch, threads) for form, path in pieces.items()}
-    times: dict[str, list[float]] = {form: [] for form in pieces}
-    for _ in range(repeats):
-        for form, (session, feeds) in runs.items():
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times[form].append(time.perf_counter() - start)
+    times = time_in_turns({form: (lambda s=session, f=feeds: s.run(None, f)) for form, (session, feeds) in runs.items()},
+                          TIMING_ROUNDS, repeats, time_budget_s)
     return {form: 1e3 * float(np.median(values)) for form, values in times.items()}
 
 

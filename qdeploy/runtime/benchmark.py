@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.runtime.engine import Engine
+from qdeploy.timing import time_in_turns, timed_turn
 
 EngineFactory = Callable[[int], Engine]  # threads -> a loaded engine
 
@@ -62,20 +62,6 @@ def _feeds(engine: Engine, label: str, batch: int, seed: int) -> dict[str, np.nd
     return {spec.name: rng.standard_normal(spec.example_shape(batch)).astype(spec.dtype) for spec in engine.inputs}
 
 
-def _timed(engine: Engine, feeds: dict[str, np.ndarray], warmup: int, iterations: int,
-           time_budget_s: float | None) -> list[float]:
-    """Seconds of up to `iterations` runs after `warmup` untimed ones (at least one run, whatever the budget)."""
-    for _ in range(warmup):
-        engine.infer(feeds)
-    times: list[float] = []
-    deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
-    while len(times) < iterations and (deadline is None or time.perf_counter() < deadline or not times):
-        start = time.perf_counter()
-        engine.infer(feeds)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _measurement(label: str, backend: str, batch: int, threads: int, times: Sequence[float]) -> Measurement:
     ms = np.array(times) * 1e3
     mean = float(ms.mean())
@@ -89,7 +75,8 @@ def measure(engine: Engine, label: str, batch: int, threads: int, warmup: int = 
     if iterations < 1 or warmup < 0:
         raise QDeployError(f"--iterations must be >= 1 and --warmup >= 0, got {iterations} and {warmup}")
     feeds = _feeds(engine, label, batch, seed)
-    return _measurement(label, engine.backend, batch, threads, _timed(engine, feeds, warmup, iterations, time_budget_s))
+    times = timed_turn(lambda: engine.infer(feeds), warmup, iterations, time_budget_s)
+    return _measurement(label, engine.backend, batch, threads, times)
 
 
 def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Sequence[int], warmup: int = 5,
@@ -97,9 +84,9 @@ def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Se
                   progress: Callable[[str], None] | None = None, rounds: int = 1) -> list[Measurement]:
     """Every target x thread count x batch size; ratios filled in against the first and the base targets.
 
-    With `rounds` > 1 the targets take turns: each round times every target (a share of the
-    iterations and of the time budget), so a load change on a shared machine hits all of
-    them alike instead of whichever ran during it; the rounds' times are pooled.
+    With `rounds` > 1 the targets take turns (qdeploy/timing.py): each round times every target
+    (a share of the iterations and of the time budget) after it settles from the switch, so a
+    load change on a shared machine hits all of them alike; the rounds' times are pooled.
     """
     if not targets:
         raise QDeployError("nothing to benchmark; pass at least one model")
@@ -109,22 +96,19 @@ def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Se
     labels = [target.label for target in targets]
     if len(set(labels)) != len(labels):
         raise QDeployError(f"benchmark targets need distinct labels, got {labels}")
-    per_round = max(1, -(-iterations // rounds))
-    budget = None if time_budget_s is None else time_budget_s / rounds
     results: list[Measurement] = []
     for count in threads:
         engines = {target.label: target.load(count) for target in targets}
         feeds = {(label, batch): _feeds(engine, label, batch, seed=0)
                  for label, engine in engines.items() for batch in batches}
-        times: dict[tuple[str, int], list[float]] = {key: [] for key in feeds}
-        for round_index in range(rounds):
-            for label, engine in engines.items():
-                for batch in batches:
-                    if progress:
-                        progress(f"{label} batch {batch} threads {count}"
-                                 + (f" round {round_index + 1}/{rounds}" if rounds > 1 else ""))
-                    times[(label, batch)] += _timed(engine, feeds[(label, batch)], warmup if round_index == 0 else 1,
-                                                    per_round, budget)
+        runs = {(label, batch): (lambda e=engines[label], f=feeds[(label, batch)]: e.infer(f)) for label, batch in feeds}
+
+        def say(key: tuple[str, int], round_index: int, count: int = count) -> None:
+            if progress:
+                progress(f"{key[0]} batch {key[1]} threads {count}"
+                         + (f" round {round_index + 1}/{rounds}" if rounds > 1 else ""))
+
+        times = time_in_turns(runs, rounds, iterations, time_budget_s, warmup, progress=say)
         results += [_measurement(label, engines[label].backend, batch, count, times[(label, batch)])
                     for label in engines for batch in batches]
     by_key = {(m.label, m.batch, m.threads): m for m in results}

@@ -39,8 +39,9 @@ class BenchOptions:
     warmup: int = field(default=5, metadata={"help": "Untimed runs before timing."})
     iterations: int = field(default=100, metadata={"help": "Timed runs (at most)."})
     time_budget: float | None = field(default=None, metadata={"help": "Seconds per measurement (stops early)."})
-    rounds: int = field(default=1, metadata={
-        "help": "Interleave the targets: each of N rounds times every target (a share of the runs)."})
+    rounds: int = field(default=5, metadata={
+        "help": "Interleave the targets: each of N rounds times every target (a share of the runs and of "
+                "--time-budget), so a load change hits all alike; 1: one target after another."})
     base: bool = field(default=True, metadata={
         "help": "Also run the unadapted base model (needs the adapted model folder or an export report naming it)."})
     out: Path = field(default=Path("bench"), metadata={"help": "Folder for bench.json, bench.csv, bench.png (and "

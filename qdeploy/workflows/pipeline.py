@@ -175,7 +175,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     from qdeploy.runtime.benchmark import Target, run_benchmark, write_results
     from qdeploy.runtime.torch_engine import TorchEngine
     from qdeploy.store import load
-    from qdeploy.workflows.bench import base_targets
+    from qdeploy.workflows.bench import BenchOptions, base_targets
     from qdeploy.workflows.verify import VerifyOptions, run_verify
 
     for folder in ("train", "finetune"):
@@ -235,7 +235,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     targets += base_targets(model, targets, ("ort-cpu",), options.out / "bench", (size, size))
     with console.status("benchmarking") as status:
         results = run_benchmark(targets, options.batches, (options.threads,), warmup=3, iterations=200,
-                                time_budget_s=options.bench_seconds,
+                                time_budget_s=options.bench_seconds, rounds=BenchOptions.rounds,
                                 progress=lambda text: status.update(f"benchmarking {text}"))
     write_results(results, options.out / "bench", {"pipeline": str(options.out)})
     stages["bench_s"] = time.perf_counter() - tick
