@@ -100,7 +100,7 @@ def measure_sets(model: torch.nn.Module, sets: dict[str, list[str]], options: Pl
         for index, (name, layers) in enumerate(sets.items()):
             if tuple(layers) not in measured:  # a set two rules agree on is timed once
                 console.print(f"timing {name} ({len(layers)} layers)")
-                measured[tuple(layers)] = check_plan(model, layers, base, options, Path(tmp), size, index)
+                measured[tuple(layers)] = check_plan(model, layers, base, options, Path(tmp), size, index)["ratio"]
     return {name: measured[tuple(layers)] for name, layers in sets.items()}
 
 

@@ -168,8 +168,8 @@ def test_ort_cpu_int8_keeps_all_8_bits_only_for_depthwise_weights(tmp_path) -> N
     depthwise = net[2].weight
     assert list(int8.depthwise_full_range(fp32)) == [t.name for t in onnx.load(str(fp32)).graph.initializer
                                                       if tuple(t.dims) == tuple(depthwise.shape)]
-    images = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
-    int8.quantize_qdq(fp32, out, images, "ort-cpu")
+    images = np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)
+    int8.quantize_qdq(fp32, out, images, "ort-cpu")  # 40: not whole batches of 16 (the histograms need them)
     quantized = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
                  if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) == 4}
     peaks = {tuple(q.shape): int(np.abs(q.astype(np.int32)).max()) for q in quantized.values()}

@@ -20,6 +20,7 @@ from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import load_base_model
+from qdeploy.workflows.latency_plan import PlanOptions
 from tests.train_helpers import TINY, tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -154,6 +155,8 @@ def test_plan_measures_chooses_and_checks_within_budget(tmp_path, monkeypatch) -
     chosen_cost = sum(layer["cost_by_batch"]["1"] for layer in plan["layers"] if layer["name"] in plan["chosen"])
     assert plan["predicted"]["1"] == pytest.approx(1 + chosen_cost)
     assert plan["measured"]["1"] <= 1.5  # the check only ends within budget (or fails)
+    rounds = plan["checks"][-1]["rounds"]["1"]  # one ratio per pair of freshly loaded sessions
+    assert len(rounds) == PlanOptions().check_rounds and plan["measured"]["1"] == pytest.approx(float(np.median(rounds)))
     assert "latency plan: efficientnet_lite0 at 32x32 px" in result.output and "measured" in result.output
     again = _plan(tmp_path, "--latency-budget", "1.5", "--candidates", "blocks.5.*.conv_dw",
                   "--candidates", "blocks.6.*.conv_dw")

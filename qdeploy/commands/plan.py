@@ -45,7 +45,9 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
     for check in plan.checks:
         if "dropped" in check:
             worst = max(check["measured"].values())
-            console.print(f"check with {check['layers']} layers measured {worst:.3f}x: dropped {check['dropped']}")
+            spread = ", ".join(f"b{batch} {min(r):.2f}-{max(r):.2f}x" for batch, r in check.get("rounds", {}).items())
+            console.print(f"check with {check['layers']} layers measured {worst:.3f}x"
+                          + (f" (rounds: {spread})" if spread else "") + f": dropped {check['dropped']}")
 
 
 def load_plan_model(model: str):

@@ -31,6 +31,8 @@ meets that rule (`nodes_to_exclude`), re-using one calibration (`calibration_cac
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,9 +65,13 @@ def quantize_qdq(fp32_path: Path, out_path: Path, images: np.ndarray, target: st
     if len(images) == 0 and not cached:
         raise QDeployError("no calibration images; pass --calib DIR with images of the model's classes")
 
+    # whole batches only: ONNX Runtime's histogram collector fails on a shorter last batch
+    # ("inhomogeneous shape"), so a tail of fewer than CALIBRATION_BATCH images is left out
+    usable = len(images) - len(images) % CALIBRATION_BATCH or len(images)
+
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter(images[i:i + CALIBRATION_BATCH] for i in range(0, len(images), CALIBRATION_BATCH))
+            self._batches = iter(images[i:i + CALIBRATION_BATCH] for i in range(0, usable, CALIBRATION_BATCH))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
@@ -76,16 +82,17 @@ def quantize_qdq(fp32_path: Path, out_path: Path, images: np.ndarray, target: st
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer warns about pre-processing the exporter already did
-    try:
-        quantize_static(str(fp32_path), str(out_path), None if cached else Batches(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=not signed, nodes_to_exclude=list(nodes_to_exclude),
-                        calibrate_method=CalibrationMethod.Percentile,
-                        calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
-                        activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, extra_options={"ActivationSymmetric": signed,
-                                                                    "WeightSymmetric": True,
-                                                                    "CalibPercentile": CALIBRATION_PERCENTILE,
-                                                                    "TensorQuantOverrides": overrides})
+    try:  # the percentile calibrator prints its progress; the export reports its own
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(fp32_path), str(out_path), None if cached else Batches(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, reduce_range=not signed, nodes_to_exclude=list(nodes_to_exclude),
+                            calibrate_method=CalibrationMethod.Percentile,
+                            calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
+                            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, extra_options={"ActivationSymmetric": signed,
+                                                                        "WeightSymmetric": True,
+                                                                        "CalibPercentile": CALIBRATION_PERCENTILE,
+                                                                        "TensorQuantOverrides": overrides})
     except Exception as exc:
         raise QDeployError(f"onnxruntime.quantization cannot quantize {fp32_path.name} ({first_line(exc)}); "
                            "export fp32 instead and report this") from exc
