@@ -137,7 +137,7 @@ def main() -> None:
     from qdeploy.commands.bench import print_results
     from qdeploy.workflows.bench import machine
     from qdeploy.runtime import load_engine
-    from qdeploy.runtime.benchmark import Target, run_benchmark
+    from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark
     from qdeploy.runtime.torch_engine import TorchEngine
 
     threads = tuple(int(t) for t in args.threads.split(","))
@@ -163,7 +163,7 @@ def main() -> None:
                                                                              input_size=(size, size)),
                                   base="base fp32"))
             with console.status(f"benchmarking {size} px") as status:
-                results = run_benchmark(targets, (1, 32), threads, warmup=3, iterations=10_000,
+                results = run_benchmark(targets, (1, 32), threads, warmup=3, iterations=UNTIL_TIME_BUDGET,
                                         time_budget_s=args.seconds, rounds=args.rounds,
                                         progress=lambda t: status.update(f"benchmarking {size} px: {t}"))
         print_results(results, console, title=f"latency at {size}x{size}")

@@ -23,6 +23,7 @@ from qdeploy.runtime.engine import Engine
 from qdeploy.timing import time_in_turns, timed_turn
 
 EngineFactory = Callable[[int], Engine]  # threads -> a loaded engine
+UNTIL_TIME_BUDGET = 1_000_000  # `iterations` for a measurement that its time budget ends
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Se
         engines = {target.label: target.load(count) for target in targets}
         feeds = {(label, batch): _feeds(engine, label, batch, seed=0)
                  for label, engine in engines.items() for batch in batches}
-        runs = {(label, batch): (lambda e=engines[label], f=feeds[(label, batch)]: e.infer(f)) for label, batch in feeds}
+        runs = {(label, batch): (lambda e=engines[label], f=feeds[(label, batch)]: e.infer(f))
+                for label, batch in feeds}
 
         def say(key: tuple[str, int], round_index: int, count: int = count) -> None:
             if progress:

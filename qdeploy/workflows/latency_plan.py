@@ -41,7 +41,7 @@ from qdeploy.errors import QDeployError
 from qdeploy.export.base_model import export_plain_onnx
 from qdeploy.export.onnx_export import run_reference
 from qdeploy.layers import QuadConfig
-from qdeploy.runtime.benchmark import Target, run_benchmark
+from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark
 from qdeploy.runtime.profile import profile_onnx
 from qdeploy.training.layer_scores import data_scorer
 from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, store
@@ -228,8 +228,8 @@ def check_plan(model: nn.Module, chosen: Sequence[str], base_onnx: Path, options
                Target("base", lambda threads: load_engine(base_onnx, "ort-cpu", threads))]
     rounds: dict[str, list[float]] = {str(b): [] for b in options.batches}
     for _ in range(options.check_rounds):
-        for m in run_benchmark(targets, options.batches, (options.threads,), warmup=3, iterations=100_000,
-                               time_budget_s=options.check_seconds):
+        for m in run_benchmark(targets, options.batches, (options.threads,), warmup=3,
+                               iterations=UNTIL_TIME_BUDGET, time_budget_s=options.check_seconds):
             if m.label == "adapted":
                 rounds[str(m.batch)].append(m.vs_base)
     return {"ratio": {b: float(np.median(r)) for b, r in rounds.items()}, "rounds": rounds}

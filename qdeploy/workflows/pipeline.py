@@ -29,7 +29,7 @@ from rich.console import Console
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.models.sources import BUILTIN_DEFAULT
-from qdeploy.store import EXPORT_MODES, VerifyReport
+from qdeploy.store import EXPORT_MODES, Stored, VerifyReport
 from qdeploy.training.config import TrainConfig
 
 SUMMARY_FILE = "pipeline_summary.json"
@@ -124,7 +124,7 @@ def _accuracy(engine: Any, eval_set: Any) -> float:
     return float(np.mean(logits.argmax(axis=1) == eval_set.labels))
 
 
-def _int8_file(stored: Any, options: PipelineOptions, eval_set: Any, reference: Any,
+def _int8_file(stored: Stored, options: PipelineOptions, eval_set: Any, reference: Any,
                cache: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Export the accuracy-controlled int8 file, verify it against PyTorch and the fp32 file it was judged
     against; returns its summary entry and its engine (None when the export shipped fp32)."""
@@ -171,7 +171,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     from qdeploy.export import ExportOptions, export_model
     from qdeploy.export.base_model import base_of
     from qdeploy.runtime import load_engine
-    from qdeploy.runtime.benchmark import Target, run_benchmark, write_results
+    from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark, write_results
     from qdeploy.runtime.torch_engine import TorchEngine
     from qdeploy.store import load
     from qdeploy.workflows.bench import BenchOptions, base_targets
@@ -233,9 +233,10 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
         targets.append(Target("int8 ort-cpu", lambda threads: int8_engine, base="base ort-cpu"))
     targets += base_targets(model, targets, ("ort-cpu",), options.out / "bench", (size, size))
     with console.status("benchmarking") as status:
-        # --bench-seconds ends each measurement: 200 runs were 0.3 s at batch 1, 64 px (too few to settle)
-        results = run_benchmark(targets, options.batches, (options.threads,), warmup=3, iterations=100_000,
-                                time_budget_s=options.bench_seconds, rounds=BenchOptions.rounds,
+        # --bench-seconds ends each measurement (a cap of 200 runs was 0.3 s at batch 1, 64 px: too few)
+        results = run_benchmark(targets, options.batches, (options.threads,), warmup=3,
+                                iterations=UNTIL_TIME_BUDGET, time_budget_s=options.bench_seconds,
+                                rounds=BenchOptions.rounds,
                                 progress=lambda text: status.update(f"benchmarking {text}"))
     write_results(results, options.out / "bench", {"pipeline": str(options.out)})
     stages["bench_s"] = time.perf_counter() - tick
