@@ -13,8 +13,11 @@ timed runs are what the caller takes percentiles of.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Callable, Hashable, Mapping, TypeVar
+from typing import Callable, Hashable, Mapping, Sequence, TypeVar
+
+import numpy as np
 
 Key = TypeVar("Key", bound=Hashable)
 SWITCH_WARMUP_S = 0.05  # untimed seconds after switching targets; 0.02 still left 4x outliers at batch 1 (measured)
@@ -38,21 +41,61 @@ def timed_turn(run: Callable[[], object], warmup: int, iterations: int, time_bud
     return times
 
 
-def time_in_turns(runs: Mapping[Key, Callable[[], object]], rounds: int, iterations: int,
-                  time_budget_s: float | None = None, warmup: int = 1, switch_warmup_s: float = SWITCH_WARMUP_S,
-                  progress: Callable[[Key, int], None] | None = None) -> dict[Key, list[float]]:
-    """Seconds of each run, pooled over `rounds` turns per key (at most `iterations` runs in all, shared
-    out over the turns, as is `time_budget_s`; fewer turns when there are fewer iterations than
-    rounds); `warmup` untimed runs open every key's first turn, one opens the others, and with
-    more than one key every turn first settles for `switch_warmup_s`."""
+def time_turns(runs: Mapping[Key, Callable[[], object]], rounds: int, iterations: int,
+               time_budget_s: float | None = None, warmup: int = 1, switch_warmup_s: float = SWITCH_WARMUP_S,
+               progress: Callable[[Key, int], None] | None = None) -> dict[Key, list[list[float]]]:
+    """Seconds of each run, turn by turn: `rounds` turns per key, in the order of `runs` (at most
+    `iterations` runs in all, shared out over the turns, as is `time_budget_s`; fewer turns when there
+    are fewer iterations than rounds); `warmup` untimed runs open every key's first turn, one opens
+    the others, and with more than one key every turn first settles for `switch_warmup_s`."""
     rounds = max(1, min(rounds, iterations))
     budget = None if time_budget_s is None else time_budget_s / rounds
     settle = switch_warmup_s if len(runs) > 1 else 0.0
-    times: dict[Key, list[float]] = {key: [] for key in runs}
+    turns: dict[Key, list[list[float]]] = {key: [] for key in runs}
     for round_index in range(rounds):
         for key, run in runs.items():
             if progress:
                 progress(key, round_index)
             share = iterations // rounds + (round_index < iterations % rounds)
-            times[key] += timed_turn(run, warmup if round_index == 0 else 1, share, budget, settle)
-    return times
+            turns[key].append(timed_turn(run, warmup if round_index == 0 else 1, share, budget, settle))
+    return turns
+
+
+def time_in_turns(runs: Mapping[Key, Callable[[], object]], rounds: int, iterations: int,
+                  time_budget_s: float | None = None, warmup: int = 1, switch_warmup_s: float = SWITCH_WARMUP_S,
+                  progress: Callable[[Key, int], None] | None = None) -> dict[Key, list[float]]:
+    """Seconds of each run, pooled over its turns (`time_turns`)."""
+    turns = time_turns(runs, rounds, iterations, time_budget_s, warmup, switch_warmup_s, progress)
+    return {key: [t for turn in key_turns for t in turn] for key, key_turns in turns.items()}
+
+
+def paired_ratio(turns: Sequence[Sequence[float]], reference: Sequence[Sequence[float]]) -> float:
+    """Median over turns of (median time in a turn / the reference's median time in the same turn).
+
+    Why paired: on this 2-core VM the machine's speed drifts over seconds (rounds of the same two
+    files, 1 s apart, gave 0.77x to 1.34x at 64 px, 1 thread); a turn and the reference's turn
+    next to it share the drift, so each turn's ratio cancels it and the median drops the turns a
+    drift split. With one turn it is the ratio of the two medians.
+    """
+    ratios = [float(np.median(own)) / float(np.median(ref)) for own, ref in zip(turns, reference) if own and ref]
+    if not ratios:
+        raise ValueError("paired_ratio needs at least one turn with times on both sides")
+    return float(np.median(ratios))
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.8) -> tuple[float, float]:
+    """A distribution-free interval that holds the median of what `values` sample with at least
+    `confidence`: the order statistics x(j+1) and x(n-j), for the largest j that keeps
+    1 - 2 P(Binomial(n, 1/2) <= j) >= confidence (min..max when none does). No normal assumption:
+    round ratios here are skewed (a slow phase only ever slows a round down)."""
+    if not values:
+        raise ValueError("median_interval needs at least one value")
+    ordered, n = sorted(values), len(values)
+
+    def coverage(j: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(j + 1)) / 2.0 ** n
+
+    j = 0
+    while j + 1 <= (n - 1) // 2 and coverage(j + 1) >= confidence:
+        j += 1
+    return ordered[j], ordered[n - 1 - j]

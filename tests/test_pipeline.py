@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from qdeploy.cli import main
@@ -36,8 +37,10 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
         assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch",
                           "int8 ort-cpu"}
         assert int8["passed"] and int8["fp32_top1_agreement"] >= 0.99 and set(int8["latency"]) == {"1", "2"}
-        p50 = {(m["label"], m["batch"]): m["p50_ms"] for m in summary["latency"]}
-        assert int8["latency"]["2"]["vs_adapted_fp32"] == p50[("int8 ort-cpu", 2)] / p50[("decomposed ort-cpu", 2)]
+        vs_base = {(m["label"], m["batch"]): m["vs_base"] for m in summary["latency"]}
+        assert int8["latency"]["2"]["vs_base_fp32"] == vs_base[("int8 ort-cpu", 2)]
+        assert int8["latency"]["2"]["vs_adapted_fp32"] == pytest.approx(vs_base[("int8 ort-cpu", 2)]
+                                                                         / vs_base[("decomposed ort-cpu", 2)])
         assert (out / "verify_int8.json").is_file() and "int8 latency, batch 2" in result.output
     else:
         assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch"}

@@ -48,16 +48,30 @@ def test_rounds_interleave_targets_and_pool_their_runs(tiny_export) -> None:
     path = tiny_export.onnx / "decomposed.onnx"
     order: list[str] = []
     load = lambda threads: load_engine(path, "ort-cpu", threads)  # noqa: E731
-    results = run_benchmark([Target("a", load), Target("b", load)], batches=(1,), threads=(1,), warmup=0,
+    results = run_benchmark([Target("a", load), Target("b", load)], batches=(1, 2), threads=(1,), warmup=0,
                             iterations=6, rounds=3, progress=order.append)
-    assert [m.iterations for m in results] == [6, 6]  # 2 runs per round, pooled over 3 rounds
-    assert [text.split()[0] for text in order] == ["a", "b"] * 3  # the targets take turns
+    assert [m.iterations for m in results] == [6, 6, 6, 6]  # 2 runs per round, pooled over 3 rounds
+    # the targets take turns, and those compared at a batch run next to each other
+    assert [" ".join(text.split()[:3]) for text in order] == ["a batch 1", "b batch 1", "a batch 2", "b batch 2"] * 3
+
+
+def test_ratios_pair_each_turn_with_the_base_turn_beside_it(tiny_export, monkeypatch) -> None:
+    import qdeploy.runtime.benchmark as benchmark
+
+    # a slow phase caught the base's last two turns and the adapted file's last one
+    turns = {("a", 1): [[1.1e-3] * 3, [1.1e-3] * 3, [5e-3] * 3], ("b", 1): [[1e-3] * 3, [2e-3] * 3, [2e-3] * 3]}
+    monkeypatch.setattr(benchmark, "time_turns", lambda runs, *args, **kwargs: {key: turns[key] for key in runs})
+    path = tiny_export.onnx / "decomposed.onnx"
+    load = lambda threads: load_engine(path, "ort-cpu", threads)  # noqa: E731
+    a, b = run_benchmark([Target("a", load, base="b"), Target("b", load)], batches=(1,), threads=(1,), rounds=3)
+    assert a.p50_ms == pytest.approx(1.1) and b.p50_ms == pytest.approx(2.0)  # pooled percentiles: 0.55x
+    assert a.vs_base == pytest.approx(1.1) and b.vs_first == pytest.approx(1 / 1.1)  # paired turn by turn
 
 
 def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
     out = tmp_path / "bench"
     result = CliRunner().invoke(main, ["bench", str(tiny_export.onnx), "--batch", "1,2", "--threads", "1",
-                                       "--warmup", "1", "--iterations", "3", "--out", str(out)])
+                                       "--warmup", "1", "--iterations", "3", "--rounds", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "…" not in result.output  # a log's 80 columns do not cut the table's numbers
     report = json.loads((out / "bench.json").read_text())
@@ -70,7 +84,7 @@ def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
         assert float(row["p50_ms"]) == pytest.approx(entry["p50_ms"])
         if entry["label"] != "base ort-cpu":
             base = next(r for r in report["results"] if r["label"] == "base ort-cpu" and r["batch"] == entry["batch"])
-            assert entry["vs_base"] == pytest.approx(entry["p50_ms"] / base["p50_ms"])
+            assert entry["vs_base"] == pytest.approx(entry["p50_ms"] / base["p50_ms"])  # one turn: p50 over p50
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the base ONNX file is the unadapted model: same outputs as the PyTorch base
     from qdeploy.export.base_model import base_of

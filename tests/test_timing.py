@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from qdeploy.timing import time_in_turns, timed_turn
+import pytest
+
+from qdeploy.timing import median_interval, paired_ratio, time_in_turns, time_turns, timed_turn
 
 
 def _recorder(log: list[str], key: str, seconds: float = 0.0):
@@ -39,3 +41,34 @@ def test_one_key_needs_no_settling_and_a_budget_still_times_one_run() -> None:
                           warmup=0, switch_warmup_s=10.0)
     assert len(times["a"]) == 1 and len(log) == 1
     assert len(timed_turn(_recorder([], "x"), warmup=0, iterations=5)) == 5
+
+
+def test_turns_are_kept_apart_for_pairing() -> None:
+    log: list[str] = []
+    turns = time_turns({"a": _recorder(log, "a"), "b": _recorder(log, "b")}, rounds=3, iterations=7,
+                       warmup=0, switch_warmup_s=0.0)
+    assert [len(turn) for turn in turns["a"]] == [3, 2, 2]  # 7 runs shared out over 3 turns
+    pooled = time_in_turns({"a": _recorder([], "a")}, rounds=3, iterations=7, warmup=0)
+    assert len(pooled["a"]) == 7
+
+
+def test_paired_ratio_is_the_median_of_each_turns_ratio() -> None:
+    # A slow phase hit b's second and third turns and a's third: pooled medians would give
+    # 1.1 / 2.0 = 0.55; turn by turn the ratios are 1.1, 0.55 and 2.5, median 1.1.
+    own = [[1.1, 1.1, 1.1], [1.1, 1.1, 1.1], [5.0, 5.0, 5.0]]
+    reference = [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
+    assert paired_ratio(own, reference) == pytest.approx(1.1)
+    assert paired_ratio([[3.0, 1.0, 2.0]], [[4.0]]) == pytest.approx(0.5)  # one turn: ratio of medians
+    with pytest.raises(ValueError, match="at least one turn"):
+        paired_ratio([[]], [[1.0]])
+
+
+def test_median_interval_widens_to_the_coverage_asked_for() -> None:
+    # n = 5: only min..max covers 80% (93.75%); n = 9: x(3)..x(7) covers 82%; n = 11: x(3)..x(9) 93.5%
+    assert median_interval([5.0, 1.0, 4.0, 2.0, 3.0]) == (1.0, 5.0)
+    assert median_interval([float(v) for v in range(1, 10)]) == (3.0, 7.0)
+    assert median_interval([float(v) for v in range(1, 12)]) == (3.0, 9.0)
+    assert median_interval([float(v) for v in range(1, 12)], confidence=0.7) == (4.0, 8.0)
+    assert median_interval([2.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        median_interval([])

@@ -20,7 +20,7 @@ import numpy as np
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.runtime.engine import Engine
-from qdeploy.timing import time_in_turns, timed_turn
+from qdeploy.timing import paired_ratio, time_turns, timed_turn
 
 EngineFactory = Callable[[int], Engine]  # threads -> a loaded engine
 UNTIL_TIME_BUDGET = 1_000_000  # `iterations` for a measurement that its time budget ends
@@ -48,8 +48,8 @@ class Measurement:
     p99_ms: float
     mean_ms: float
     throughput: float  # images per second at the mean latency
-    vs_first: float | None = None  # p50 / first target's p50 (same batch and threads)
-    vs_base: float | None = None  # p50 / base target's p50
+    vs_first: float | None = None  # over the first target's time (same batch and threads), paired by turn
+    vs_base: float | None = None  # over the base target's time, paired by turn (timing.paired_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +87,9 @@ def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Se
 
     With `rounds` > 1 the targets take turns (qdeploy/timing.py): each round times every target
     (a share of the iterations and of the time budget) after it settles from the switch, so a
-    load change on a shared machine hits all of them alike; the rounds' times are pooled.
+    load change on a shared machine hits all of them alike. Percentiles pool the turns' times;
+    the ratios pair them (each turn against the other target's turn at the same batch, which
+    runs next to it; the median over turns), so a drift between turns cancels.
     """
     if not targets:
         raise QDeployError("nothing to benchmark; pass at least one model")
@@ -97,29 +99,30 @@ def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Se
     labels = [target.label for target in targets]
     if len(set(labels)) != len(labels):
         raise QDeployError(f"benchmark targets need distinct labels, got {labels}")
+    base_of = {target.label: target.base for target in targets}
     results: list[Measurement] = []
     for count in threads:
         engines = {target.label: target.load(count) for target in targets}
         feeds = {(label, batch): _feeds(engine, label, batch, seed=0)
                  for label, engine in engines.items() for batch in batches}
+        # Batch-major, so the targets compared at a batch take their turns next to each other.
         runs = {(label, batch): (lambda e=engines[label], f=feeds[(label, batch)]: e.infer(f))
-                for label, batch in feeds}
+                for batch in batches for label in engines}
 
         def say(key: tuple[str, int], round_index: int, count: int = count) -> None:
             if progress:
                 progress(f"{key[0]} batch {key[1]} threads {count}"
                          + (f" round {round_index + 1}/{rounds}" if rounds > 1 else ""))
 
-        times = time_in_turns(runs, rounds, iterations, time_budget_s, warmup, progress=say)
-        results += [_measurement(label, engines[label].backend, batch, count, times[(label, batch)])
-                    for label in engines for batch in batches]
-    by_key = {(m.label, m.batch, m.threads): m for m in results}
-    base_of = {target.label: target.base for target in targets}
-    for m in results:
-        first = by_key[(labels[0], m.batch, m.threads)]
-        m.vs_first = m.p50_ms / first.p50_ms
-        base = by_key.get((base_of[m.label], m.batch, m.threads))
-        m.vs_base = m.p50_ms / base.p50_ms if base is not None else None
+        turns = time_turns(runs, rounds, iterations, time_budget_s, warmup, progress=say)
+        for label in engines:
+            for batch in batches:
+                m = _measurement(label, engines[label].backend, batch, count,
+                                 [t for turn in turns[(label, batch)] for t in turn])
+                m.vs_first = paired_ratio(turns[(label, batch)], turns[(labels[0], batch)])
+                base = base_of[label]
+                m.vs_base = paired_ratio(turns[(label, batch)], turns[(base, batch)]) if base in engines else None
+                results.append(m)
     return results
 
 
