@@ -10,9 +10,10 @@
    the two disagree by 4x on EfficientNet-Lite0 (docs/hardware-aware.md).
 2. Benefit: adaptation/scores.py (zero-start gradients on `data`, else added parameters).
 3. Choice: the knapsack of adaptation/knapsack.py; predicted ratio = 1 + summed costs.
-4. Check: the chosen set is exported and timed end to end against the base, interleaved
-   (runtime/benchmark.py rounds), at every batch; while a batch is over budget the layer with
-   the lowest score per cost is dropped and the check repeats.
+4. Check: the chosen set is exported and timed end to end against the base, interleaved and
+   paired turn by turn (runtime/benchmark.py), in rounds (more of them while the budget is a
+   close call), at every batch; while a batch's median is over budget the layer with the lowest
+   score per cost is dropped and the check repeats.
 
 Plans are cached per model weights, candidates, settings and machine (like the tuned forms),
 so `qdeploy train --latency-budget` and the pipeline re-use a plan measured before.
@@ -43,6 +44,7 @@ from qdeploy.export.onnx_export import run_reference
 from qdeploy.layers import QuadConfig
 from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark
 from qdeploy.runtime.profile import profile_onnx
+from qdeploy.timing import median_interval
 from qdeploy.training.layer_scores import data_scorer
 from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, store
 
@@ -73,6 +75,8 @@ class PlanOptions:
     profile_repeats: int = 3  # base and adapted profiled in turns; the median counts
     check_seconds: float = 1.0  # timing per target and batch in each round of the measured check
     check_rounds: int = 5  # each round loads both files afresh (check_plan)
+    check_max_rounds: int = 11  # more rounds while a batch's median ratio is undecided against the budget
+    check_turns: int = 5  # interleaved turns per round; the round's ratio pairs them (timing.paired_ratio)
     seed: int = 0
     cache: Path | None = None  # None: plan_cache.cache_path's default; plans and costs are re-used from it
     use_cache: bool = True
@@ -215,11 +219,14 @@ def check_plan(model: nn.Module, chosen: Sequence[str], base_onnx: Path, options
                size: tuple[int, int], attempt: int) -> dict[str, Any]:
     """Measured adapted/base p50 per batch (`ratio`: the median over rounds) and every round's ratio (`rounds`).
 
-    Each of `check_rounds` rounds is a measurement of its own (both files loaded, then timed in
-    settled turns), so plan.json shows how far the rounds spread and one round caught in a slow
-    phase of the machine does not decide the plan. On this 2-core machine the spread is the
-    limit of a batch-1 budget: the same file ran 6.5 ms in one trial and 7.9 ms a minute later,
-    and a set checked at 1.09x was timed at 1.26x minutes later (224 px, 2 threads).
+    Each round is a measurement of its own (both files loaded, then timed in `check_turns`
+    settled, interleaved turns whose ratios are paired), so plan.json shows how far the rounds
+    spread and one round caught in a slow phase of the machine does not decide the plan. After
+    `check_rounds`, rounds are added (up to `check_max_rounds`) while the budget lies inside some
+    batch's 80% interval of the median (timing.median_interval): a close call gets more evidence,
+    a clear one stays cheap. On this 2-core machine the spread is the limit of a batch-1 budget:
+    the same file ran 6.5 ms in one trial and 7.9 ms a minute later; with one unpaired turn per
+    round, rounds of the same set spread 0.77-1.34x at 64 px, 1 thread.
     """
     from qdeploy.runtime import load_engine
 
@@ -227,11 +234,20 @@ def check_plan(model: nn.Module, chosen: Sequence[str], base_onnx: Path, options
     targets = [Target("adapted", lambda threads: load_engine(adapted_onnx, "ort-cpu", threads), base="base"),
                Target("base", lambda threads: load_engine(base_onnx, "ort-cpu", threads))]
     rounds: dict[str, list[float]] = {str(b): [] for b in options.batches}
-    for _ in range(options.check_rounds):
-        for m in run_benchmark(targets, options.batches, (options.threads,), warmup=3,
-                               iterations=UNTIL_TIME_BUDGET, time_budget_s=options.check_seconds):
+
+    def undecided(ratios: list[float]) -> bool:
+        low, high = median_interval(ratios)
+        return low <= options.latency_budget < high
+
+    while True:
+        for m in run_benchmark(targets, options.batches, (options.threads,), warmup=3, iterations=UNTIL_TIME_BUDGET,
+                               time_budget_s=options.check_seconds, rounds=options.check_turns):
             if m.label == "adapted":
                 rounds[str(m.batch)].append(m.vs_base)
+        done = len(rounds[str(options.batches[0])])
+        if done >= options.check_max_rounds or (done >= options.check_rounds
+                                                and not any(undecided(r) for r in rounds.values())):
+            break
     return {"ratio": {b: float(np.median(r)) for b, r in rounds.items()}, "rounds": rounds}
 
 
