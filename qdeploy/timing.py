@@ -8,7 +8,9 @@ between 1.4 and 6.7 ms), and the ratios between files were noise. So each target
 turns: untimed runs for at least `switch_warmup_s` after the switch (the previous
 session's threads settle), then a share of the timed runs; `rounds` turns per target
 interleave them, so a load change on the machine hits every target alike. The pooled
-timed runs are what the caller takes percentiles of.
+timed runs are what the caller takes percentiles of; ratios pair the turns (`paired_ratio`),
+and `median_interval` says how sure a median over rounds is (the plan check adds rounds while
+a budget lies inside it).
 """
 
 from __future__ import annotations
