@@ -249,18 +249,27 @@ def latency_goals(args: argparse.Namespace, console: Console) -> list[dict]:
                                   threads=threads, data=BUILTIN_DATA, seed=args.seed,
                                   candidates=tuple(args.candidates) if args.candidates else None,
                                   cache=args.runs / "plan_cache.json", **(QUICK_PLAN if args.quick else {}))
-            plan = plan_model(model, options, BUILTIN_DEFAULT, progress=console.print)
+            try:
+                plan = plan_model(model, options, BUILTIN_DEFAULT, progress=console.print)
+            except QDeployError as exc:  # unreachable here is a result (the goal is missed); other rows still run
+                console.print(str(exc))
+                rows.append({"size": size, "threads": threads, "layers": [], "unreachable": str(exc), "passed": False})
+                continue
             timing = replace(options, check_rounds=options.check_rounds + 2) if not args.quick else options
             check = measure_sets(model, {"plan": plan.chosen}, timing, (size, size), console)["plan"]
             first, last = str(min(args.batches)), str(max(args.batches))
             rows.append({"size": size, "threads": threads, "layers": plan.chosen, "predicted": plan.predicted,
-                         "plan_measured": plan.measured, "independent": check, "plan_seconds": plan.seconds,
+                         "plan_measured": plan.measured, "plan_checks": plan.checks, "independent": check,
+                         "plan_seconds": plan.seconds,
                          "passed": check[first] <= args.goal_budget and check[last] <= args.goal_budget + 0.10})
     table = Table(title=f"latency goal at {args.goal_budget:.2f}x: plan, then an independent timing (adapted/base p50)")
     for column in ("px", "thr", "layers", "plan b1", "check b1", "plan bN", "check bN", "pass"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         first, last = str(min(args.batches)), str(max(args.batches))
+        if "unreachable" in row:
+            table.add_row(str(row["size"]), str(row["threads"]), "0", "-", "-", "-", "-", "unreachable")
+            continue
         table.add_row(str(row["size"]), str(row["threads"]), str(len(row["layers"])),
                       f"{row['plan_measured'][first]:.3f}x", f"{row['independent'][first]:.3f}x",
                       f"{row['plan_measured'][last]:.3f}x", f"{row['independent'][last]:.3f}x",
