@@ -229,3 +229,29 @@ def test_check_adds_rounds_only_while_the_budget_is_a_close_call(tmp_path, monke
     check = latency_plan.check_plan(None, ["x"], tmp_path / "base.onnx", options, tmp_path, (32, 32), 0)
     # undecided at 5 (1.05..1.15 holds 1.10); at 9 rounds the interval is x(3)..x(7) = 1.06..1.09: decided
     assert check["rounds"]["1"] == close[:9] and check["ratio"]["1"] == pytest.approx(1.08)
+
+
+def _layers(costs: dict[str, float], scores: dict[str, float]) -> dict[str, dict]:
+    return {n: {"name": n, "cost": c, "cost_by_batch": {"1": c}, "score": scores[n]} for n, c in costs.items()}
+
+
+def test_a_failed_check_solves_the_knapsack_again_with_the_measured_costs() -> None:
+    from qdeploy.workflows.latency_plan import tighten
+
+    # the profiler saw a quarter of each layer's cost (batch 1 dispatch): the dear, high-scoring
+    # layer "a" alone is over budget, the cheap "b" fits
+    layers = _layers({"a": 0.03, "b": 0.005}, {"a": 0.9, "b": 0.05})
+    timed: list[list[str]] = []
+
+    def check(chosen: list[str]) -> dict:
+        timed.append(list(chosen))
+        ratio = 1 + 4 * sum(layers[n]["cost"] for n in chosen)
+        return {"ratio": {"1": ratio}, "rounds": {"1": [ratio]}}
+
+    chosen, checks = tighten(["a", "b"], layers, 1.10, check, lambda text: None)
+    assert timed == [["a", "b"], ["b"]] and chosen == ["b"]  # dropping by score per cost kept "a" to the end
+    assert checks[0]["rechosen_with_costs_x"] == pytest.approx(4.0) and checks[-1]["measured"]["1"] == pytest.approx(1.02)
+    # nothing fits even at measured costs: re-chosen once ("b"), then dropped; every set checked once
+    chosen, checks = tighten(["a", "b"], layers, 1.10, lambda c: {"ratio": {"1": 1.5}, "rounds": {"1": [1.5]}},
+                             lambda text: None)
+    assert chosen == [] and [c["chosen"] for c in checks] == [["a", "b"], ["b"]] and checks[-1]["dropped"] == "b"

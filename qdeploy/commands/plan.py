@@ -42,12 +42,13 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
         summary.add_row(key, f"{plan.base_ms[key]:.2f}", f"{plan.predicted[key]:.3f}x",
                         "-" if measured is None else f"{measured:.3f}x")
     print_table(console, summary)
-    for check in plan.checks:
-        if "dropped" in check:
-            worst = max(check["measured"].values())
-            spread = ", ".join(f"b{batch} {min(r):.2f}-{max(r):.2f}x" for batch, r in check.get("rounds", {}).items())
-            console.print(f"check with {check['layers']} layers measured {worst:.3f}x"
-                          + (f" (rounds: {spread})" if spread else "") + f": dropped {check['dropped']}")
+    for check in plan.checks[:-1]:  # the failed checks: what each changed
+        worst = max(check["measured"].values())
+        spread = ", ".join(f"b{batch} {min(r):.2f}-{max(r):.2f}x" for batch, r in check.get("rounds", {}).items())
+        change = (f"dropped {check['dropped']}" if "dropped" in check else
+                  f"chose again with costs x{check['rechosen_with_costs_x']:.2f}")
+        console.print(f"check with {check['layers']} layers measured {worst:.3f}x"
+                      + (f" (rounds: {spread})" if spread else "") + f": {change}")
 
 
 def load_plan_model(model: str):
