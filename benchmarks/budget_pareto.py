@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--goals", action="store_true",
                         help="only the latency goal: plan + independent timing at --sizes x --goal-threads, no training")
-    parser.add_argument("--goal-budget", type=float, default=1.10)
+    parser.add_argument("--goal-budget", type=float, default=None, help="[1.10; --quick: 1.5]")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 224])
     parser.add_argument("--goal-threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--quick", action="store_true", help="seconds per stage: a smoke test of the whole benchmark")
@@ -317,7 +317,9 @@ def main() -> None:
     torch.set_num_threads(1)  # training at 1 intra-op thread (steadier timings on shared cores)
     if args.goals:
         if args.quick:
-            args.sizes, args.goal_threads, args.goal_budget = [32], [1], 1.5
+            args.sizes, args.goal_threads = [32], [1]
+        if args.goal_budget is None:
+            args.goal_budget = 1.5 if args.quick else 1.10
         report = {"benchmark": "budget_pareto --goals", "model": BUILTIN_DEFAULT, "goals": latency_goals(args, console),
                   "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "machine": {"platform": platform.platform(), "torch": torch.__version__}}

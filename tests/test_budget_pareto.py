@@ -30,3 +30,24 @@ def test_quick_mode_runs_every_stage(tmp_path) -> None:
     assert all(row["latency_ratio"]["1"] > 0 and row["steps"] >= 0 for row in data["rows"])
     assert set(data["goals"]["trained"]) >= {"accuracy_minus_all", "accuracy_minus_best_random", "step_time_vs_finetune"}
     assert Path(data["plot"]).is_file() and "best val accuracy at equal training time" in result.stdout
+
+
+def test_goals_quick_times_the_plan_and_an_unreachable_budget_is_a_row(tmp_path) -> None:
+    def goals(*extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+        out = tmp_path / f"goals{len(extra)}.json"
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "budget_pareto.py"), "--goals", "--quick",
+                               "--candidates", "blocks.6.*.conv_dw", "blocks.5.0.conv_dw", "--runs",
+                               str(tmp_path / "runs"), "--json", str(out), *extra], capture_output=True, text=True,
+                              cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+                                                 "HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "COLUMNS": "100"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done, json.loads(out.read_text())["goals"]
+
+    _, (row,) = goals()
+    assert row["size"] == 32 and row["layers"] and set(row["independent"]) == set(row["plan_measured"])
+    assert row["plan_checks"][-1]["chosen"] == row["layers"]
+    first, last = min(row["independent"], key=int), max(row["independent"], key=int)
+    assert row["passed"] == (row["independent"][first] <= 1.5 and row["independent"][last] <= 1.6)
+    done, (row,) = goals("--goal-budget", "1.0001")
+    assert row["layers"] == [] and not row["passed"] and "is unreachable" in row["unreachable"]
+    assert "unreachable" in done.stdout
