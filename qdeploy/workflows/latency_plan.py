@@ -51,7 +51,7 @@ from qdeploy.training.layer_scores import data_scorer
 from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, store
 
 PLAN_FILE = "plan.json"
-PLAN_FORMAT = "qdeploy-latency-plan/1"
+PLAN_FORMAT = "qdeploy-latency-plan/2"  # /2: checks[] name their set and what a failed one changed
 SUPPORTED_BACKENDS = ("ort-cpu",)  # the profiler's per-node times come from ONNX Runtime's CPU provider
 Progress = Callable[[str], None]
 
