@@ -17,7 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qdeploy.errors import QDeployError
-from qdeploy.export.int8_accuracy_control import (AccuracyControl, check_calibration_images, quantize_with_accuracy_control,
+from qdeploy.export.int8_accuracy_control import (ACTIVATION_SUFFIX, AccuracyControl, activation_groups,
+                                                  check_calibration_images, quantize_with_accuracy_control,
                                                   quantized_groups, run_logits, with_float_nodes)
 from qdeploy.export.int8 import quantize_qdq
 
@@ -36,11 +37,12 @@ def outlier_graph(path: Path, outlier: float = 1000.0) -> Path:
                "head_w": np.eye(CLASSES, dtype=np.float32), "head_b": np.zeros(CLASSES, np.float32),
                "shape": np.array([-1, CLASSES], np.int64)}
     nodes = [
-        helper.make_node("Conv", ["input", "wp"], ["p"], name="q/primary.Conv_0"),
-        helper.make_node("Conv", ["input", "wa"], ["qa"], name="q/quad.Conv_1"),
-        helper.make_node("Conv", ["input", "wb"], ["qb"], name="q/quad.Conv_2"),
-        helper.make_node("Mul", ["qa", "qb"], ["qm"], name="q/quad.Mul_3"),
-        helper.make_node("Add", ["p", "qm"], ["y"], name="q/sum.Add_4"),
+        # tensors named after their producers, as the exporter's rewrites name them
+        helper.make_node("Conv", ["input", "wp"], ["q/primary.p"], name="q/primary.Conv_0"),
+        helper.make_node("Conv", ["input", "wa"], ["q/quad.a"], name="q/quad.Conv_1"),
+        helper.make_node("Conv", ["input", "wb"], ["q/quad.b"], name="q/quad.Conv_2"),
+        helper.make_node("Mul", ["q/quad.a", "q/quad.b"], ["q/quad.m"], name="q/quad.Mul_3"),
+        helper.make_node("Add", ["q/primary.p", "q/quad.m"], ["y"], name="q/sum.Add_4"),
         helper.make_node("GlobalAveragePool", ["y"], ["pooled"], name="pool"),
         helper.make_node("Reshape", ["pooled", "shape"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "head_w", "head_b"], ["output"], name="head"),
@@ -76,8 +78,13 @@ def test_emulated_float_groups_equal_requantizing_with_nodes_to_exclude(tmp_path
     assert weight.data_type == TensorProto.FLOAT and numpy_helper.to_array(weight)[0, 0, 0, 0] == 1000.0
     emulated = run_logits(reverted, images, 1)
     assert not np.allclose(emulated, run_logits(tmp_path / "q.onnx", images, 1), atol=1e-3)  # it did revert
-    # every reader of the graph input in float (it stays float then), a node mid-graph, the head
-    for nodes in (groups["q/quad"], groups["q/quad"] + groups["q/primary"], groups["q/sum"], groups["head"]):
+    activations = activation_groups(qdq, onnx.load(str(fp32)))
+    assert activations["q/quad.a (activation)"] == ["q/quad.Conv_1", "q/quad.Mul_3"]
+    assert activations["input (activation)"] == ["q/primary.Conv_0", "q/quad.Conv_1", "q/quad.Conv_2"]
+    # every reader of the graph input in float (it stays float then), a node mid-graph, the head,
+    # one activation kept float (its producer and reader)
+    for nodes in (groups["q/quad"], groups["q/quad"] + groups["q/primary"], groups["q/sum"], groups["head"],
+                  activations["q/quad.a (activation)"]):
         quantize_qdq(fp32, tmp_path / "x.onnx", images, "ort-cpu", nodes_to_exclude=nodes)
         emulated = run_logits(with_float_nodes(qdq, onnx.load(str(fp32)), set(nodes)), images, 1)
         np.testing.assert_allclose(emulated, run_logits(tmp_path / "x.onnx", images, 1), rtol=0, atol=1e-5)
@@ -91,8 +98,13 @@ def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_wors
     assert not first["passed"] and first["top1_agreement"] < 0.9  # plain int8 loses the answers
     assert report["ranking"][0]["group"] == "q/quad" and report["ranking"][0]["sensitivity"] > 0
     parts = report["sensitivity_by_part"]
-    assert list(parts)[0] == "quad" and parts["quad"] == {"groups": 1, "harmful_groups": 1,
-                                                          "error_removed": report["ranking"][0]["sensitivity"]}
+    assert parts["quad"] == {"groups": 1, "harmful_groups": 1, "error_removed": report["ranking"][0]["sensitivity"]}
+    # the activations A(x) and B(x) carry the error: each one kept float removes part of it
+    activations = {entry["group"]: entry for entry in report["ranking"] if entry["group"].endswith(ACTIVATION_SUFFIX)}
+    assert activations["q/quad.a (activation)"]["nodes"] == 2  # its producer and its reader, the product
+    assert all(activations[f"q/quad.{t} (activation)"]["sensitivity"] > 0.1 for t in "ab")
+    assert parts["quad activations"]["harmful_groups"] >= 2
+    assert set(list(parts)[:2]) == {"quad", "quad activations"}  # where the error is, by measurement
     assert last["passed"] and last["float_groups"][0] == "q/quad" and last["top1_agreement"] >= 0.99
     assert all(step["latency"]["batches"]["1"]["fp32_ms"] > 0 for step in report["steps"])
     shipped = onnx.load(str(tmp_path / "int8.onnx"))
@@ -101,7 +113,7 @@ def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_wors
         assert "QuantizeLinear" in ops and report["passed"] and report["top1_agreement"] >= 0.99
         assert set(report["float_nodes"]) == {"q/quad.Conv_1", "q/quad.Conv_2", "q/quad.Mul_3"}
         mul = next(n for n in shipped.graph.node if n.name == "q/quad.Mul_3")
-        assert list(mul.input) == ["qa", "qb"]
+        assert list(mul.input) == ["q/quad.a", "q/quad.b"]
     else:  # slower than fp32 on this machine: the fp32 file ships, and the report says so
         assert "QuantizeLinear" not in ops and "fp32 file" in report["reason"]
 
