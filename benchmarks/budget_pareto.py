@@ -5,8 +5,9 @@ Per dataset, at equal training wall time per run (`--minutes`, adapter_compariso
     finetune, lora        the first-order baselines (latency: the base model; LoRA merges into it)
     all                   the family's default layers (EfficientNet-Lite0: all 16 depthwise convs)
     budget X              the layers `qdeploy plan --latency-budget X --data D` chooses (1.05/1.10/1.20)
-    last-k                the last candidates, as many as fit the middle budget plan's predicted cost
-    random i              random candidates up to the same predicted cost (seeded, `--random` of them)
+    last-k                the last candidates, as many as fit the reference budget plan's predicted cost
+                          (the reference: the reachable budget nearest to `--goal-budget`, 1.10)
+    random i              random candidates up to the same predicted cost (seeded, `--random` distinct ones)
 
 each adapted set trained with the primary frozen and with it trained. Every layer set is exported
 (random terms) and timed against the base exported the same way, interleaved, apart from the plan
@@ -65,6 +66,7 @@ RESULTS = Path(__file__).parent / "results" / "budget_pareto.json"
 PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset(32, 32, 0.2, 25, 1, 2000)}
 QUICK = Preset(32, 16, 0.05, 2, 1, 32)
 PRIMARY_MODES = {"frozen": "adapt-frozen", "trained": "adapt"}
+RANDOM_DRAWS = 200  # shuffles tried for distinct random subsets before settling for fewer
 
 
 def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: list[str], reference: float,
@@ -84,10 +86,21 @@ def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: li
 
     sets = {"all": all_layers, **{f"budget {b:.2f}": list(plans[b].chosen) for b in plans},
             "last-k": fill(list(reversed(candidates)))}
-    for index in range(randoms):
+    # Distinct subsets, none equal to the reference's choice: at a budget that holds one or two
+    # layers few subsets fit, and repeats only re-measure training noise (three "random" runs were
+    # the same layer before). Fewer than `randoms` rows when fewer distinct subsets exist.
+    taken = {tuple(sets[f"budget {reference:.2f}"])}
+    draw, picked = random.Random(seed), 0
+    for _ in range(RANDOM_DRAWS):
+        if picked == randoms:
+            break
         order = list(candidates)
-        random.Random(seed + index).shuffle(order)
-        sets[f"random {index + 1}"] = fill(order)
+        draw.shuffle(order)
+        subset = fill(order)
+        if subset and tuple(subset) not in taken:
+            taken.add(tuple(subset))
+            picked += 1
+            sets[f"random {picked}"] = subset
     return sets
 
 
@@ -123,7 +136,7 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
             unreachable[f"{budget:.2f}"] = str(exc)
     if not plans:
         raise QDeployError(f"{data}: no budget of {args.budgets} is reachable; try larger --budgets")
-    reference = sorted(plans)[len(plans) // 2]
+    reference = min(plans, key=lambda budget: abs(budget - args.goal_budget))  # the goal's budget, if reachable
     candidates = [layer["name"] for layer in plans[reference].layers]
     sets = layer_sets(plans, candidates, list(_defaults(model, candidates)), reference, args.random, args.seed)
     latency = measure_sets(model, sets, options, size, console)
@@ -287,7 +300,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=[BUILTIN_DATA, FASHION_MNIST])
     parser.add_argument("--budgets", nargs="+", type=float, default=[1.05, 1.10, 1.20])
-    parser.add_argument("--random", type=int, default=3, help="random subsets at the middle budget's cost")
+    parser.add_argument("--random", type=int, default=3, help="distinct random subsets at the reference budget's cost")
     parser.add_argument("--primary", nargs="+", default=list(PRIMARY_MODES), choices=list(PRIMARY_MODES))
     parser.add_argument("--candidates", nargs="*", default=None, help="plan candidate globs [the family's defaults]")
     parser.add_argument("--all-candidates", action="store_true", help="plan over every layer the adapter can wrap")
@@ -301,7 +314,9 @@ def main() -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--goals", action="store_true",
                         help="only the latency goal: plan + independent timing at --sizes x --goal-threads, no training")
-    parser.add_argument("--goal-budget", type=float, default=None, help="[1.10; --quick: 1.5]")
+    parser.add_argument("--goal-budget", type=float, default=None,
+                        help="--goals: the budget timed; else the reference budget of the goals and of last-k / random, "
+                             "the reachable one nearest to it [1.10; --quick: 1.5]")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 224])
     parser.add_argument("--goal-threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--quick", action="store_true", help="seconds per stage: a smoke test of the whole benchmark")
@@ -313,13 +328,13 @@ def main() -> None:
         args.candidates = args.candidates or ["blocks.5.0.conv_dw", "blocks.6.0.conv_dw"]
         args.batches, args.latency_threads = [1], 1
 
+    if args.goal_budget is None:
+        args.goal_budget = 1.5 if args.quick else 1.10
     console = Console()
     torch.set_num_threads(1)  # training at 1 intra-op thread (steadier timings on shared cores)
     if args.goals:
         if args.quick:
             args.sizes, args.goal_threads = [32], [1]
-        if args.goal_budget is None:
-            args.goal_budget = 1.5 if args.quick else 1.10
         report = {"benchmark": "budget_pareto --goals", "model": BUILTIN_DEFAULT, "goals": latency_goals(args, console),
                   "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "machine": {"platform": platform.platform(), "torch": torch.__version__}}
