@@ -56,7 +56,7 @@ def _input_size(value: str | None) -> tuple[int, int] | None:
               help="int8: accuracy points the file may lose against the fp32 file (besides >= 99% top-1 "
                    "agreement); the most harmful nodes return to float until it holds.")
 @click.option("--int8-max-steps", type=click.IntRange(min=0), default=AccuracyControl.max_steps, show_default=True,
-              help="int8: node groups returned to float at most (one per step) before the fp32 file ships.")
+              help="int8: node or activation groups returned to float at most (one per step) before the fp32 file ships.")
 @click.option("--rewrites/--no-rewrites", default=True, show_default=True,
               help="Exact graph rewrites: fold the norm after each quadratic layer, per-layer activation form.")
 @click.option("--tune/--no-tune", default=True, show_default=True,
