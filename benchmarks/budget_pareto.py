@@ -89,7 +89,7 @@ def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: li
     # Distinct subsets, none equal to the reference's choice: at a budget that holds one or two
     # layers few subsets fit, and repeats only re-measure training noise (three "random" runs were
     # the same layer before). Fewer than `randoms` rows when fewer distinct subsets exist.
-    taken = {tuple(sets[f"budget {reference:.2f}"])}
+    taken = {tuple(ref.chosen)}
     draw, picked = random.Random(seed), 0
     for _ in range(RANDOM_DRAWS):
         if picked == randoms:

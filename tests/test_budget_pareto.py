@@ -58,9 +58,9 @@ def test_goals_quick_times_the_plan_and_an_unreachable_budget_is_a_row(tmp_path)
 def test_random_subsets_are_distinct_and_differ_from_the_budgets_choice() -> None:
     from types import SimpleNamespace
 
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.budget_pareto import layer_sets
+    from tests.conftest import load_module
 
+    layer_sets = load_module("budget_pareto", ROOT / "benchmarks" / "budget_pareto.py").layer_sets
     names = [f"l{i}" for i in range(6)]
     costs = [0.05, 0.05, 0.05, 0.2, 0.2, 0.2]  # one cheap layer fits the budget: three one-layer subsets exist
     plan = SimpleNamespace(layers=[{"name": n, "cost": c} for n, c in zip(names, costs)], chosen=["l0"])

@@ -98,6 +98,16 @@ def group_of(node_name: str) -> str:
     return node_name if layer is None else f"{layer}{SEPARATOR}{part_of(node_name)}"
 
 
+def tensor_links(model: onnx.ModelProto) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Tensor -> the node that writes it, and tensor -> the nodes that read it (in graph order)."""
+    producer = {out: n.name for n in model.graph.node for out in n.output}
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
+    return producer, readers
+
+
 def activation_groups(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> dict[str, list[str]]:
     """`<tensor> (activation)` -> the nodes that keep that quantized activation float: its producer and
     every reader (onnxruntime.quantization leaves a tensor unquantized only when none of them is quantized).
@@ -109,11 +119,7 @@ def activation_groups(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> dict[str, 
     groups reached 99.0% (docs/int8.md).
     """
     weights = {t.name for t in fp32.graph.initializer}
-    producer = {out: n.name for n in fp32.graph.node for out in n.output}
-    readers: dict[str, list[str]] = {}
-    for node in fp32.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node.name)
+    producer, readers = tensor_links(fp32)
     quantized = dict.fromkeys(n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear")
     groups = {}
     for tensor in quantized:
@@ -150,11 +156,7 @@ def with_float_nodes(qdq: onnx.ModelProto, fp32: onnx.ModelProto, names: set[str
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
     float_weights = {t.name: t for t in fp32.graph.initializer}
-    produced_by = {out: n.name for n in fp32.graph.node for out in n.output}
-    read_by: dict[str, set[str]] = {}
-    for n in fp32.graph.node:
-        for name in n.input:
-            read_by.setdefault(name, set()).add(n.name)
+    produced_by, read_by = tensor_links(fp32)
     graph_inputs = {i.name for i in fp32.graph.input}
     float_nodes = {n.name: n for n in fp32.graph.node if n.name in names}
     still_produced = {(n.name, out) for n in model.graph.node for out in n.output}
@@ -172,7 +174,7 @@ def with_float_nodes(qdq: onnx.ModelProto, fp32: onnx.ModelProto, names: set[str
                     weight.name = float_name
                     added.add(float_name)
                 node.input[position] = float_name
-            elif read_by[name] <= names and (name in graph_inputs or (
+            elif set(read_by[name]) <= names and (name in graph_inputs or (
                     produced_by.get(name) in names and (produced_by[name], name) in still_produced)):
                 node.input[position] = name
     return model
