@@ -79,12 +79,12 @@ def int8_file(fp32: Path, out: Path, eval_set, threads: int, steps: int) -> dict
     """The accuracy-controlled int8 file of `fp32` at `out` (the plain all-int8 file when the control
     ships fp32), and what the control found."""
     from qdeploy.export.int8 import quantize_qdq
-    from qdeploy.export.int8_accuracy_control import AccuracyControl, CALIBRATION_IMAGES, quantize_with_accuracy_control
+    from qdeploy.export.int8_accuracy_control import AccuracyControl, EvalSplit, quantize_with_accuracy_control
 
     control = AccuracyControl(max_steps=steps, threads=threads)
     report = quantize_with_accuracy_control(fp32, out, eval_set.images, eval_set.labels, "ort-cpu", control)
     if report["shipped"] != "int8":
-        quantize_qdq(fp32, out, eval_set.images[:CALIBRATION_IMAGES], "ort-cpu")
+        quantize_qdq(fp32, out, eval_set.images[EvalSplit.of(len(eval_set.images)).calibration], "ort-cpu")
     first = report["steps"][0]
     return {"shipped": report["shipped"], "reason": report["reason"], "float_nodes": len(report["float_nodes"]),
             "timed": "accuracy-controlled" if report["shipped"] == "int8" else "plain all-int8",

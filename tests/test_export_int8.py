@@ -21,7 +21,7 @@ from qdeploy.export.base_model import export_plain_onnx
 from qdeploy.onnx_io import ort_session
 from qdeploy.compare import PRESETS, Tolerance
 from qdeploy.export import int8, int8_accuracy_control
-from qdeploy.export.int8_accuracy_control import AccuracyControl
+from qdeploy.export.int8_accuracy_control import AccuracyControl, EvalSplit
 from qdeploy.data.eval_set import load_eval_set
 from tests.export_helpers import tiny_model
 
@@ -76,10 +76,11 @@ def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> 
     assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(fp32)).graph.node}
     output = ort_session(path).run(None, {"input": eval_set.images})[0]
     reference = ort_session(fp32).run(None, {"input": eval_set.images})[0]
-    expected = int8.int8_parity(reference, output, eval_set.labels)
+    judged = EvalSplit.of(len(eval_set.labels)).judged  # the images that neither calibrated nor ranked
+    expected = int8.int8_parity(reference[judged], output[judged], eval_set.labels[judged])
     got = info.int8
     assert got["shipped"] == "int8" and got["chosen_step"] == 0 and got["float_nodes"] == []
-    assert got["images"] == len(eval_set.labels) == 32 and got["calibration_images"] == 32  # val split of 160
+    assert len(eval_set.labels) == 32 and got["images"] == 16 and got["calibration_images"] == 16  # val split of 160
     assert got["top1_agreement"] == pytest.approx(expected["top1_agreement"])
     assert got["int8_accuracy"] == pytest.approx(expected["int8_accuracy"]) and got["target"] == "ort-cpu"
     assert got["steps"][0]["latency"]["ratio_vs_fp32"] == 0.5 and "0.50x" in got["reason"]
@@ -88,9 +89,10 @@ def test_int8_file_is_qdq_and_its_report_is_the_truth(tmp_path, monkeypatch) -> 
     verified = CliRunner().invoke(main, ["verify", str(path), "--precision", "int8", "--data", str(data),
                                          "--random-batches", "1", "--out", str(tmp_path / "verify.json")])
     written = json.loads((tmp_path / "verify.json").read_text())["int8_vs_fp32"]
+    everything = int8.int8_parity(reference, output, eval_set.labels)  # verify judges every image
     assert written["file"] == fp32.name and written["images"] == 32
-    assert written["top1_agreement"] == pytest.approx(expected["top1_agreement"])
-    assert f"int8 vs its fp32 file {fp32.name}: top-1 agreement {expected['top1_agreement']:.1%}" in verified.output
+    assert written["top1_agreement"] == pytest.approx(everything["top1_agreement"])
+    assert f"int8 vs its fp32 file {fp32.name}: top-1 agreement {everything['top1_agreement']:.1%}" in verified.output
 
 
 def test_int8_missing_the_rule_or_slower_than_fp32_ships_the_fp32_file_and_says_why(tmp_path, monkeypatch) -> None:

@@ -17,10 +17,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qdeploy.errors import QDeployError
-from qdeploy.export.int8_accuracy_control import (ACTIVATION_SUFFIX, AccuracyControl, activation_groups,
-                                                  check_calibration_images, quantize_with_accuracy_control,
-                                                  quantized_groups, run_logits, with_float_nodes)
-from qdeploy.export.int8 import quantize_qdq
+from qdeploy.export.int8_accuracy_control import (ACTIVATION_SUFFIX, AccuracyControl, EvalSplit, activation_groups,
+                                                  check_calibration_images, layer_groups, logit_error,
+                                                  quantize_with_accuracy_control, quantized_groups, returnable, run_logits,
+                                                  with_float_nodes)
+from qdeploy.export.int8 import clipped_ranges, quantize_qdq
 
 CLASSES, SIZE = 4, 8
 FAST = AccuracyControl(timing_batches=(1,), timing_seconds=0.05, threads=1)
@@ -81,10 +82,13 @@ def test_emulated_float_groups_equal_requantizing_with_nodes_to_exclude(tmp_path
     activations = activation_groups(qdq, onnx.load(str(fp32)))
     assert activations["q/quad.a (activation)"] == ["q/quad.Conv_1", "q/quad.Mul_3"]
     assert activations["input (activation)"] == ["q/primary.Conv_0", "q/quad.Conv_1", "q/quad.Conv_2"]
+    layers = layer_groups(onnx.load(str(fp32)))
+    assert layers == {"q (whole layer)": ["q/primary.Conv_0", "q/quad.Conv_1", "q/quad.Conv_2", "q/quad.Mul_3",
+                                          "q/sum.Add_4"]}
     # every reader of the graph input in float (it stays float then), a node mid-graph, the head,
-    # one activation kept float (its producer and reader)
+    # one activation kept float (its producer and reader), the whole layer
     for nodes in (groups["q/quad"], groups["q/quad"] + groups["q/primary"], groups["q/sum"], groups["head"],
-                  activations["q/quad.a (activation)"]):
+                  activations["q/quad.a (activation)"], layers["q (whole layer)"]):
         quantize_qdq(fp32, tmp_path / "x.onnx", images, "ort-cpu", nodes_to_exclude=nodes)
         emulated = run_logits(with_float_nodes(qdq, onnx.load(str(fp32)), set(nodes)), images, 1)
         np.testing.assert_allclose(emulated, run_logits(tmp_path / "x.onnx", images, 1), rtol=0, atol=1e-5)
@@ -96,16 +100,25 @@ def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_wors
     report = quantize_with_accuracy_control(fp32, tmp_path / "int8.onnx", images, labels, "ort-cpu", FAST)
     first, last = report["steps"][0], report["steps"][-1]
     assert not first["passed"] and first["top1_agreement"] < 0.9  # plain int8 loses the answers
-    assert report["ranking"][0]["group"] == "q/quad" and report["ranking"][0]["sensitivity"] > 0
+    ranked = {entry["group"]: entry for entry in report["ranking"]}
+    # the whole layer first (it holds the factors), then its quad part, far above its other parts; the
+    # quad part removes nearly all the whole layer does, so the whole layer is not returned
+    assert report["ranking"][0]["group"] == "q (whole layer)" and ranked["q (whole layer)"]["nodes"] == 5
+    assert report["ranking"][1]["group"] == "q/quad" and ranked["q/quad"]["sensitivity"] > 0
+    assert ranked["q/quad"]["returnable"] and not ranked["q (whole layer)"]["returnable"]
+    assert ranked["q/quad"]["sensitivity"] > 10 * max(ranked["q/primary"]["sensitivity"], ranked["q/sum"]["sensitivity"])
     parts = report["sensitivity_by_part"]
-    assert parts["quad"] == {"groups": 1, "harmful_groups": 1, "error_removed": report["ranking"][0]["sensitivity"]}
+    assert parts["quad"] == {"groups": 1, "harmful_groups": 1, "error_removed": ranked["q/quad"]["sensitivity"]}
+    assert parts["whole layers"]["groups"] == 1
     # the activations A(x) and B(x) carry the error: each one kept float removes part of it
     activations = {entry["group"]: entry for entry in report["ranking"] if entry["group"].endswith(ACTIVATION_SUFFIX)}
     assert activations["q/quad.a (activation)"]["nodes"] == 2  # its producer and its reader, the product
     assert all(activations[f"q/quad.{t} (activation)"]["sensitivity"] > 0.1 for t in "ab")
     assert parts["quad activations"]["harmful_groups"] >= 2
-    assert set(list(parts)[:2]) == {"quad", "quad activations"}  # where the error is, by measurement
-    assert last["passed"] and last["float_groups"][0] == "q/quad" and last["top1_agreement"] >= 0.99
+    assert set(list(parts)[:3]) == {"whole layers", "quad", "quad activations"}  # where the error is, by measurement
+    assert last["passed"] and last["float_groups"] == ["q/quad"] and last["top1_agreement"] >= 0.99
+    # judged on the images that neither calibrated nor ranked
+    assert report["images"] == len(labels) - report["ranking_images"] and report["ranking_images"] == len(labels) // 2
     assert all(step["latency"]["batches"]["1"]["fp32_ms"] > 0 for step in report["steps"])
     shipped = onnx.load(str(tmp_path / "int8.onnx"))
     ops = {n.op_type for n in shipped.graph.node}
@@ -116,6 +129,66 @@ def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_wors
         assert list(mul.input) == ["q/quad.a", "q/quad.b"]
     else:  # slower than fp32 on this machine: the fp32 file ships, and the report says so
         assert "QuantizeLinear" not in ops and "fp32 file" in report["reason"]
+
+
+def clipped_sum_graph(path: Path) -> Path:
+    """input -> sum of two convs spanning +-50 -> identity depthwise 1x1 conv -> Clip(0, 6) -> pooled logits:
+    the `blocked` form of a quadratic layer's sum and its ReLU6."""
+    rng = np.random.default_rng(2)
+    weights = {"w1": 25 * rng.standard_normal((CLASSES, CLASSES, 1, 1)).astype(np.float32),
+               "w2": rng.standard_normal((CLASSES, CLASSES, 1, 1)).astype(np.float32),
+               "ones": np.ones((CLASSES, 1, 1, 1), np.float32), "zeros": np.zeros(CLASSES, np.float32),
+               "lo": np.array(0, np.float32), "hi": np.array(6, np.float32), "shape": np.array([-1, CLASSES], np.int64)}
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["p"], name="q/primary.Conv_0"),
+             helper.make_node("Conv", ["input", "w2"], ["m"], name="q/quad.Conv_1"),
+             helper.make_node("Add", ["p", "m"], ["sum"], name="q/sum.Add_4"),
+             helper.make_node("Conv", ["sum", "ones", "zeros"], ["id"], name="q/blocked.Conv_0", group=CLASSES),
+             helper.make_node("Clip", ["id", "lo", "hi"], ["act"], name="q/blocked.Clip_1"),
+             helper.make_node("GlobalAveragePool", ["act"], ["pooled"], name="pool"),
+             helper.make_node("Reshape", ["pooled", "shape"], ["output"], name="flatten")]
+    graph = helper.make_graph(nodes, "clipped", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                ["batch", CLASSES, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", CLASSES])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    return path
+
+
+def test_a_sum_behind_the_identity_conv_takes_its_clips_range_and_loses_less(tmp_path, monkeypatch) -> None:
+    fp32 = clipped_sum_graph(tmp_path / "fp32.onnx")
+    (bounds,) = clipped_ranges(fp32).items()
+    assert bounds[0] == "sum" and (bounds[1][0]["rmin"], bounds[1][0]["rmax"]) == (0.0, 6.0)
+    images = np.random.default_rng(3).standard_normal((64, CLASSES, SIZE, SIZE)).astype(np.float32)
+    reference = run_logits(fp32, images, 1)
+    quantize_qdq(fp32, tmp_path / "ranged.onnx", images, "ort-cpu")
+    scale = next(numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "ranged.onnx")).graph.initializer
+                 if t.name == "sum_scale")
+    assert scale == pytest.approx(6 / 255)
+    monkeypatch.setattr("qdeploy.export.int8.clipped_ranges", lambda path: {})  # the calibrated range instead
+    quantize_qdq(fp32, tmp_path / "calibrated.onnx", images, "ort-cpu")
+    ranged, calibrated = (logit_error(reference, run_logits(tmp_path / f"{name}.onnx", images, 1))
+                          for name in ("ranged", "calibrated"))
+    assert ranged < 0.75 * calibrated  # the sum's rounding gone; P(x)'s (same range) is left: about half
+
+
+def test_a_group_is_returned_unless_a_subset_of_it_nearly_matches_it() -> None:
+    ranking = [{"group": "layer", "nodes": ["a", "b", "c"], "sensitivity": 1.0},
+               {"group": "a", "nodes": ["a"], "sensitivity": 0.85},
+               {"group": "other", "nodes": ["d", "e"], "sensitivity": 0.5},
+               {"group": "d", "nodes": ["d"], "sensitivity": 0.3},
+               {"group": "useless", "nodes": ["f"], "sensitivity": -0.1}]
+    assert returnable(ranking) == ["a", "other", "d"]  # 0.85 >= 0.8 x 1.0; 0.3 < 0.8 x 0.5; harmless kept out
+
+
+def test_the_images_that_judge_are_apart_from_those_that_calibrate_and_rank() -> None:
+    for count, calibration, ranking in ((2000, 256, 512), (359, 179, 179), (32, 16, 16)):
+        split = EvalSplit.of(count)
+        assert (len(split.calibration), len(split.ranking), len(split.judged)) == (calibration, ranking, count - ranking)
+        assert set(split.calibration) <= set(split.ranking) and not set(split.ranking) & set(split.judged)
+        assert sorted({*split.ranking, *split.judged}) == list(range(count))
+    labels = np.repeat([0, 1], 16)  # a val split class by class: both halves see both classes
+    split = EvalSplit.of(32)
+    assert set(labels[split.ranking]) == set(labels[split.judged]) == {0, 1}
 
 
 def test_a_generous_accuracy_drop_does_not_lower_the_agreement_rule(tmp_path) -> None:

@@ -144,6 +144,16 @@ def test_export_model_of_a_stored_model_takes_its_trained_size(run, tmp_path) ->
     assert read_report(tmp_path / "onnx") == report  # one writer, one reader: the same record back
 
 
+def test_int8_of_a_stored_model_calibrates_on_the_split_it_did_not_train_on(run) -> None:
+    from qdeploy.export import ExportOptions
+    from qdeploy.export.onnx_export import for_stored
+
+    options = for_stored(locate(run), ExportOptions(modes=("decomposed",), precision="int8"))
+    assert options.calibration == "digits-shift" and options.calibration_split == {"seed": 1, "val_fraction": 0.3}
+    elsewhere = for_stored(locate(run), ExportOptions(modes=("decomposed",), precision="int8", calibration="photos"))
+    assert elsewhere.calibration_split == {}  # not its training data: that folder's own split
+
+
 @pytest.mark.parametrize("artifact, document", [
     (ExportReport, {"format": "qdeploy-export-report/2", "files": {}}),
     (TrainingRecord, {"data": "digits-shift", "image_size": 32}),

@@ -78,7 +78,7 @@ def quantize_qdq(fp32_path: Path, out_path: Path, images: np.ndarray, target: st
             return None if batch is None else {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
     signed = target == "tensorrt"
-    overrides = {} if signed else depthwise_full_range(fp32_path)
+    overrides = clipped_ranges(fp32_path) | ({} if signed else depthwise_full_range(fp32_path))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer warns about pre-processing the exporter already did
@@ -113,6 +113,44 @@ def depthwise_full_range(fp32_path: Path) -> dict[str, list[dict[str, Any]]]:
         dims = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
         if dims is not None and group > 1 and len(dims) == 4 and dims[0] == group and dims[1] == 1:
             overrides[node.input[1]] = [{"axis": 0, "reduce_range": False}]
+    return overrides
+
+
+def clipped_ranges(fp32_path: Path) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides giving a quadratic layer's sum P(x) + Q(x) the range of the Clip (ReLU6) it feeds
+    through the `blocked` form's identity conv (norm_fold.insert_identity_conv).
+
+    onnxruntime.quantization gives a Clip's input the Clip's range only when the Clip reads it
+    directly; behind the identity conv the sum kept its calibrated range. Exact: clamping the sum
+    to [lo, hi] before x * 1 + 0 and the Clip changes nothing. On a Fashion-MNIST-trained
+    EfficientNet-Lite0 (32 px) the sum of its first layer spanned +-58 (a step of 0.45 for
+    values kept in [0, 6]); with [0, 6] the logits' error fell from 0.0058 to 0.0049 of their
+    variance on 4,000 images that did not calibrate (docs/int8.md).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def identity_conv(node: Any) -> bool:
+        weight = constants.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        bias = constants.get(node.input[2]) if len(node.input) > 2 else np.zeros(1, np.float32)
+        return (weight is not None and bias is not None and weight.ndim == 4 and weight.shape[1:] == (1, 1, 1)
+                and bool(np.all(weight == 1)) and not np.any(bias))
+
+    overrides = {}
+    for node in graph.node:
+        after = readers.get(node.output[0], []) if identity_conv(node) else []
+        bounds = [constants.get(name) for name in after[0].input[1:3]] if len(after) == 1 else []
+        if (len(after) == 1 and after[0].op_type == "Clip" and len(bounds) == 2 and all(b is not None for b in bounds)
+                and len(readers.get(node.input[0], [])) == 1):
+            lo, hi = (np.float32(b) for b in bounds)
+            overrides[node.input[0]] = [{"rmin": lo, "rmax": hi}]
     return overrides
 
 

@@ -45,7 +45,7 @@ DEFAULT_OPSET = translations.MIN_OPSET
 # Protobuf messages stop at 2 GiB; keep headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 MAX_DYNAMIC_BATCH = 65536  # torch.export needs a bound; no runtime batch comes near it
-INT8_EVAL_IMAGES = 1000  # a seeded choice of the held-out images judges int8 (Fashion-MNIST has 10,000)
+INT8_EVAL_IMAGES = 2000  # a seeded choice of the held-out images tunes (512) and judges (the rest) int8
 TUNE_BATCH = 8  # forms of a dynamic-batch export are timed at this batch (big enough to time a layer)
 _KNOWN_NAMESPACES = {"aten", "prims", "qdeploy"}
 
@@ -64,6 +64,9 @@ class ExportOptions:
     tune: bool = True  # time each layer's forms (forms.py); off: DEFAULT_FORM everywhere, reproducible
     tune_cache: Path | None = None  # None: forms.default_cache()
     calibration: str | None = None  # int8: "digits-shift" or an ImageFolder; calibrates and judges parity
+    # the seed and val_fraction the model trained with on `calibration` (TrainingRecord.split_for): int8 is
+    # calibrated and judged on the images it did not train on
+    calibration_split: dict[str, Any] = field(default_factory=dict, compare=False)
     int8_target: str = INT8_TARGETS[0]
     int8_control: AccuracyControl = field(default_factory=AccuracyControl)  # the rule's drop, steps, timing
     source: str | None = field(default=None, compare=False)
@@ -252,7 +255,8 @@ def _calibration_set(model: nn.Module, shape: tuple[int, int, int], options: Exp
                            "pass --calib DIR (an ImageFolder) or --calib digits-shift")
     from qdeploy.data.eval_set import load_eval_set
 
-    eval_set = load_eval_set(options.calibration, model, shape[1:], INT8_EVAL_IMAGES)  # type: ignore[arg-type]
+    eval_set = load_eval_set(options.calibration, model, shape[1:], INT8_EVAL_IMAGES,  # type: ignore[arg-type]
+                             **options.calibration_split)
     check_calibration_images(eval_set.images, shape, options.calibration)  # type: ignore[arg-type]
     return eval_set
 
@@ -292,8 +296,9 @@ def for_stored(stored: Stored, options: ExportOptions) -> ExportOptions:
     if stored.kind != "model":
         raise QDeployError(f"{stored.path} is already an {stored.kind} file or folder; pass the model it came from "
                            "(a train run or model folder)")
-    return replace(options, input_size=options.input_size or stored.input_size,
-                   calibration=options.calibration or (stored.eval_data if options.precision == "int8" else None),
+    calibration = options.calibration or (stored.eval_data if options.precision == "int8" else None)
+    return replace(options, input_size=options.input_size or stored.input_size, calibration=calibration,
+                   calibration_split=stored.record.split_for(calibration) if stored.record else {},
                    source=options.source or str(stored.weights or stored.model_folder))
 
 
