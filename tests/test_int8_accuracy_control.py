@@ -21,7 +21,7 @@ from qdeploy.export.int8_accuracy_control import (ACTIVATION_SUFFIX, AccuracyCon
                                                   check_calibration_images, layer_groups, logit_error,
                                                   quantize_with_accuracy_control, quantized_groups, returnable, run_logits,
                                                   with_float_nodes)
-from qdeploy.export.int8 import clipped_ranges, quantize_qdq
+from qdeploy.export.int8 import narrowed_ranges, quantize_qdq
 
 CLASSES, SIZE = 4, 8
 FAST = AccuracyControl(timing_batches=(1,), timing_seconds=0.05, threads=1)
@@ -154,21 +154,37 @@ def clipped_sum_graph(path: Path) -> Path:
     return path
 
 
-def test_a_sum_behind_the_identity_conv_takes_its_clips_range_and_loses_less(tmp_path, monkeypatch) -> None:
+def test_around_a_clipped_sum_ranges_narrow_exactly_and_the_error_falls(tmp_path, monkeypatch) -> None:
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
     fp32 = clipped_sum_graph(tmp_path / "fp32.onnx")
-    (bounds,) = clipped_ranges(fp32).items()
-    assert bounds[0] == "sum" and (bounds[1][0]["rmin"], bounds[1][0]["rmax"]) == (0.0, 6.0)
     images = np.random.default_rng(3).standard_normal((64, CLASSES, SIZE, SIZE)).astype(np.float32)
     reference = run_logits(fp32, images, 1)
-    quantize_qdq(fp32, tmp_path / "ranged.onnx", images, "ort-cpu")
-    scale = next(numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "ranged.onnx")).graph.initializer
+    cache = tmp_path / "calibration.json"
+    narrowed = quantize_qdq(fp32, tmp_path / "narrowed.onnx", images, "ort-cpu", calibration_cache=cache)
+    calibrated = {name: tuple(float(v) for v in load_tensors_data(cache)[name].range_value) for name in ("p", "m")}
+    q_lo, q_hi = min(calibrated["m"][0], 0), max(calibrated["m"][1], 0)
+    step = (q_hi - q_lo) / 255
+    # the sum takes the Clip's range through the identity conv; P(x), the wider summand, the window
+    # in which it can still move the clipped sum
+    assert narrowed["sum"] == [0.0, 6.0] and set(narrowed) == {"sum", "p"}
+    assert narrowed["p"] == pytest.approx([max(calibrated["p"][0], -q_hi - step), min(calibrated["p"][1], 6 - q_lo + step)])
+    assert narrowed["p"][1] - narrowed["p"][0] < 0.5 * (calibrated["p"][1] - calibrated["p"][0])
+    assert narrowed_ranges(fp32, cache) == narrowed
+    scale = next(numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "narrowed.onnx")).graph.initializer
                  if t.name == "sum_scale")
     assert scale == pytest.approx(6 / 255)
-    monkeypatch.setattr("qdeploy.export.int8.clipped_ranges", lambda path: {})  # the calibrated range instead
+    # exact: with Q(x) in its quantized range, P(x) clamped to the window gives the same clipped sum
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
+    p = np.einsum("oi,nihw->nohw", weights["w1"][:, :, 0, 0], images)
+    q = np.clip(np.einsum("oi,nihw->nohw", weights["w2"][:, :, 0, 0], images), q_lo, q_hi)
+    assert (p < narrowed["p"][0]).any() and (p > narrowed["p"][1]).any()  # the window does cut
+    np.testing.assert_allclose(np.clip(np.clip(p, *narrowed["p"]) + q, 0, 6), np.clip(p + q, 0, 6), atol=1e-5)
+    monkeypatch.setattr("qdeploy.export.int8.narrowed_ranges", lambda *args, **kwargs: {})  # the calibrated ranges
     quantize_qdq(fp32, tmp_path / "calibrated.onnx", images, "ort-cpu")
-    ranged, calibrated = (logit_error(reference, run_logits(tmp_path / f"{name}.onnx", images, 1))
-                          for name in ("ranged", "calibrated"))
-    assert ranged < 0.75 * calibrated  # the sum's rounding gone; P(x)'s (same range) is left: about half
+    errors = {name: logit_error(reference, run_logits(tmp_path / f"{name}.onnx", images, 1))
+              for name in ("narrowed", "calibrated")}
+    assert errors["narrowed"] < 0.5 * errors["calibrated"]
 
 
 def test_a_group_is_returned_unless_a_subset_of_it_nearly_matches_it() -> None:

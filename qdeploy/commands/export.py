@@ -120,8 +120,9 @@ def _print_rewrites(info: ExportedFile, console: Console) -> None:
 
 def _print_int8(file: str, q: dict, console: Console) -> None:
     """The accuracy control's steps (float groups, answers, latency vs fp32) and what shipped."""
-    table = Table(title=f"{file}: int8 steps on {q['images']} {q['calibration']} images vs the fp32 file "
-                        f"(accuracy {q['reference_accuracy']:.1%})")
+    table = Table(title=f"{file}: int8 steps judged on {q['images']} {q['calibration']} images vs the fp32 file "
+                        f"(accuracy {q['reference_accuracy']:.1%}; {q['ranking_images']} others calibrated and ranked; "
+                        f"{len(q['narrowed_ranges'])} ranges narrowed around clipped sums)")
     batches = list(q["steps"][0]["latency"]["batches"])
     for column in ("step", "float nodes", "last group returned to float", "agree", "acc drop", "rule",
                    *(f"b{b} vs fp32" for b in batches)):

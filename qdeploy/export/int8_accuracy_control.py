@@ -343,7 +343,7 @@ def quantize_with_accuracy_control(fp32_path: Path, out_path: Path, images: np.n
                                                           labels[split.judged])
         all_int8 = work / "all_int8.onnx"
         progress("int8: calibrating and quantizing")
-        quantize_qdq(fp32_path, all_int8, images[split.calibration], target, calibration_cache=cache)
+        narrowed = quantize_qdq(fp32_path, all_int8, images[split.calibration], target, calibration_cache=cache)
         qdq, fp32 = onnx.load(str(all_int8)), onnx.load(str(fp32_path))
         groups = candidate_groups(qdq, fp32)
         steps: list[dict[str, Any]] = []
@@ -402,6 +402,7 @@ def quantize_with_accuracy_control(fp32_path: Path, out_path: Path, images: np.n
         "calibration_images": int(len(images[split.calibration])),
         "ranking_images": int(len(images[split.ranking])),
         "target": target,
+        "narrowed_ranges": narrowed,  # activation ranges narrowed beyond calibration, exactly (int8.narrowed_ranges)
         "rule": {"min_top1_agreement": int8.INT8_MIN_TOP1, "max_accuracy_drop": control.max_accuracy_drop},
         "reference_accuracy": float(np.mean(judged_reference.argmax(1) == judged_labels)),
         # the shipped file's own figures (an fp32 copy agrees with itself)
