@@ -36,6 +36,7 @@ import copy
 import json
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -142,16 +143,20 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
     latency = measure_sets(model, sets, options, size, console)
     folder = args.runs / Path(data.replace(":", "_")).name
     rows = []
-    for mode in ("finetune", "lora"):
-        console.rule(f"{data}: {mode} ({preset.minutes:g} min)")
-        rows.append(_row(mode, "-", [], run_mode(mode, data, preset, folder / mode, args),
-                         {str(b): 1.0 for b in args.batches}))
-    for primary in args.primary:
-        for name, layers in sets.items():
-            console.rule(f"{data}: {name}, primary {primary} ({preset.minutes:g} min)")
-            run = folder / primary / name.replace(" ", "-")
-            summary = run_mode(PRIMARY_MODES[primary], data, preset, run, args, targets=tuple(layers))
-            rows.append(_row(name, primary, layers, summary, latency[name]))
+    for repeat in range(args.repeats):  # the same sets, trained again from another seed: the noise of one run
+        seeded = copy.copy(args)
+        seeded.seed = args.seed + repeat
+        runs = folder if args.repeats == 1 else folder / f"seed-{seeded.seed}"
+        for mode in ("finetune", "lora"):
+            console.rule(f"{data}: {mode}, seed {seeded.seed} ({preset.minutes:g} min)")
+            rows.append(_row(mode, "-", [], run_mode(mode, data, preset, runs / mode, seeded),
+                             {str(b): 1.0 for b in args.batches}, seeded.seed))
+        for primary in args.primary:
+            for name, layers in sets.items():
+                console.rule(f"{data}: {name}, primary {primary}, seed {seeded.seed} ({preset.minutes:g} min)")
+                run = runs / primary / name.replace(" ", "-")
+                summary = run_mode(PRIMARY_MODES[primary], data, preset, run, seeded, targets=tuple(layers))
+                rows.append(_row(name, primary, layers, summary, latency[name], seeded.seed))
     return {"data": data, "preset": asdict(preset), "image_size": preset.image_size, "reference_budget": reference,
             "plans": {f"{b:.2f}": plan.to_dict() for b, plan in plans.items()}, "unreachable": unreachable, "rows": rows,
             "goals": goals(rows, reference)}
@@ -173,30 +178,51 @@ def _defaults(model: torch.nn.Module, candidates: list[str]) -> list[str]:
     return [name for name in candidates if any(fnmatchcase(name, glob) for glob in globs)] or candidates
 
 
-def _row(run: str, primary: str, layers: list[str], summary: dict, latency: dict[str, float]) -> dict:
+def _row(run: str, primary: str, layers: list[str], summary: dict, latency: dict[str, float], seed: int) -> dict:
     steps = summary["steps"]
-    return {"run": run, "primary": primary, "layers": len(layers), "targets": layers,
+    return {"run": run, "primary": primary, "seed": seed, "layers": len(layers), "targets": layers,
             "best_val_acc": summary["best_val_acc"], "final_val_acc": summary["final_val_acc"], "steps": steps,
             "train_seconds": summary["train_seconds"], "step_s": summary["train_seconds"] / steps if steps else None,
             "trainable_params": summary["trainable_params"], "latency_ratio": latency}
 
 
+def by_run(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """One entry per (run, primary) over its seeds: the rows' best accuracies, their mean and sample sd, mean step time."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["run"], row["primary"]), []).append(row)
+    result = {}
+    for key, group in grouped.items():
+        accs = [row["best_val_acc"] for row in group]
+        steps = [row["step_s"] for row in group if row["step_s"]]
+        result[key] = {"accuracies": accs, "mean": statistics.fmean(accs),
+                       "sd": statistics.stdev(accs) if len(accs) > 1 else None,
+                       "step_s": statistics.fmean(steps) if steps else None, "first": group[0]}
+    return result
+
+
 def goals(rows: list[dict], reference: float) -> dict:
-    """The issue's goals at the reference budget, per primary mode: accuracy vs all and random, step time."""
-    by = {(row["run"], row["primary"]): row for row in rows}
+    """The issue's goals at the reference budget, per primary mode, on the mean over seeds: accuracy vs all and
+    the best random set, step time; and how many seeds the budget's set beat every random set in."""
+    by = by_run(rows)
     finetune = by[("finetune", "-")]
     result = {}
     for primary in sorted({row["primary"] for row in rows} - {"-"}):
         budget = by.get((f"budget {reference:.2f}", primary))
         if budget is None:
             continue
-        randoms = [row["best_val_acc"] for (run, p), row in by.items() if p == primary and run.startswith("random")]
+        randoms = [entry for (run, p), entry in by.items() if p == primary and run.startswith("random")]
+        seeds = len(budget["accuracies"])
         result[primary] = {
-            "accuracy_minus_all": budget["best_val_acc"] - by[("all", primary)]["best_val_acc"],
-            "accuracy_minus_best_random": budget["best_val_acc"] - max(randoms) if randoms else None,
+            "seeds": seeds,
+            "accuracy_minus_all": budget["mean"] - by[("all", primary)]["mean"],
+            "accuracy_minus_best_random": budget["mean"] - max(r["mean"] for r in randoms) if randoms else None,
+            "accuracy_sd": budget["sd"],
+            "seeds_above_every_random": sum(all(acc > r["accuracies"][i] for r in randoms if i < len(r["accuracies"]))
+                                            for i, acc in enumerate(budget["accuracies"])) if randoms else None,
             "step_time_vs_finetune": (budget["step_s"] / finetune["step_s"]
                                       if budget["step_s"] and finetune["step_s"] else None),
-            "latency_ratio": budget["latency_ratio"],
+            "latency_ratio": budget["first"]["latency_ratio"],
         }
     return result
 
@@ -204,20 +230,23 @@ def goals(rows: list[dict], reference: float) -> dict:
 def print_result(result: dict, console: Console) -> None:
     batches = list(result["rows"][0]["latency_ratio"])
     table = Table(title=f"{result['data']} at {result['image_size']} px: best val accuracy at equal training time "
-                        "vs measured ORT CPU latency (adapted/base p50)")
-    for column in ("run", "primary", "layers", *[f"lat b{b}" for b in batches], "best", "steps", "step s"):
+                        "vs measured ORT CPU latency (adapted/base p50); mean +- sd over seeds")
+    for column in ("run", "primary", "layers", *[f"lat b{b}" for b in batches], "best", "+-", "seeds", "step s"):
         table.add_column(column, justify="left" if column in ("run", "primary") else "right", no_wrap=True)
-    for row in result["rows"]:
-        table.add_row(row["run"], row["primary"], str(row["layers"]),
-                      *[f"{row['latency_ratio'][b]:.3f}x" for b in batches], f"{100 * row['best_val_acc']:.1f}%",
-                      str(row["steps"]), "-" if row["step_s"] is None else f"{row['step_s']:.2f}")
+    for (run, primary), entry in by_run(result["rows"]).items():
+        row = entry["first"]
+        table.add_row(run, primary, str(row["layers"]), *[f"{row['latency_ratio'][b]:.3f}x" for b in batches],
+                      f"{100 * entry['mean']:.1f}%", "-" if entry["sd"] is None else f"{100 * entry['sd']:.1f}",
+                      str(len(entry["accuracies"])), "-" if entry["step_s"] is None else f"{entry['step_s']:.2f}")
     tables.print_table(console, table)
     for primary, goal in result["goals"].items():
         step = goal["step_time_vs_finetune"]
         best_random = goal["accuracy_minus_best_random"]
-        console.print(f"budget {result['reference_budget']:.2f}, primary {primary}: "
+        console.print(f"budget {result['reference_budget']:.2f}, primary {primary} ({goal['seeds']} seed(s)): "
                       f"{100 * goal['accuracy_minus_all']:+.1f} pts vs all, "
-                      + ("no random run" if best_random is None else f"{100 * best_random:+.1f} pts vs best random")
+                      + ("no random run" if best_random is None else
+                         f"{100 * best_random:+.1f} pts vs best random (above every random set in "
+                         f"{goal['seeds_above_every_random']} of {goal['seeds']} seeds)")
                       + (", step time -" if step is None else f", step time {step:.2f}x finetune"))
 
 
@@ -230,16 +259,19 @@ def plot(result: dict, png: Path) -> None:
     batch = next(iter(result["rows"][0]["latency_ratio"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"-": ("k", "D"), "frozen": ("tab:blue", "o"), "trained": ("tab:orange", "s")}
+    runs = by_run(result["rows"])
     for primary, (color, marker) in styles.items():
-        rows = [row for row in result["rows"] if row["primary"] == primary]
-        if not rows:
+        entries = {run: entry for (run, p), entry in runs.items() if p == primary}
+        if not entries:
             continue
-        ax.scatter([row["latency_ratio"][batch] for row in rows], [100 * row["best_val_acc"] for row in rows],
-                   color=color, marker=marker, label=f"primary {primary}" if primary != "-" else "finetune / lora")
-        for row in rows:
-            ax.annotate(row["run"], (row["latency_ratio"][batch], 100 * row["best_val_acc"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel=f"measured ORT CPU latency, adapted/base p50 at batch {batch}", ylabel="best val accuracy (%)",
+        xs = [entry["first"]["latency_ratio"][batch] for entry in entries.values()]
+        ys = [100 * entry["mean"] for entry in entries.values()]
+        ax.errorbar(xs, ys, yerr=[100 * (entry["sd"] or 0.0) for entry in entries.values()], fmt=marker, color=color,
+                    capsize=3, label=f"primary {primary}" if primary != "-" else "finetune / lora")
+        for run, x, y in zip(entries, xs, ys):
+            ax.annotate(run, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel=f"measured ORT CPU latency, adapted/base p50 at batch {batch}",
+           ylabel="best val accuracy (%), mean +- sd over seeds",
            title=f"{result['data']} ({result['image_size']} px): accuracy vs latency at equal training time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -310,6 +342,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="train every run from seeds --seed .. --seed + N - 1 (same layer sets): mean and sd")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--goals", action="store_true",

@@ -68,3 +68,25 @@ def test_random_subsets_are_distinct_and_differ_from_the_budgets_choice() -> Non
     randoms = [tuple(layers) for run, layers in sets.items() if run.startswith("random")]
     assert sorted(randoms) == [("l1",), ("l2",)]  # l0 is the budget's own choice; no repeats, so only two
     assert sets["last-k"] == ["l2"] and sets["budget 1.10"] == ["l0"]
+
+
+def test_goals_compare_means_over_seeds_and_count_the_seeds_the_budget_wins() -> None:
+    from tests.conftest import load_module
+
+    goals = load_module("budget_pareto", ROOT / "benchmarks" / "budget_pareto.py").goals
+
+    def row(run: str, primary: str, seed: int, acc: float, step_s: float = 0.1) -> dict:
+        return {"run": run, "primary": primary, "seed": seed, "best_val_acc": acc, "step_s": step_s,
+                "latency_ratio": {"1": 1.05}}
+
+    rows = [row("finetune", "-", 0, 0.90, 0.2), row("finetune", "-", 1, 0.92, 0.2),
+            row("all", "trained", 0, 0.80), row("all", "trained", 1, 0.84),
+            row("budget 1.10", "trained", 0, 0.95, 0.15), row("budget 1.10", "trained", 1, 0.93, 0.17),
+            row("random 1", "trained", 0, 0.94), row("random 1", "trained", 1, 0.90),
+            row("random 2", "trained", 0, 0.90), row("random 2", "trained", 1, 0.94)]
+    goal = goals(rows, 1.10)["trained"]
+    assert goal["seeds"] == 2 and goal["accuracy_minus_all"] == pytest.approx(0.94 - 0.82)
+    assert goal["accuracy_minus_best_random"] == pytest.approx(0.94 - 0.92)  # both randoms average 92%
+    assert goal["seeds_above_every_random"] == 1  # seed 0: 95 > 94, 90; seed 1: 93 < 94
+    assert goal["accuracy_sd"] == pytest.approx(0.01414, abs=1e-4)
+    assert goal["step_time_vs_finetune"] == pytest.approx(0.16 / 0.2)
