@@ -61,7 +61,7 @@ from qdeploy.models.sources import BUILTIN_DEFAULT, load_base_model  # noqa: E40
 from qdeploy.training import TrainConfig  # noqa: E402
 from qdeploy.training.data import build_data  # noqa: E402
 from qdeploy.training.model_setup import fit_head  # noqa: E402
-from qdeploy.workflows.latency_plan import PlanOptions, check_plan, plan_model  # noqa: E402
+from qdeploy.workflows.latency_plan import PlanOptions, check_plan, in_precision, plan_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "budget_pareto.json"
 PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset(32, 32, 0.2, 25, 1, 2000)}
@@ -110,7 +110,7 @@ def measure_sets(model: torch.nn.Module, sets: dict[str, list[str]], options: Pl
     """Measured adapted/base p50 per batch of every set, apart from the plans (one base file for all)."""
     measured: dict[tuple[str, ...], dict[str, float]] = {(): {str(b): 1.0 for b in options.batches}}
     with tempfile.TemporaryDirectory(prefix="budget-pareto-") as tmp:
-        base = export_plain_onnx(model, Path(tmp) / "base.onnx", (3, *size))
+        base = in_precision(export_plain_onnx(model, Path(tmp) / "base.onnx", (3, *size)), options.precision, size)
         for index, (name, layers) in enumerate(sets.items()):
             if tuple(layers) not in measured:  # a set two rules agree on is timed once
                 console.print(f"timing {name} ({len(layers)} layers)")
@@ -290,7 +290,8 @@ def latency_goals(args: argparse.Namespace, console: Console) -> list[dict]:
     for size in args.sizes:
         for threads in args.goal_threads:
             console.rule(f"latency goal: {size} px, {threads} thread(s), budget {args.goal_budget:.2f}x")
-            options = PlanOptions(latency_budget=args.goal_budget, input_size=(size, size), batches=tuple(args.batches),
+            options = PlanOptions(latency_budget=args.goal_budget, precision=args.precision, input_size=(size, size),
+                                  batches=tuple(args.batches),
                                   threads=threads, data=BUILTIN_DATA, seed=args.seed,
                                   candidates=tuple(args.candidates) if args.candidates else None,
                                   cache=args.runs / "plan_cache.json", **(QUICK_PLAN if args.quick else {}))
@@ -351,6 +352,8 @@ def main() -> None:
     parser.add_argument("--goal-budget", type=float, default=None,
                         help="--goals: the budget timed; else the reference budget of the goals and of last-k / random, "
                              "the reachable one nearest to it [1.10; --quick: 1.5]")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                        help="--goals: plan and time the files in this precision (int8: adapted int8 vs base int8)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 224])
     parser.add_argument("--goal-threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--quick", action="store_true", help="seconds per stage: a smoke test of the whole benchmark")

@@ -169,6 +169,38 @@ def test_plan_measures_chooses_and_checks_within_budget(tmp_path, monkeypatch) -
     assert "(cached)" in again.output and json.loads((tmp_path / "plan.json").read_text())["chosen"] == plan["chosen"]
 
 
+def test_an_int8_plan_times_the_int8_files_of_base_and_adapted(tmp_path, monkeypatch) -> None:
+    from qdeploy.workflows import latency_plan
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    profiled = []
+    profile = latency_plan.profile_onnx
+    monkeypatch.setattr(latency_plan, "profile_onnx", lambda path, *a, **k: profiled.append(path) or profile(path, *a, **k))
+    result = _plan(tmp_path, "--precision", "int8", "--latency-budget", "2.0", "--candidates", "blocks.6.0.conv_dw")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["precision"] == "int8" and plan["chosen"] == ["blocks.6.0.conv_dw"] and plan["measured"]["1"] > 0
+    assert {path.name for path in profiled} == {"base.int8.onnx", "decomposed.int8.onnx"}
+    assert "on ort-cpu (int8)" in result.output
+    wrong = _plan(tmp_path, "--precision", "fp16")
+    assert wrong.exit_code == 2 and "'fp16' is not one of 'fp32', 'int8'" in wrong.output
+
+
+def test_in_precision_quantizes_as_the_export_does(tmp_path) -> None:
+    import onnx
+
+    from qdeploy.export.base_model import export_plain_onnx
+    from qdeploy.workflows.latency_plan import in_precision
+
+    fp32 = export_plain_onnx(load_base_model(TINY, pretrained=False).eval(), tmp_path / "base.onnx", (3, 32, 32))
+    assert in_precision(fp32, "fp32", (32, 32)) == fp32
+    int8 = in_precision(fp32, "int8", (32, 32))
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert int8.name == "base.int8.onnx" and {"QuantizeLinear", "DequantizeLinear"} <= ops
+    with pytest.raises(QDeployError, match="unknown plan precision 'fp16'; use fp32 or int8"):
+        in_precision(fp32, "fp16", (32, 32))
+
+
 def test_plan_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, monkeypatch) -> None:
     import qdeploy
 
@@ -217,7 +249,7 @@ def test_check_adds_rounds_only_while_the_budget_is_a_close_call(tmp_path, monke
                     for batch in batches]
         return run_benchmark
 
-    monkeypatch.setattr(latency_plan, "_export", lambda model, folder, size: folder / "adapted.onnx")
+    monkeypatch.setattr(latency_plan, "_export", lambda model, folder, size, precision: folder / "adapted.onnx")
     monkeypatch.setattr(latency_plan, "_adapted_copy", lambda model, chosen, options: model)
     options = PlanOptions(latency_budget=1.10, batches=(1,))
     clear = [1.01, 1.03, 1.02, 1.04, 1.02] + [9.0] * 20  # a 6th round would be 9.0x

@@ -11,7 +11,7 @@ from rich.table import Table
 from qdeploy.commands.parsing import parse_ints
 from qdeploy.commands.tables import print_table
 from qdeploy.errors import QDeployError
-from qdeploy.workflows.latency_plan import PLAN_FILE, LatencyPlan, PlanOptions
+from qdeploy.workflows.latency_plan import PLAN_FILE, PLAN_PRECISIONS, LatencyPlan, PlanOptions
 
 DEFAULT = PlanOptions()
 
@@ -19,7 +19,8 @@ DEFAULT = PlanOptions()
 def print_plan(plan: LatencyPlan, console: Console) -> None:
     """Per candidate: measured cost per batch, added params and FLOPs, score, chosen; then the ratios."""
     size = f"{plan.input_size[0]}x{plan.input_size[1]}"
-    table = Table(title=f"latency plan: {plan.model} at {size} px on {plan.backend}, {plan.threads} thread(s), "
+    table = Table(title=f"latency plan: {plan.model} at {size} px on {plan.backend} ({plan.precision}), "
+                        f"{plan.threads} thread(s), "
                         f"budget {plan.latency_budget:.2f}x" + (" (cached)" if plan.cached else ""))
     table.add_column("layer", overflow="fold")
     for batch in plan.batches:
@@ -67,6 +68,8 @@ def load_plan_model(model: str):
 @click.option("--latency-budget", type=float, default=DEFAULT.latency_budget, show_default=True,
               help="Most adapted/base latency ratio allowed, at every batch (1.10: 10% slower).")
 @click.option("--backend", default=DEFAULT.backend, show_default=True, help="Where latency is measured.")
+@click.option("--precision", type=click.Choice(PLAN_PRECISIONS), default=DEFAULT.precision, show_default=True,
+              help="Precision of the deployed files: int8 times the adapted int8 file against the base int8 file.")
 @click.option("--input-size", type=click.IntRange(8), default=None,
               help="Deploy image size in px (square). [default: the data's, else the model's own]")
 @click.option("--batch", "batches", default=",".join(map(str, DEFAULT.batches)), show_default=True,
@@ -81,14 +84,16 @@ def load_plan_model(model: str):
               help="Where plan.json goes (a .json path or a folder).")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Re-use a plan measured before with the same model, settings and machine.")
-def plan(model: str, latency_budget: float, backend: str, input_size: int | None, batches: str, threads: int,
+def plan(model: str, latency_budget: float, backend: str, precision: str, input_size: int | None, batches: str,
+         threads: int,
          data: str | None, candidates: tuple[str, ...], out: Path, cache: bool) -> None:
     """Choose where MODEL's quadratic terms go so it stays within a latency budget, by measurement."""
     from dataclasses import replace
 
     from qdeploy.workflows.latency_plan import plan_model
 
-    options = replace(DEFAULT, latency_budget=latency_budget, backend=backend, threads=threads, data=data,
+    options = replace(DEFAULT, latency_budget=latency_budget, backend=backend, precision=precision, threads=threads,
+                      data=data,
                       input_size=(input_size, input_size) if input_size else None, candidates=candidates or None,
                       batches=parse_ints(batches, "--batch", minimum=1), use_cache=cache)
     if out.suffix not in ("", ".json"):

@@ -1,7 +1,8 @@
 """`qdeploy plan`: where the quadratic terms go under a latency budget, chosen by measurement.
 
 1. Cost. Every candidate layer is adapted at once (random terms, so they compute), exported as
-   `qdeploy export` exports it (decomposed, tuned forms) and profiled by ONNX Runtime beside the
+   `qdeploy export` exports it (decomposed, tuned forms; `precision` int8: then quantized as
+   `--precision int8` quantizes, all nodes int8) and profiled by ONNX Runtime beside the
    base model exported the same way (runtime/profile.py groups node time by the `<layer>/`
    prefix). A layer's cost is its non-primary node time, scaled so the costs sum to the whole
    measured overhead (adapted - base node time; reorders and fusions land on the layers that
@@ -53,6 +54,7 @@ from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, stor
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = "qdeploy-latency-plan/2"  # /2: checks[] name their set and what a failed one changed
 SUPPORTED_BACKENDS = ("ort-cpu",)  # the profiler's per-node times come from ONNX Runtime's CPU provider
+PLAN_PRECISIONS = ("fp32", "int8")  # int8: base and adapted files timed as `qdeploy export --precision int8` quantizes
 Progress = Callable[[str], None]
 
 
@@ -62,6 +64,7 @@ class PlanOptions:
 
     latency_budget: float = 1.10
     backend: str = "ort-cpu"
+    precision: str = "fp32"  # of the deployed files: int8 plans against the base int8 file (PLAN_PRECISIONS)
     input_size: tuple[int, int] | None = None  # (H, W); None: the data's default size, else the model's own
     batches: tuple[int, ...] = (1, 32)
     threads: int = os.cpu_count() or 1
@@ -106,6 +109,7 @@ class LatencyPlan:
     checks: list[dict[str, Any]] = field(default_factory=list)  # every measured check, dropped layer
     cached: bool = False
     seconds: float = 0.0
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, **asdict(self)}
@@ -150,6 +154,12 @@ def check_backend(backend: str) -> None:
                            "but its per-layer profile is not read yet: use --backend ort-cpu")
 
 
+def check_precision(precision: str) -> None:
+    """One line for a precision the plan cannot time files in."""
+    if precision not in PLAN_PRECISIONS:
+        raise QDeployError(f"unknown plan precision {precision!r}; use {' or '.join(PLAN_PRECISIONS)}")
+
+
 def _layer_flops(model: nn.Module, size: tuple[int, int, int]) -> dict[str, int]:
     """FLOPs (batch 1) of each quadratic layer's term, from PyTorch's per-module counter."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -162,12 +172,32 @@ def _layer_flops(model: nn.Module, size: tuple[int, int, int]) -> dict[str, int]
     return {name: int(sum(counts.get(f"{prefix}.{name}.quad", {}).values())) for name in quadratic_layers(model)}
 
 
-def _export(adapted: nn.Module, folder: Path, size: tuple[int, int]) -> Path:
-    """The decomposed ONNX file of `adapted` as `qdeploy export` writes it (tuned forms, cached)."""
+def _export(adapted: nn.Module, folder: Path, size: tuple[int, int], precision: str) -> Path:
+    """The decomposed ONNX file of `adapted` as `qdeploy export` writes it (tuned forms, cached), in `precision`."""
     from qdeploy.export import ExportOptions, export_model
 
     export_model(adapted, folder, ExportOptions(modes=("decomposed",), input_size=size))
-    return folder / "decomposed.onnx"
+    return in_precision(folder / "decomposed.onnx", precision, size)
+
+
+TIMING_CALIBRATION_IMAGES = 32  # random ones: ranges change an int8 file's answers, not what it runs
+
+
+def in_precision(fp32_onnx: Path, precision: str, size: tuple[int, int]) -> Path:
+    """`fp32_onnx` itself, or its all-int8 QDQ form beside it (`<stem>.int8.onnx`), quantized as the export does.
+
+    The timed int8 file has no node in float: the export's accuracy control may return a few
+    (each costs a little latency), which a plan made before training cannot know.
+    """
+    check_precision(precision)
+    if precision == "fp32":
+        return fp32_onnx
+    from qdeploy.export.int8 import quantize_qdq
+    from qdeploy.onnx_io import random_batch
+
+    int8_onnx = fp32_onnx.with_name(f"{fp32_onnx.stem}.int8.onnx")
+    quantize_qdq(fp32_onnx, int8_onnx, random_batch((3, *size), TIMING_CALIBRATION_IMAGES, seed=0), "ort-cpu")
+    return int8_onnx
 
 
 # Random terms small enough that 49 adapted layers (every candidate of Lite0, 1x1 convs included)
@@ -187,7 +217,7 @@ def measure_costs(model: nn.Module, candidates: Sequence[str], base_onnx: Path, 
                   work: Path, size: tuple[int, int]) -> tuple[dict[str, float], dict[str, dict[str, float]],
                                                            dict[str, dict[str, float]]]:
     """(base ms, cost share and ms per layer and batch) from ONNX Runtime's profiler."""
-    adapted_onnx = _export(_adapted_copy(model, candidates, options), work / "all", size)
+    adapted_onnx = _export(_adapted_copy(model, candidates, options), work / "all", size, options.precision)
     base_ms: dict[str, float] = {}
     shares: dict[str, dict[str, float]] = {name: {} for name in candidates}
     ms: dict[str, dict[str, float]] = {name: {} for name in candidates}
@@ -229,7 +259,7 @@ def check_plan(model: nn.Module, chosen: Sequence[str], base_onnx: Path, options
     """
     from qdeploy.runtime import load_engine
 
-    adapted_onnx = _export(_adapted_copy(model, chosen, options), work / f"check{attempt}", size)
+    adapted_onnx = _export(_adapted_copy(model, chosen, options), work / f"check{attempt}", size, options.precision)
     targets = [Target("adapted", lambda threads: load_engine(adapted_onnx, "ort-cpu", threads), base="base"),
                Target("base", lambda threads: load_engine(base_onnx, "ort-cpu", threads))]
     rounds: dict[str, list[float]] = {str(b): [] for b in options.batches}
@@ -310,6 +340,7 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
     say = progress or (lambda text: None)
     slack = check_budget(options.latency_budget)
     check_backend(options.backend)
+    check_precision(options.precision)
     if quadratic_layers(model):
         raise QDeployError("plan a model before adapting it: pass the base model (or its unadapted folder)")
     model = model.eval()
@@ -333,8 +364,8 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
     params = {n: sum(p.numel() for p in layer.quad.parameters()) for n, layer in quadratic_layers(scored).items()}
     with tempfile.TemporaryDirectory(prefix="qdeploy-plan-") as tmp:
         work = Path(tmp)
-        base_onnx = export_plain_onnx(model, work / "base.onnx", (channels, *size))
-        say(f"profiling {len(candidates)} candidate layers on {options.backend}")
+        base_onnx = in_precision(export_plain_onnx(model, work / "base.onnx", (channels, *size)), options.precision, size)
+        say(f"profiling {len(candidates)} candidate layers on {options.backend} ({options.precision})")
         if cost_key in cached.get("costs", {}):
             base_ms, costs, ms = cached["costs"][cost_key]
         else:
@@ -362,7 +393,7 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
         plan = LatencyPlan(name, options.backend, size, options.batches, options.threads, options.latency_budget,
                            score_kind, base_ms, list(layers.values()), chosen,
                            {b: 1.0 + sum(layers[n]["cost_by_batch"][b] for n in chosen) for b in base_ms},
-                           checks[-1]["measured"] if checks else {}, checks)
+                           checks[-1]["measured"] if checks else {}, checks, precision=options.precision)
     plan.seconds = time.perf_counter() - started
     store(cache, "plans", key, plan.to_dict())
     return plan
@@ -382,6 +413,7 @@ def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Prog
         size = tuple(model_input_size(model)[1:])
     check_budget(options.latency_budget)
     check_backend(options.backend)
+    check_precision(options.precision)
     if options.data is not None and size[0] != size[1]:
         raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
     scorer = data_scorer(model, options.data, size[0], options.score_batches, options.score_batch_size,
