@@ -37,6 +37,8 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
         assert labels == {"decomposed ort-cpu", "fused ort-cpu", "adapted torch", "base ort-cpu", "base torch",
                           "int8 ort-cpu"}
         assert int8["passed"] and int8["fp32_top1_agreement"] >= 0.99 and set(int8["latency"]) == {"1", "2"}
+        verified = json.loads((out / "verify_int8.json").read_text())["int8_vs_fp32"]  # both on every image
+        assert int8["reference_accuracy"] == verified["reference_accuracy"] and 0 < int8["judged_images"]
         vs_base = {(m["label"], m["batch"]): m["vs_base"] for m in summary["latency"]}
         assert int8["latency"]["2"]["vs_base_fp32"] == vs_base[("int8 ort-cpu", 2)]
         assert int8["latency"]["2"]["vs_adapted_fp32"] == pytest.approx(vs_base[("int8 ort-cpu", 2)]

@@ -150,8 +150,9 @@ def _int8_file(stored: Stored, options: PipelineOptions, eval_set: Any, referenc
                                        options.threads)
     verified = replace(verified, int8_vs_fp32=against_fp32)
     verified.write(options.out / "verify_int8.json")
-    entry.update(accuracy=verified.labelled()["backend_accuracy"],
-                 torch_top1_agreement=verified.labelled()["top1_agreement"],
+    # every held-out image, both files (the export's control judged a part of them: `judged_images`)
+    entry.update(accuracy=verified.labelled()["backend_accuracy"], reference_accuracy=against_fp32["reference_accuracy"],
+                 torch_top1_agreement=verified.labelled()["top1_agreement"], judged_images=int8["images"],
                  fp32_top1_agreement=against_fp32["top1_agreement"], passed=against_fp32["passed"])
     return entry, engine
 
