@@ -27,6 +27,16 @@ CLASSES, SIZE = 4, 8
 FAST = AccuracyControl(timing_batches=(1,), timing_seconds=0.05, threads=1)
 
 
+def save_graph(path: Path, name: str, nodes: list, weights: dict[str, np.ndarray]) -> Path:
+    """A one-input (batch, CLASSES, SIZE, SIZE) -> one-output (batch, CLASSES) opset-18 model of `nodes`."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           ["batch", CLASSES, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", CLASSES])],
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    return path
+
+
 def outlier_graph(path: Path, outlier: float = 1000.0) -> Path:
     """input -> q: primary conv + (A(x) * B(x)) -> pooled -> logits = the pooled products' channels."""
     rng = np.random.default_rng(0)
@@ -48,12 +58,7 @@ def outlier_graph(path: Path, outlier: float = 1000.0) -> Path:
         helper.make_node("Reshape", ["pooled", "shape"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "head_w", "head_b"], ["output"], name="head"),
     ]
-    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                ["batch", CLASSES, SIZE, SIZE])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", CLASSES])],
-                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
-    return path
+    return save_graph(path, "outlier", nodes, weights)
 
 
 def confident_images(path: Path, count: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -146,12 +151,7 @@ def clipped_sum_graph(path: Path) -> Path:
              helper.make_node("Clip", ["id", "lo", "hi"], ["act"], name="q/blocked.Clip_1"),
              helper.make_node("GlobalAveragePool", ["act"], ["pooled"], name="pool"),
              helper.make_node("Reshape", ["pooled", "shape"], ["output"], name="flatten")]
-    graph = helper.make_graph(nodes, "clipped", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                ["batch", CLASSES, SIZE, SIZE])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", CLASSES])],
-                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
-    return path
+    return save_graph(path, "clipped", nodes, weights)
 
 
 def test_around_a_clipped_sum_ranges_narrow_exactly_and_the_error_falls(tmp_path, monkeypatch) -> None:

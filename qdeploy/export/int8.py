@@ -63,26 +63,30 @@ def quantize_qdq(fp32_path: Path, out_path: Path, images: np.ndarray, target: st
     first call writes it, later calls read it instead of calibrating again (each exclusion
     set of the accuracy control re-quantizes with the same ranges, so only the exclusions differ).
     The narrowed ranges need the calibrated ones, so a call without a cache calibrates into a
-    temporary one and quantizes twice.
+    temporary one and, when some range narrows, quantizes twice.
     """
     if target not in INT8_TARGETS:
         raise QDeployError(f"unknown int8 target {target!r}; use {' or '.join(INT8_TARGETS)}")
+    signed = target == "tensorrt"
+    overrides = {} if signed else depthwise_full_range(fp32_path)
     with tempfile.TemporaryDirectory(prefix="qdeploy-calibration-") as tmp:
         cache = calibration_cache or Path(tmp) / "calibration.json"
-        if not cache.is_file():
+        calibrating = not cache.is_file()
+        if calibrating:
             if len(images) == 0:
                 raise QDeployError("no calibration images; pass --calib DIR with images of the model's classes")
-            _quantize_static(fp32_path, out_path, images, target, input_name, nodes_to_exclude, cache, {})
-        narrowed = narrowed_ranges(fp32_path, cache, symmetric=target == "tensorrt")
-        _quantize_static(fp32_path, out_path, None, target, input_name, nodes_to_exclude, cache,
-                         {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for name, (lo, hi) in narrowed.items()})
+            _quantize_static(fp32_path, out_path, images, target, input_name, nodes_to_exclude, cache, overrides)
+        narrowed = narrowed_ranges(fp32_path, cache, symmetric=signed)
+        if narrowed or not calibrating:  # else the file just written is the one
+            ranges = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for name, (lo, hi) in narrowed.items()}
+            _quantize_static(fp32_path, out_path, None, target, input_name, nodes_to_exclude, cache, overrides | ranges)
     return narrowed
 
 
 def _quantize_static(fp32_path: Path, out_path: Path, images: np.ndarray | None, target: str, input_name: str,
-                     nodes_to_exclude: Sequence[str], cache: Path, ranges: dict[str, list[dict[str, Any]]]) -> None:
+                     nodes_to_exclude: Sequence[str], cache: Path, overrides: dict[str, list[dict[str, Any]]]) -> None:
     """onnxruntime.quantization's quantize_static with qdeploy's settings (module docstring); `images` None: the
-    cache's ranges, else calibrate on them and write the cache. `ranges`: activation range overrides."""
+    cache's ranges, else calibrate on them and write the cache. `overrides`: its TensorQuantOverrides."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -99,7 +103,6 @@ def _quantize_static(fp32_path: Path, out_path: Path, images: np.ndarray | None,
             return None if batch is None else {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
     signed = target == "tensorrt"
-    overrides = ranges | ({} if signed else depthwise_full_range(fp32_path))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer warns about pre-processing the exporter already did

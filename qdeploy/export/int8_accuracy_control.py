@@ -277,10 +277,9 @@ def returnable(ranking: list[dict[str, Any]]) -> list[str]:
     of fp32 at batch 32. On the Fashion-MNIST model no part came near its first layer whole,
     and that layer is what made the file meet the rule.
     """
-    helpful = [entry for entry in ranking if entry["sensitivity"] > 0]
-    return [entry["group"] for entry in helpful
-            if not any(set(other["nodes"]) < set(entry["nodes"]) and other["sensitivity"] >= SUBSET_SHARE * entry["sensitivity"]
-                       for other in helpful)]
+    helpful = [(entry["group"], set(entry["nodes"]), entry["sensitivity"]) for entry in ranking if entry["sensitivity"] > 0]
+    return [group for group, nodes, sensitivity in helpful
+            if not any(other < nodes and removed >= SUBSET_SHARE * sensitivity for _, other, removed in helpful)]
 
 
 def sensitivity_by_part(ranking: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -399,8 +398,8 @@ def quantize_with_accuracy_control(fp32_path: Path, out_path: Path, images: np.n
         "chosen_step": None if shipped is None else shipped["step"],
         "float_nodes": [] if shipped is None else shipped["float_nodes"],
         "images": int(len(judged_labels)),  # judged: apart from the calibration and ranking images
-        "calibration_images": int(len(images[split.calibration])),
-        "ranking_images": int(len(images[split.ranking])),
+        "calibration_images": len(split.calibration),
+        "ranking_images": len(split.ranking),
         "target": target,
         "narrowed_ranges": narrowed,  # activation ranges narrowed beyond calibration, exactly (int8.narrowed_ranges)
         "rule": {"min_top1_agreement": int8.INT8_MIN_TOP1, "max_accuracy_drop": control.max_accuracy_drop},
