@@ -91,13 +91,15 @@ def preset_for(data: str, args: argparse.Namespace) -> Preset:
 
 
 def run_mode(mode: str, data: str, preset: Preset, folder: Path, args: argparse.Namespace,
-             targets: tuple[str, ...] | None = None) -> dict:
-    """One run at the preset's wall-time budget; `targets`: the adapted layers (None: the defaults)."""
+             targets: tuple[str, ...] | None = None, steps: int | None = None) -> dict:
+    """One run at the preset's wall-time budget, or of exactly `steps` steps; `targets`: the adapted
+    layers (None: the defaults)."""
     trainer_mode = "adapt" if mode.startswith("adapt") else mode
     # The budget is wall time, so the step count is unknown up front: a constant rate after a
     # fixed warmup (a cosine or a 5%-of-planned-steps warmup would follow the 10,000 epochs).
     config = TrainConfig(mode=trainer_mode, train_primary=mode == "adapt", data=data, out=str(folder),
-                         epochs=10_000, max_minutes=preset.minutes, image_size=preset.image_size,
+                         epochs=10_000, max_minutes=None if steps else preset.minutes, max_steps=steps,
+                         image_size=preset.image_size,
                          batch_size=preset.batch_size, lr=args.lr, scheduler="constant",
                          warmup_steps=args.warmup_steps, eval_every=preset.eval_every,
                          max_samples=preset.samples, device=args.device, seed=args.seed, progress=args.progress,

@@ -1,19 +1,27 @@
 """Accuracy against measured ONNX Runtime CPU latency: what a latency budget buys (issue 20).
 
-Per dataset, at equal training wall time per run (`--minutes`, adapter_comparison.run_mode):
+Per dataset, at equal training time per run (`--minutes`, adapter_comparison.run_mode):
 
     finetune, lora        the first-order baselines (latency: the base model; LoRA merges into it)
     all                   the family's default layers (EfficientNet-Lite0: all 16 depthwise convs)
-    budget X              the layers `qdeploy plan --latency-budget X --data D` chooses (1.05/1.10/1.20)
-    last-k                the last candidates, as many as fit the reference budget plan's predicted cost
-                          (the reference: the reachable budget nearest to `--goal-budget`, 1.10)
-    random i              random candidates up to the same predicted cost (seeded, `--random` distinct ones)
+    budget X              the layers `qdeploy plan --latency-budget X --data D [--train-primary]` chooses
+                          (1.05/1.10/1.20), planned for each primary mode
+    last-k                the last candidates, as many as the reference budget's profiled costs fit (the
+                          reference: the reachable budget nearest to `--goal-budget`, 1.10)
+    random i              random candidates, as many as fit the same (seeded, `--random` distinct ones, none
+                          the plan's own): sets the plan could have chosen, its knapsack's constraint
 
-each adapted set trained with the primary frozen and with it trained. Every layer set is exported
+each adapted set trained with the primary frozen and with it trained. Equal training time is
+given as steps: every configuration's step is timed first in short runs that take turns
+(`TIMING_ROUNDS` x `TIMING_STEPS`), and each run then trains `--minutes` / its median step time
+steps. Wall-clock budgets gave the same set 57 steps in one run and 86 in the next on this shared
+machine (a slow phase), which decided the trained-primary comparison more than the layers did.
+Every layer set is exported
 (random terms) and timed against the base exported the same way, interleaved, apart from the plan
 that chose it (the goal's independent check), at `--batches` and `--latency-threads`. Reported per
 run: layers, measured adapted/base p50 per batch, best val accuracy, steps, training step time.
 Tables, results/budget_pareto.json and one plot per dataset (accuracy vs measured latency).
+`step s` is the timed median step; each row also keeps its run's own train seconds / steps.
 
 Candidates: the family's default layers (Lite0: the 16 depthwise convs, the pool the issue's
 last-k and random rules pick from); `--all-candidates` plans over every wrappable layer.
@@ -50,6 +58,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.adapter_comparison import Preset, run_mode  # noqa: E402
+from qdeploy.training.metrics import read_metrics  # noqa: E402
 from qdeploy import atomic  # noqa: E402
 from qdeploy.adaptation.targets import default_targets  # noqa: E402
 from qdeploy.commands import tables  # noqa: E402
@@ -68,14 +77,17 @@ PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset
 QUICK = Preset(32, 16, 0.05, 2, 1, 32)
 PRIMARY_MODES = {"frozen": "adapt-frozen", "trained": "adapt"}
 RANDOM_DRAWS = 200  # shuffles tried for distinct random subsets before settling for fewer
+TIMING_STEPS = 6  # steps of each short timing run; its first (warm-up) is not counted
+TIMING_ROUNDS = 2  # timing runs per configuration, taking turns with the others
 
 
 def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: list[str], reference: float,
                randoms: int, seed: int) -> dict[str, list[str]]:
-    """The layer sets to train: all, each budget's choice, and last-k / random at the reference plan's cost."""
+    """The layer sets to train: all, each budget's choice, and last-k / random within the reference budget's
+    slack at the plan's profiled costs."""
     ref = plans[reference]
     cost = {layer["name"]: layer["cost"] for layer in ref.layers}
-    target = sum(cost[name] for name in ref.chosen)
+    target = reference - 1.0
 
     def fill(order: list[str]) -> list[str]:
         picked, total = [], 0.0
@@ -87,9 +99,9 @@ def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: li
 
     sets = {"all": all_layers, **{f"budget {b:.2f}": list(plans[b].chosen) for b in plans},
             "last-k": fill(list(reversed(candidates)))}
-    # Distinct subsets, none equal to the reference's choice: at a budget that holds one or two
-    # layers few subsets fit, and repeats only re-measure training noise (three "random" runs were
-    # the same layer before). Fewer than `randoms` rows when fewer distinct subsets exist.
+    # Distinct subsets, none equal to the reference's choice: repeats only re-measure training
+    # noise (three "random" runs were the same layer before). Fewer than `randoms` rows when fewer
+    # distinct subsets exist.
     taken = {tuple(ref.chosen)}
     draw, picked = random.Random(seed), 0
     for _ in range(RANDOM_DRAWS):
@@ -106,9 +118,12 @@ def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: li
 
 
 def measure_sets(model: torch.nn.Module, sets: dict[str, list[str]], options: PlanOptions, size: tuple[int, int],
-                 console: Console) -> dict[str, dict[str, float]]:
-    """Measured adapted/base p50 per batch of every set, apart from the plans (one base file for all)."""
-    measured: dict[tuple[str, ...], dict[str, float]] = {(): {str(b): 1.0 for b in options.batches}}
+                 console: Console, measured: dict[tuple[str, ...], dict[str, float]] | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """Measured adapted/base p50 per batch of every set, apart from the plans (one base file for all); a set
+    already in `measured` (updated) is not timed again."""
+    measured = {} if measured is None else measured
+    measured.setdefault((), {str(b): 1.0 for b in options.batches})
     with tempfile.TemporaryDirectory(prefix="budget-pareto-") as tmp:
         base = in_precision(export_plain_onnx(model, Path(tmp) / "base.onnx", (3, *size)), options.precision, size)
         for index, (name, layers) in enumerate(sets.items()):
@@ -116,6 +131,38 @@ def measure_sets(model: torch.nn.Module, sets: dict[str, list[str]], options: Pl
                 console.print(f"timing {name} ({len(layers)} layers)")
                 measured[tuple(layers)] = check_plan(model, layers, base, options, Path(tmp), size, index)["ratio"]
     return {name: measured[tuple(layers)] for name, layers in sets.items()}
+
+
+def plan_budgets(model: torch.nn.Module, options: PlanOptions, budgets: list[float],
+                 console: Console) -> tuple[dict[float, object], dict[str, str]]:
+    """The plan at every reachable budget, and the unreachable ones' messages."""
+    plans, unreachable = {}, {}
+    for budget in budgets:
+        console.rule(f"plan at {budget:.2f}x" + (", primary trained" if options.train_primary else ""))
+        try:
+            plans[budget] = plan_model(model, replace(options, latency_budget=budget), BUILTIN_DEFAULT,
+                                       progress=console.print)
+        except QDeployError as exc:  # an unreachable budget is a result too; the others still run
+            console.print(f"{budget:.2f}x: {exc}")
+            unreachable[f"{budget:.2f}"] = str(exc)
+    return plans, unreachable
+
+
+Config = tuple[str, tuple[str, ...] | None]  # (run_mode's mode, targets)
+
+
+def step_seconds(configs: list[Config], data: str, preset: Preset, folder: Path, args: argparse.Namespace,
+                 console: Console) -> dict[Config, float]:
+    """Median seconds of a training step per configuration, from short runs that take turns (TIMING_ROUNDS)."""
+    times: dict[Config, list[float]] = {config: [] for config in configs}
+    for round_index in range(TIMING_ROUNDS):
+        console.rule(f"{data}: timing a training step of {len(configs)} configurations, round {round_index + 1}")
+        for index, (mode, targets) in enumerate(configs):
+            run = folder / f"round-{round_index}" / f"{index}-{mode}"
+            run_mode(mode, data, preset, run, args, targets=targets, steps=TIMING_STEPS)
+            steps = [row["train_s"] for row in read_metrics(run / "metrics.jsonl") if "samples_per_s" in row]
+            times[(mode, targets)].extend(b - a for a, b in zip(steps, steps[1:]))
+    return {config: statistics.median(values) for config, values in times.items()}
 
 
 def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Console) -> dict:
@@ -127,39 +174,44 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
                           candidates=_candidates(args, model), seed=args.seed, cache=args.runs / "plan_cache.json",
                           **(QUICK_PLAN if args.quick else {}))
     plans, unreachable = {}, {}
-    for budget in args.budgets:
-        console.rule(f"{data}: plan at {budget:.2f}x")
-        try:
-            plans[budget] = plan_model(model, replace(options, latency_budget=budget), BUILTIN_DEFAULT,
-                                       progress=console.print)
-        except QDeployError as exc:  # an unreachable budget is a result too; the others still run
-            console.print(f"{budget:.2f}x: {exc}")
-            unreachable[f"{budget:.2f}"] = str(exc)
-    if not plans:
+    for primary in args.primary:
+        plans[primary], missed = plan_budgets(model, replace(options, train_primary=primary == "trained"),
+                                              args.budgets, console)
+        unreachable.update(missed)
+    reachable = set.intersection(*(set(by_budget) for by_budget in plans.values()))
+    if not reachable:
         raise QDeployError(f"{data}: no budget of {args.budgets} is reachable; try larger --budgets")
-    reference = min(plans, key=lambda budget: abs(budget - args.goal_budget))  # the goal's budget, if reachable
-    candidates = [layer["name"] for layer in plans[reference].layers]
-    sets = layer_sets(plans, candidates, list(_defaults(model, candidates)), reference, args.random, args.seed)
-    latency = measure_sets(model, sets, options, size, console)
+    reference = min(reachable, key=lambda budget: abs(budget - args.goal_budget))  # the goal's budget, if reachable
+    first = plans[args.primary[0]][reference]
+    candidates = [layer["name"] for layer in first.layers]
+    measured: dict[tuple[str, ...], dict[str, float]] = {}
+    sets, latency = {}, {}
+    for primary in args.primary:
+        sets[primary] = layer_sets(plans[primary], candidates, list(_defaults(model, candidates)), reference,
+                                   args.random, args.seed)
+        latency[primary] = measure_sets(model, sets[primary], options, size, console, measured)
     folder = args.runs / Path(data.replace(":", "_")).name
+    configs: dict[tuple[str, str], Config] = {("finetune", "-"): ("finetune", None), ("lora", "-"): ("lora", None)}
+    configs.update({(name, primary): (PRIMARY_MODES[primary], tuple(layers))
+                    for primary in args.primary for name, layers in sets[primary].items()})
+    step_s = step_seconds(list(dict.fromkeys(configs.values())), data, preset, folder / "step-timing", args, console)
     rows = []
     for repeat in range(args.repeats):  # the same sets, trained again from another seed: the noise of one run
         seeded = copy.copy(args)
         seeded.seed = args.seed + repeat
         runs = folder if args.repeats == 1 else folder / f"seed-{seeded.seed}"
-        for mode in ("finetune", "lora"):
-            console.rule(f"{data}: {mode}, seed {seeded.seed} ({preset.minutes:g} min)")
-            rows.append(_row(mode, "-", [], run_mode(mode, data, preset, runs / mode, seeded),
-                             {str(b): 1.0 for b in args.batches}, seeded.seed))
-        for primary in args.primary:
-            for name, layers in sets.items():
-                console.rule(f"{data}: {name}, primary {primary}, seed {seeded.seed} ({preset.minutes:g} min)")
-                run = runs / primary / name.replace(" ", "-")
-                summary = run_mode(PRIMARY_MODES[primary], data, preset, run, seeded, targets=tuple(layers))
-                rows.append(_row(name, primary, layers, summary, latency[name], seeded.seed))
+        for (name, primary), (mode, targets) in configs.items():
+            timed = step_s[(mode, targets)]
+            steps = max(1, round(60 * preset.minutes / timed))
+            console.rule(f"{data}: {name}, primary {primary}, seed {seeded.seed} ({steps} steps of {timed:.2f} s)")
+            run = runs / (mode if primary == "-" else Path(primary) / name.replace(" ", "-"))
+            summary = run_mode(mode, data, preset, run, seeded, targets=targets, steps=steps)
+            ratio = {str(b): 1.0 for b in args.batches} if primary == "-" else latency[primary][name]
+            rows.append(_row(name, primary, list(targets or ()), summary, ratio, seeded.seed, timed))
     return {"data": data, "preset": asdict(preset), "image_size": preset.image_size, "reference_budget": reference,
-            "plans": {f"{b:.2f}": plan.to_dict() for b, plan in plans.items()}, "unreachable": unreachable, "rows": rows,
-            "goals": goals(rows, reference)}
+            "plans": {primary: {f"{b:.2f}": plan.to_dict() for b, plan in by_budget.items()}
+                      for primary, by_budget in plans.items()},
+            "unreachable": unreachable, "rows": rows, "goals": goals(rows, reference)}
 
 
 def _candidates(args: argparse.Namespace, model: torch.nn.Module) -> tuple[str, ...] | None:
@@ -178,11 +230,13 @@ def _defaults(model: torch.nn.Module, candidates: list[str]) -> list[str]:
     return [name for name in candidates if any(fnmatchcase(name, glob) for glob in globs)] or candidates
 
 
-def _row(run: str, primary: str, layers: list[str], summary: dict, latency: dict[str, float], seed: int) -> dict:
+def _row(run: str, primary: str, layers: list[str], summary: dict, latency: dict[str, float], seed: int,
+         step_s: float) -> dict:
     steps = summary["steps"]
     return {"run": run, "primary": primary, "seed": seed, "layers": len(layers), "targets": layers,
             "best_val_acc": summary["best_val_acc"], "final_val_acc": summary["final_val_acc"], "steps": steps,
-            "train_seconds": summary["train_seconds"], "step_s": summary["train_seconds"] / steps if steps else None,
+            "step_s": step_s, "train_seconds": summary["train_seconds"],
+            "run_step_s": summary["train_seconds"] / steps if steps else None,
             "trainable_params": summary["trainable_params"], "latency_ratio": latency}
 
 

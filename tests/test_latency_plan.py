@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from qdeploy.adaptation import adapt
-from qdeploy.adaptation.knapsack import choose
-from qdeploy.adaptation.scores import gradient_scores, param_scores
+from qdeploy.adaptation.knapsack import choose, choose_rate
+from qdeploy.adaptation.scores import first_step_gains, gradient_scores, param_scores
 from qdeploy.adaptation.targets import candidate_layers, default_targets, resolve_targets
 from qdeploy.cli import main
 from qdeploy.errors import QDeployError
@@ -53,6 +53,41 @@ def test_knapsack_matches_brute_force_and_never_exceeds_the_slack() -> None:
         assert sum(scores[n] for n in chosen) >= best - 1e-12
 
 
+def test_choose_rate_maximises_gain_per_step_second_like_brute_force() -> None:
+    rng = random.Random(1)
+    for _ in range(30):
+        names = [f"l{i}" for i in range(7)]
+        costs = {n: rng.uniform(0.001, 0.08) for n in names}
+        gains = {n: rng.uniform(0.0, 1.0) for n in names}
+        steps = {n: rng.uniform(0.01, 0.3) for n in names}
+        base_gain, base_step, budget = rng.uniform(0.0, 3.0), rng.uniform(0.2, 1.0), 1 + rng.uniform(0.02, 0.2)
+
+        def rate(subset) -> float:
+            return (base_gain + sum(gains[n] for n in subset)) / (base_step + sum(steps[n] for n in subset))
+
+        chosen = choose_rate(costs, gains, steps, base_gain, base_step, budget)
+        if min(costs.values()) > budget - 1:
+            assert chosen == []  # nothing fits (the plan says so before it chooses)
+            continue
+        assert chosen and sum(costs[n] for n in chosen) <= budget - 1 + 1e-12
+        fits = [subset for k in range(1, 8) for subset in itertools.combinations(names, k)
+                if sum(costs[n] for n in subset) <= (budget - 1) * (1 - 7 / 2000)]  # grid: 7 round-ups
+        assert rate(chosen) >= max(map(rate, fits)) - 1e-9
+
+
+def test_choose_rate_takes_the_layer_that_lowers_the_rate_least_when_none_raises_it() -> None:
+    # the primary lowers the loss at 30 per second; no term comes near (at most 20 per added second):
+    # the cheap late layer "c" (gain 1 for 0.05 s) lowers the rate least, though "a" has the highest
+    # gain and the score knapsack takes it
+    costs, gains, steps = {"a": 0.08, "b": 0.03, "c": 0.04}, {"a": 3.0, "b": 0.5, "c": 1.0}, {"a": 0.6, "b": 0.05, "c": 0.05}
+    assert choose(costs, gains, 1.10) == ["a"]
+    assert choose_rate(costs, gains, steps, base_gain=30.0, base_step=1.0, budget=1.10) == ["c"]
+    # a primary that learns nothing (frozen): "a" (3 in 1.6 s) beats "b" + "c" (1.5 in 1.1 s) again
+    assert choose_rate(costs, gains, steps, base_gain=0.0, base_step=1.0, budget=1.10) == ["a"]
+    # a primary at 10 per second: "c" (20 per added second) raises the rate, "b" (10) does not
+    assert choose_rate(costs, gains, steps, base_gain=10.0, base_step=1.0, budget=1.10) == ["c"]
+
+
 # ---- the benefit score ----------------------------------------------------------------------
 
 def _tiny_adapted() -> nn.Module:
@@ -83,6 +118,35 @@ def test_gradient_scores_are_the_first_adam_step_by_hand() -> None:
     total = raw["0"] + raw["1"]
     assert scores == pytest.approx({"0": raw["0"] / total, "1": raw["1"] / total}, rel=1e-5)
     assert sum(scores.values()) == pytest.approx(1.0)
+
+
+def test_first_step_gains_measure_the_primary_in_the_same_norm_and_leave_the_model_as_it_was() -> None:
+    model = _tiny_adapted()
+    for param in model.parameters():  # a frozen primary: the gains still see it
+        param.requires_grad_(False)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    c = torch.randn(5, 2, generator=torch.Generator().manual_seed(2))
+    loss_fn = lambda out, target: (out * target).sum()  # noqa: E731
+    gains = first_step_gains(model, [(x, c)], loss_fn)
+    zero = {id(p) for layer in (model[0], model[1]) for p in layer.quad.proj.parameters()}
+    others = [p for p in model.parameters() if id(p) not in zero]
+    for param in others:
+        param.requires_grad_(True)
+    loss_fn(model(x), c).backward()
+    assert gains.primary == pytest.approx(sum(float(p.grad.abs().sum()) for p in others), rel=1e-5)
+    assert gains.shares() == pytest.approx(gradient_scores(_tiny_adapted(), [(x, c)], loss_fn), rel=1e-6)
+    assert not any(p.requires_grad for p in model.parameters() if id(p) in zero)  # flags as they were
+
+
+def test_training_step_costs_time_the_base_step_and_each_term_alone() -> None:
+    from qdeploy.training.step_costs import training_step_costs
+
+    model = load_base_model(TINY, pretrained=False)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    names = resolve_targets(model, ["blocks.*.conv_dw"])[:2]
+    costs = training_step_costs(model, names, QuadConfig(), batch_size=4, size=(32, 32), rounds=2)
+    assert costs.base_s > 0 and list(costs.added_s) == names and all(t > 0 for t in costs.added_s.values())
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())  # the model is left as it was
 
 
 def test_without_data_the_score_is_the_added_parameters() -> None:
@@ -167,6 +231,62 @@ def test_plan_measures_chooses_and_checks_within_budget(tmp_path, monkeypatch) -
     again = _plan(tmp_path, "--latency-budget", "1.5", "--candidates", "blocks.5.*.conv_dw",
                   "--candidates", "blocks.6.*.conv_dw")
     assert "(cached)" in again.output and json.loads((tmp_path / "plan.json").read_text())["chosen"] == plan["chosen"]
+
+
+def test_a_trained_primary_plan_chooses_by_gain_per_training_step_second(tmp_path, monkeypatch) -> None:
+    import qdeploy.workflows.latency_plan as latency_plan
+    from qdeploy.training.step_costs import StepCosts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    timed = {}
+
+    def step_costs(model, candidates, quad, batch_size, size, seed=0, progress=None):  # a dear first layer
+        timed.update(batch_size=batch_size, size=size)
+        return StepCosts(0.5, {name: 0.4 if index == 0 else 0.01 * (index + 1) for index, name in enumerate(candidates)})
+
+    monkeypatch.setattr(latency_plan, "training_step_costs", step_costs)
+    # exports, profiles and the end-to-end check are test_plan_measures_chooses_and_checks_within_budget's
+    calm = {"ratio": {"1": 1.01}, "rounds": {"1": [1.01] * 5}}
+    monkeypatch.setattr(latency_plan, "check_plan", lambda *args: calm)
+    monkeypatch.setattr(latency_plan, "export_plain_onnx", lambda model, path, size: path)
+
+    def profiled(model, candidates, base_onnx, options, work, size):
+        costs = {name: {"1": 0.02 * (index + 1)} for index, name in enumerate(candidates)}
+        return {"1": 1.0}, costs, {name: {"1": cost["1"]} for name, cost in costs.items()}
+
+    monkeypatch.setattr(latency_plan, "measure_costs", profiled)
+    args = ("--latency-budget", "1.5", "--data", "digits-shift", "--candidates", "blocks.5.*.conv_dw",
+            "--candidates", "blocks.6.*.conv_dw")
+    result = _plan(tmp_path, *args, "--train-primary")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["train_primary"] and timed == {"batch_size": PlanOptions().score_batch_size, "size": (32, 32)}
+    assert plan["training"]["base_step_ms"] == pytest.approx(500.0) and 0 < plan["training"]["primary_gain_share"] < 1
+    layers = {layer["name"]: layer for layer in plan["layers"]}
+    assert layers["blocks.5.0.conv_dw"]["train_step_ms"] == pytest.approx(400.0)
+    share = plan["training"]["primary_gain_share"]  # gains in units of the summed layer gains
+    expected = choose_rate({n: layer["cost"] for n, layer in layers.items()},
+                           {n: layer["score"] for n, layer in layers.items()},
+                           {n: layer["train_step_ms"] / 1000 for n, layer in layers.items()}, share / (1 - share),
+                           0.5, 1.5)
+    assert plan["checks"][0]["chosen"] == expected and "blocks.5.0.conv_dw" not in expected
+    assert "gain per training-step second" in plan["score"] and "train step" in result.output
+    frozen = _plan(tmp_path, *args)  # the same plan for a frozen primary: by score alone, no step timing
+    assert frozen.exit_code == 0 and "train_step_ms" not in json.loads((tmp_path / "plan.json").read_text())["layers"][0]
+
+
+def test_train_plans_for_a_trained_primary_only_under_a_time_budget(monkeypatch) -> None:
+    import qdeploy.training.model_setup as model_setup
+    import qdeploy.workflows.latency_plan as latency_plan
+    from qdeploy.training import TrainConfig
+
+    seen: list[PlanOptions] = []
+    monkeypatch.setattr(latency_plan, "plan_model", lambda model, options, name, progress=None: seen.append(options))
+    monkeypatch.setattr(model_setup, "load_source", lambda config: load_base_model(TINY, pretrained=False))
+    for minutes, primary in ((None, True), (2.0, True), (2.0, False)):
+        latency_plan.plan_for_training(TrainConfig(train_primary=primary, max_minutes=minutes), PlanOptions())
+    # epochs bound a run to the same steps whatever the terms cost: only a timed one trades them
+    assert [options.train_primary for options in seen] == [False, True, False]
 
 
 def test_an_int8_plan_times_the_int8_files_of_base_and_adapted(tmp_path, monkeypatch) -> None:

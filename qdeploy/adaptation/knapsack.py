@@ -5,6 +5,10 @@ adds, measured on the target backend; the largest over the batch sizes, so the b
 at every batch) and a benefit score (scores.py). The chosen set maximises the summed score
 with the summed cost within the budget's slack (`budget - 1`). Costs are rounded *up* to a
 grid of `resolution` steps of the slack, so a set the solver accepts never exceeds it.
+
+With the primary trained, every term competes with the pretrained weights for the same training
+time: `choose_rate` maximises the first-step loss decrease per second of a training step
+instead (a fractional objective, solved by Dinkelbach's iteration over the same knapsack).
 """
 
 from __future__ import annotations
@@ -53,6 +57,35 @@ def choose(costs: Mapping[str, float], scores: Mapping[str, float], budget: floa
                 best[capacity] = candidate
     chosen = set(best[resolution][2]) | set(free)
     return [n for n in names if n in chosen]
+
+
+MAX_RATE_ITERATIONS = 20  # Dinkelbach's iteration ends in a few; a bound against float ties
+
+
+def choose_rate(costs: Mapping[str, float], gains: Mapping[str, float], step_costs: Mapping[str, float],
+                base_gain: float, base_step: float, budget: float) -> list[str]:
+    """The layers (in the order of `costs`), with summed latency costs <= budget - 1, that maximise
+    (base_gain + summed gains) / (base_step + summed step costs): the loss a training step lowers
+    per second of it, when the primary (`base_gain` in a `base_step` without terms) trains too.
+
+    A layer pays only when its gain per added step second beats the whole set's rate, so cheap
+    late layers can win over a high-gain early one whose backward pass is dear. When no layer
+    raises the rate, the one that lowers it least is taken: the caller asked for quadratic terms.
+    Dinkelbach: with rate r, the knapsack over values gain - r * step_cost finds a set of higher
+    rate, or proves that none exists.
+    """
+    slack = check_budget(budget)
+    rate, chosen = base_gain / base_step, []
+    for _ in range(MAX_RATE_ITERATIONS):
+        again = choose(costs, {n: gains[n] - rate * step_costs[n] for n in costs}, budget)
+        better = (base_gain + sum(gains[n] for n in again)) / (base_step + sum(step_costs[n] for n in again))
+        if not again or better <= rate:
+            break
+        chosen, rate = again, better
+    if chosen:
+        return chosen
+    fits = [n for n in costs if costs[n] <= slack]
+    return [max(fits, key=lambda n: (base_gain + gains[n]) / (base_step + step_costs[n]))] if fits else []
 
 
 def cheapest(costs: Mapping[str, float]) -> tuple[str, float]:

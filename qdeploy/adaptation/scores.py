@@ -17,6 +17,7 @@ layer's added parameters (also as shares).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -45,20 +46,41 @@ def shares(values: dict[str, float]) -> dict[str, float]:
     return {name: value / total for name, value in values.items()}
 
 
-def gradient_scores(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn) -> dict[str, float]:
-    """Per quadratic layer of the zero-started `model`: ||dL/d zero factor||_1 of the mean loss over
-    `batches`, as shares. The model runs in eval mode (BatchNorm running statistics: the
-    pretrained function the terms start from); nothing is updated."""
+@dataclass(frozen=True)
+class FirstStepGains:
+    """The loss decrease (divided by the learning rate) the first AdamW step would give, to first order.
+
+    `layers`: through each quadratic layer's zero factor; `primary`: through every other
+    trainable parameter together (the pretrained weights and the head), what a trained primary
+    buys in the same step. Both are ||dL/dparameter||_1, so they add and compare.
+    """
+
+    layers: dict[str, float]
+    primary: float
+
+    def shares(self) -> dict[str, float]:
+        return shares(self.layers)
+
+
+def first_step_gains(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn) -> FirstStepGains:
+    """||dL/d zero factor||_1 per quadratic layer of the zero-started `model`, and the same norm over
+    its other parameters, for the mean loss over `batches`. The model runs in eval mode (BatchNorm
+    running statistics: the pretrained function the terms start from); nothing is updated."""
     layers = quadratic_layers(model)
     if not layers:
         raise QDeployError("the model has no quadratic layers to score; adapt() it with the candidate layers first")
     params = {name: zero_factor(layer) for name, layer in layers.items()}
-    flat = [p for group in params.values() for p in group]
+    zero = {id(p) for group in params.values() for p in group}
+    primary = [p for p in model.parameters() if id(p) not in zero and p.dtype.is_floating_point]
+    flat = [p for group in params.values() for p in group] + primary
     was_training = model.training
+    wanted = [(p, p.requires_grad) for p in flat]
     model.eval()
     sums = [torch.zeros_like(p) for p in flat]
     count = 0
     try:
+        for p in flat:
+            p.requires_grad_(True)
         with torch.enable_grad():
             for images, labels in batches:
                 loss = loss_fn(model(images), labels)
@@ -68,13 +90,21 @@ def gradient_scores(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], 
                 count += 1
     finally:
         model.train(was_training)
+        for p, requires in wanted:
+            p.requires_grad_(requires)
     if count == 0:
         raise QDeployError("no batch to score the layers on; pass data with at least one batch of images")
+    norms = [float((total / count).abs().sum()) for total in sums]
     raw, index = {}, 0
     for name, group in params.items():
-        raw[name] = float(sum((sums[index + i] / count).abs().sum() for i in range(len(group))))
+        raw[name] = sum(norms[index:index + len(group)])
         index += len(group)
-    return shares(raw)
+    return FirstStepGains(raw, sum(norms[index:]))
+
+
+def gradient_scores(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], loss_fn: LossFn) -> dict[str, float]:
+    """Per quadratic layer of the zero-started `model`: its first-step gain (first_step_gains), as shares."""
+    return first_step_gains(model, batches, loss_fn).shares()
 
 
 def param_scores(model: nn.Module) -> dict[str, float]:

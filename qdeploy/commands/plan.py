@@ -25,13 +25,15 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
     table.add_column("layer", overflow="fold")
     for batch in plan.batches:
         table.add_column(f"cost b{batch}", justify="right", no_wrap=True)
-    for column in ("params", "FLOPs", "score", "in"):
+    columns = ("params", "FLOPs", "score", *(("train step",) if plan.training else ()), "in")
+    for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     chosen = set(plan.chosen)
     for layer in plan.layers:
         costs = [f"{100 * layer['cost_by_batch'][str(b)]:.2f}%" for b in plan.batches]
+        step = (f"+{layer['train_step_ms']:.0f} ms",) if plan.training else ()
         table.add_row(layer["name"], *costs, f"{layer['params']:,}", f"{layer['flops_pct']:.2f}%",
-                      f"{100 * layer['score']:.1f}%", "yes" if layer["name"] in chosen else "")
+                      f"{100 * layer['score']:.1f}%", *step, "yes" if layer["name"] in chosen else "")
     print_table(console, table)
     summary = Table(title=f"chosen: {len(plan.chosen)} of {len(plan.layers)} layers (score: {plan.score})")
     summary.add_column("batch", justify="right")
@@ -43,6 +45,11 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
         summary.add_row(key, f"{plan.base_ms[key]:.2f}", f"{plan.predicted[key]:.3f}x",
                         "-" if measured is None else f"{measured:.3f}x")
     print_table(console, summary)
+    if plan.training:
+        console.print(f"trained primary: a training step without terms takes {plan.training['base_step_ms']:.0f} ms "
+                      f"(batch {plan.training['batch_size']}); the primary holds "
+                      f"{100 * plan.training['primary_gain_share']:.1f}% of the first step's gain, so a term pays "
+                      "only where its gain per added ms beats the whole step's")
     for check in plan.checks[:-1]:  # the failed checks: what each changed
         worst = max(check["measured"].values())
         spread = ", ".join(f"b{batch} {min(r):.2f}-{max(r):.2f}x" for batch, r in check.get("rounds", {}).items())
@@ -78,6 +85,9 @@ def load_plan_model(model: str):
               help="ONNX Runtime intra-op threads.")
 @click.option("--data", default=None, help="Score layers by zero-start gradients on this data ('digits-shift', "
               "'fashion-mnist[:DIR]', an ImageFolder). [default: score by added parameters]")
+@click.option("--train-primary", is_flag=True, help="Plan for a run that trains the pretrained weights too, for a "
+              "fixed time (`qdeploy train --train-primary --max-minutes M`): with --data, terms are chosen by loss "
+              "decrease per second of a training step, since the primary learns in every step a term makes dearer.")
 @click.option("--candidates", multiple=True, help="Module-name glob of a candidate layer, repeatable. "
               "[default: every Conv2d/Linear the adapter can wrap, head and patch embedding left out]")
 @click.option("--out", type=click.Path(path_type=Path), default=Path(PLAN_FILE), show_default=True,
@@ -86,14 +96,14 @@ def load_plan_model(model: str):
               help="Re-use a plan measured before with the same model, settings and machine.")
 def plan(model: str, latency_budget: float, backend: str, precision: str, input_size: int | None, batches: str,
          threads: int,
-         data: str | None, candidates: tuple[str, ...], out: Path, cache: bool) -> None:
+         data: str | None, train_primary: bool, candidates: tuple[str, ...], out: Path, cache: bool) -> None:
     """Choose where MODEL's quadratic terms go so it stays within a latency budget, by measurement."""
     from dataclasses import replace
 
     from qdeploy.workflows.latency_plan import plan_model
 
     options = replace(DEFAULT, latency_budget=latency_budget, backend=backend, precision=precision, threads=threads,
-                      data=data,
+                      data=data, train_primary=train_primary,
                       input_size=(input_size, input_size) if input_size else None, candidates=candidates or None,
                       batches=parse_ints(batches, "--batch", minimum=1), use_cache=cache)
     if out.suffix not in ("", ".json"):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from qdeploy.adaptation.scores import gradient_scores
+from qdeploy.adaptation.scores import FirstStepGains, first_step_gains
 from qdeploy.training.config import TrainConfig
 from qdeploy.training.data import build_data
 from qdeploy.training.model_setup import fit_head
@@ -25,9 +25,9 @@ FEATURE_BATCHES = 8  # batches of cached features the head trains on (the scored
 
 
 def data_scorer(model: nn.Module, data: str, image_size: int, batches: int, batch_size: int, head_steps: int,
-                seed: int) -> Callable[[nn.Module], dict[str, float]]:
+                seed: int) -> Callable[[nn.Module], FirstStepGains]:
     """Fit `model`'s head to `data`'s classes (in place; seeded, so the same head each time) and
-    return the scorer of its adapted copies: score shares per quadratic layer."""
+    return the scorer of its adapted copies: first-step gains per quadratic layer and of the primary."""
     config = TrainConfig(data=data, image_size=image_size, seed=seed)
     bundle = build_data(config, model)
     torch.manual_seed(seed)
@@ -41,7 +41,7 @@ def data_scorer(model: nn.Module, data: str, image_size: int, batches: int, batc
         if len(held) == max(batches, FEATURE_BATCHES):
             break
 
-    def score(adapted: nn.Module) -> dict[str, float]:
+    def score(adapted: nn.Module) -> FirstStepGains:
         adapted.eval()
         with torch.no_grad():
             features = [(adapted.forward_head(adapted.forward_features(x), pre_logits=True), y) for x, y in held]
@@ -54,6 +54,6 @@ def data_scorer(model: nn.Module, data: str, image_size: int, batches: int, batc
             optimizer.zero_grad()
             loss_fn(head(x), y).backward()
             optimizer.step()
-        return gradient_scores(adapted, held[:batches], loss_fn)
+        return first_step_gains(adapted, held[:batches], loss_fn)
 
     return score

@@ -10,7 +10,10 @@
    counts, so the budget holds at every batch. Costs come from the backend, not from FLOPs:
    the two disagree by 4x on EfficientNet-Lite0 (docs/hardware-aware.md).
 2. Benefit: adaptation/scores.py (zero-start gradients on `data`, else added parameters).
-3. Choice: the knapsack of adaptation/knapsack.py; predicted ratio = 1 + summed costs.
+3. Choice: the knapsack of adaptation/knapsack.py; predicted ratio = 1 + summed costs. A plan for
+   a run that trains the primary too (`train_primary`, with data) weighs each term's gain against
+   what it adds to a training step (training/step_costs.py, timed at `score_batch_size`): at equal
+   training time the pretrained weights learn in every step a term makes dearer (choose_rate).
 4. Check: the chosen set is exported and timed end to end against the base, interleaved and
    paired turn by turn (runtime/benchmark.py), in rounds (more of them while the budget is a
    close call), at every batch; until every batch is confidently within budget (`tighten`) the
@@ -38,8 +41,8 @@ from torch import nn
 
 from qdeploy import atomic
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms, resolve_targets
-from qdeploy.adaptation.knapsack import check_budget, cheapest, choose
-from qdeploy.adaptation.scores import param_scores
+from qdeploy.adaptation.knapsack import check_budget, cheapest, choose, choose_rate
+from qdeploy.adaptation.scores import FirstStepGains, param_scores
 from qdeploy.adaptation.targets import candidate_layers
 from qdeploy.errors import QDeployError
 from qdeploy.export.base_model import export_plain_onnx
@@ -49,10 +52,11 @@ from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark
 from qdeploy.runtime.profile import profile_onnx
 from qdeploy.timing import median_interval
 from qdeploy.training.layer_scores import data_scorer
+from qdeploy.training.step_costs import training_step_costs
 from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, store
 
 PLAN_FILE = "plan.json"
-PLAN_FORMAT = "qdeploy-latency-plan/2"  # /2: checks[] name their set and what a failed one changed
+PLAN_FORMAT = "qdeploy-latency-plan/3"  # /2: checks[] name their set and what a failed one changed; /3: training
 SUPPORTED_BACKENDS = ("ort-cpu",)  # the profiler's per-node times come from ONNX Runtime's CPU provider
 PLAN_PRECISIONS = ("fp32", "int8")  # int8: base and adapted files timed as `qdeploy export --precision int8` quantizes
 Progress = Callable[[str], None]
@@ -65,6 +69,8 @@ class PlanOptions:
     latency_budget: float = 1.10
     backend: str = "ort-cpu"
     precision: str = "fp32"  # of the deployed files: int8 plans against the base int8 file (PLAN_PRECISIONS)
+    train_primary: bool = False  # the run trains the pretrained weights too, for a fixed time: with data, terms
+    # must pay per second of a training step (a dearer step is fine-tuning steps lost)
     input_size: tuple[int, int] | None = None  # (H, W); None: the data's default size, else the model's own
     batches: tuple[int, ...] = (1, 32)
     threads: int = os.cpu_count() or 1
@@ -110,6 +116,8 @@ class LatencyPlan:
     cached: bool = False
     seconds: float = 0.0
     precision: str = "fp32"
+    train_primary: bool = False  # planned for a run that trains the primary too (the choice weighs step time)
+    training: dict[str, Any] | None = None  # trained primary: base step ms, the primary's share of the gain
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, **asdict(self)}
@@ -289,7 +297,8 @@ MAX_RECHOICES = 3  # knapsacks re-solved with measured costs before the check on
 
 
 def tighten(chosen: list[str], layers: dict[str, dict[str, Any]], budget: float,
-            check: Callable[[list[str]], dict[str, Any]], say: Progress) -> tuple[list[str], list[dict[str, Any]]]:
+            check: Callable[[list[str]], dict[str, Any]], say: Progress,
+            rechoose: Callable[[dict[str, float]], list[str]] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     """Check `chosen` end to end until every batch is within `budget`; returns the set that passed ([] if
     none) and every check.
 
@@ -301,11 +310,12 @@ def tighten(chosen: list[str], layers: dict[str, dict[str, Any]], budget: float,
     A failed check says how far the profiled costs were low (at batch 1 they miss ONNX Runtime's
     per-node dispatch: one layer predicted 1.023x measured 1.10x; measured here = the bound): the
     knapsack is solved again with every cost scaled by that factor (the largest seen so far),
-    which can swap one dear layer for cheaper ones instead of keeping it to the end. A set already
-    tried, or more than MAX_RECHOICES re-solves, falls back to dropping the layer with the lowest
+    which can swap one dear layer for cheaper ones instead of keeping it to the end (`rechoose`
+    solves it from scaled costs; default: the score knapsack). A set already tried, or more than MAX_RECHOICES re-solves, falls back to dropping the layer with the lowest
     score per cost.
     """
     scores = {name: layer["score"] for name, layer in layers.items()}
+    rechoose = rechoose or (lambda costs: choose(costs, scores, budget))
     tried: set[frozenset[str]] = set()
     checks: list[dict[str, Any]] = []
     inflation, rechoices = 1.0, 0
@@ -320,7 +330,7 @@ def tighten(chosen: list[str], layers: dict[str, dict[str, Any]], budget: float,
             return chosen, checks
         predicted = {b: sum(layers[n]["cost_by_batch"][b] for n in chosen) for b in bounds}
         inflation = max(inflation, *((bound - 1) / max(predicted[b], 1e-9) for b, bound in bounds.items()))
-        again = choose({n: layer["cost"] * inflation for n, layer in layers.items()}, scores, budget)
+        again = rechoose({n: layer["cost"] * inflation for n, layer in layers.items()})
         if again and frozenset(again) not in tried and rechoices < MAX_RECHOICES:
             rechoices += 1
             entry["rechosen_with_costs_x"] = inflation
@@ -332,10 +342,12 @@ def tighten(chosen: list[str], layers: dict[str, dict[str, Any]], budget: float,
 
 
 def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], name: str,
-              score_data: Callable[[nn.Module], dict[str, float]] | None = None,
+              score_data: Callable[[nn.Module], FirstStepGains] | None = None,
               progress: Progress | None = None) -> LatencyPlan:
     """The plan for the unadapted `model` at `size` (H, W); `score_data` scores an all-candidates
-    adapted copy (None: added parameters). Raises one line for bad input, before measuring."""
+    adapted copy (None: added parameters). With `options.train_primary` and data, the choice
+    maximises the first-step gain per second of a training step (knapsack.choose_rate, step costs
+    timed by training/step_costs.py). Raises one line for bad input, before measuring."""
     started = time.perf_counter()
     say = progress or (lambda text: None)
     slack = check_budget(options.latency_budget)
@@ -358,8 +370,14 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
 
     scored, report = adapt(copy.deepcopy(model), candidates, config=options.quad(), input_size=(channels, *size))
     say("scoring the candidate layers")
-    scores = score_data(scored) if score_data is not None else param_scores(scored)
-    score_kind = "zero-start gradient L1 (first AdamW step), share" if score_data else "added parameters, share"
+    gains = score_data(scored) if score_data is not None else None
+    scores = gains.shares() if gains is not None else param_scores(scored)
+    score_kind = "zero-start gradient L1 (first AdamW step), share" if gains else "added parameters, share"
+    steps = None
+    if gains is not None and options.train_primary:
+        steps = training_step_costs(model, candidates, options.quad(), options.score_batch_size, size, options.seed,
+                                    progress=say)
+        score_kind += "; chosen by gain per training-step second with the primary trained"
     flops = _layer_flops(scored, (channels, *size))
     params = {n: sum(p.numel() for p in layer.quad.parameters()) for n, layer in quadratic_layers(scored).items()}
     with tempfile.TemporaryDirectory(prefix="qdeploy-plan-") as tmp:
@@ -374,16 +392,26 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
         layers = {n: {"name": n, "cost": max(costs[n].values()), "cost_by_batch": costs[n], "ms_by_batch": ms[n],
                       "params": params[n], "flops": flops[n], "flops_pct": 100.0 * flops[n] / report.base_flops,
                       "score": scores[n]} for n in candidates}
+        if steps is not None:
+            for n in candidates:
+                layers[n]["train_step_ms"] = 1000 * steps.added_s[n]
         cost_of = {n: layer["cost"] for n, layer in layers.items()}
         low_name, low_cost = cheapest(cost_of)
         if low_cost > slack:
             raise QDeployError(f"latency budget {options.latency_budget:.2f}x is unreachable: the cheapest layer, "
                                f"{low_name}, alone costs {1 + low_cost:.3f}x at {size[0]}x{size[1]} px; raise "
                                "--latency-budget or pick other --candidates")
+        if steps is None:
+            chooser = None
+        else:
+            def chooser(costs: dict[str, float]) -> list[str]:
+                return choose_rate(costs, gains.layers, steps.added_s, gains.primary, steps.base_s,
+                                   options.latency_budget)
         attempts = itertools.count()
         chosen, checks = tighten(
-            choose(cost_of, scores, options.latency_budget), layers, options.latency_budget,
-            lambda subset: check_plan(model, subset, base_onnx, options, work, size, next(attempts)), say)
+            (chooser or (lambda costs: choose(costs, scores, options.latency_budget)))(cost_of), layers,
+            options.latency_budget, lambda subset: check_plan(model, subset, base_onnx, options, work, size,
+                                                              next(attempts)), say, chooser)
         if not chosen and checks:
             last = checks[-1]
             bound = max(median_interval(rounds)[1] for rounds in last["rounds"].values())
@@ -393,7 +421,12 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
         plan = LatencyPlan(name, options.backend, size, options.batches, options.threads, options.latency_budget,
                            score_kind, base_ms, list(layers.values()), chosen,
                            {b: 1.0 + sum(layers[n]["cost_by_batch"][b] for n in chosen) for b in base_ms},
-                           checks[-1]["measured"] if checks else {}, checks, precision=options.precision)
+                           checks[-1]["measured"] if checks else {}, checks, precision=options.precision,
+                           train_primary=options.train_primary,
+                           training=None if steps is None else {
+                               "base_step_ms": 1000 * steps.base_s, "primary_gain_share": gains.primary / (
+                                   gains.primary + sum(gains.layers.values())),
+                               "batch_size": options.score_batch_size})
     plan.seconds = time.perf_counter() - started
     store(cache, "plans", key, plan.to_dict())
     return plan
@@ -422,12 +455,18 @@ def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Prog
 
 
 def plan_for_training(config: Any, options: PlanOptions, progress: Progress | None = None) -> LatencyPlan:
-    """The plan `qdeploy train --latency-budget` trains: the run's model, data, image size and adapter shape."""
+    """The plan `qdeploy train --latency-budget` trains: the run's model, data, image size and adapter shape.
+
+    A run that trains the primary within a time budget (`--train-primary --max-minutes`) gets the
+    trained-primary choice: there a term's step cost is fine-tuning steps lost. A run bounded by
+    epochs takes the same steps whatever the terms cost, and keeps the score knapsack.
+    """
     from qdeploy.data.splits import default_image_size
     from qdeploy.training.model_setup import load_source
 
     model = load_source(config)
     size = config.image_size or default_image_size(config.data, model)
     options = replace(options, data=config.data, input_size=(size, size), rank=config.rank,
-                      depthwise_rank=config.depthwise_rank, dilation=config.dilation, seed=config.seed)
+                      depthwise_rank=config.depthwise_rank, dilation=config.dilation, seed=config.seed,
+                      train_primary=config.train_primary and config.max_minutes is not None)
     return plan_model(model, options, config.model, progress)
