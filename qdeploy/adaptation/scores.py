@@ -12,7 +12,9 @@ size (lr * sign(g)), so to first order the loss falls by lr * ||g||_1 summed ove
 zero factor. That is additive over layers (what a knapsack needs), comparable between layers
 of any scale, and grows with the parameters a layer adds only as far as they have gradient.
 Scores are reported as shares (they sum to 1). Without data the score falls back to each
-layer's added parameters (also as shares).
+layer's added parameters (also as shares). The same norm over the other trainable weights is the
+primary's gain: what a trained primary lowers in that step, against which a term must pay when
+both share a fixed training time (knapsack.choose_rate).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ the pixel values. What a term adds is timed on the term alone (its forward and b
 gradient included, on the input the layer sees in that batch): a whole step with one term differs
 from the base by less than two steps of the same model differ on a shared 2-core machine
 (one step of Lite0 at 64 px: 0.64 s, its terms add 25-230 ms, single steps spread +-50 ms), while
-the term alone repeats to a few ms. The term's optimizer update (its few parameters) is left out.
+the term alone repeats closer (in one process, two runs agreed within 5 ms for 15 of 16 layers;
+another process, after ONNX Runtime sessions, read the late layers up to 2x dearer). The term's
+optimizer update (its few parameters) is left out.
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ from torch import nn
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms
 from qdeploy.layers import QuadConfig
 
-STEP_ROUNDS = 5  # timed base steps (after one untimed warm-up step)
-TERM_REPEATS = 5  # timed forward + backward passes of each term alone
+STEP_ROUNDS = 5  # timed turns of the base step and every term (after one untimed warm-up turn)
 
 
 @dataclass(frozen=True)
@@ -65,41 +66,38 @@ def training_step_costs(model: nn.Module, candidates: Sequence[str], quad: QuadC
                         size: tuple[int, int], seed: int = 0, rounds: int = STEP_ROUNDS,
                         progress: Callable[[str], None] | None = None) -> StepCosts:
     """Median seconds of a trained-primary step of `model` (left unchanged) and of each candidate
-    layer's term (forward + backward on the layer's input in that step)."""
-    step = _stepper(copy.deepcopy(model), batch_size, size, seed)
-    if progress:
-        progress(f"timing a training step ({rounds} + 1 steps)")
-    step()  # warm-up: allocations, first-call paths
-    base = _median_seconds(step, rounds)
+    layer's term (forward + backward on the layer's input in that step), timed in `rounds` turns
+    in which the base step and every term run once each: a slow phase of the machine hits them all."""
     adapted, _ = adapt(copy.deepcopy(model), list(candidates), config=quad, freeze=False, count_model_flops=False)
     randomize_quadratic_terms(adapted)  # zero factors take the same time; random ones keep the values finite
+    layers = quadratic_layers(adapted)
     inputs: dict[str, torch.Tensor] = {}
     hooks = [layer.register_forward_pre_hook(lambda module, args, name=name: inputs.__setitem__(name, args[0]))
-             for name, layer in quadratic_layers(adapted).items()]
+             for name, layer in layers.items()]
     with torch.no_grad():
         adapted.train()(torch.randn(batch_size, 3, *size, generator=torch.Generator().manual_seed(seed)))
     for hook in hooks:
         hook.remove()
-    layers = quadratic_layers(adapted)
-    added = {}
-    for index, name in enumerate(candidates):
+    runs: dict[str | None, Callable[[], None]] = {None: _stepper(copy.deepcopy(model), batch_size, size, seed)}
+    runs.update({name: _term_step(layers[name].quad, inputs[name]) for name in candidates})
+    times: dict[str | None, list[float]] = {name: [] for name in runs}
+    for round_index in range(rounds + 1):  # round 0 warms up: allocations, first-call paths
         if progress:
-            progress(f"timing the quadratic terms' training cost ({index + 1}/{len(candidates)})")
-        term, x = layers[name].quad, inputs[name].detach().requires_grad_(True)
-
-        def term_step() -> None:
-            out = term(x)
-            out.backward(torch.ones_like(out))
-
-        term_step()
-        added[name] = _median_seconds(term_step, TERM_REPEATS)
-    return StepCosts(base, added)
+            progress(f"timing a training step and each term alone, round {round_index}/{rounds}")
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            if round_index:
+                times[name].append(time.perf_counter() - started)
+    return StepCosts(statistics.median(times[None]), {name: statistics.median(times[name]) for name in candidates})
 
 
-def _median_seconds(run: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def _term_step(term: nn.Module, layer_input: torch.Tensor) -> Callable[[], None]:
+    """Forward and backward of one quadratic term on its layer's input (input gradient included)."""
+    x = layer_input.detach().requires_grad_(True)
+
+    def step() -> None:
+        out = term(x)
+        out.backward(torch.ones_like(out))
+
+    return step
