@@ -39,28 +39,31 @@ def test_knapsack_prefers_two_cheap_layers_to_one_dear_one() -> None:
         choose(costs, scores, 0.95)
 
 
-def test_knapsack_matches_brute_force_and_never_exceeds_the_slack() -> None:
-    rng = random.Random(0)
+def _instances(seed: int, layers: int):
+    """30 random (names, costs, values, budget, fitting subsets) cases; a subset fits with the grid's round-ups."""
+    rng = random.Random(seed)
     for _ in range(30):
-        names = [f"l{i}" for i in range(8)]
+        names = [f"l{i}" for i in range(layers)]
         costs = {n: rng.uniform(0.001, 0.08) for n in names}
-        scores = {n: rng.uniform(0.0, 1.0) for n in names}
+        values = {n: rng.uniform(0.0, 1.0) for n in names}
         budget = 1 + rng.uniform(0.02, 0.2)
+        fits = [subset for k in range(layers + 1) for subset in itertools.combinations(names, k)
+                if sum(costs[n] for n in subset) <= (budget - 1) * (1 - layers / 2000)]
+        yield rng, costs, values, budget, fits
+
+
+def test_knapsack_matches_brute_force_and_never_exceeds_the_slack() -> None:
+    for _, costs, scores, budget, fits in _instances(0, 8):
         chosen = choose(costs, scores, budget)
         assert sum(costs[n] for n in chosen) <= budget - 1 + 1e-12
-        best = max(sum(scores[n] for n in subset) for k in range(9) for subset in itertools.combinations(names, k)
-                   if sum(costs[n] for n in subset) <= (budget - 1) * (1 - 8 / 2000))  # grid: 8 round-ups
+        best = max(sum(scores[n] for n in subset) for subset in fits)
         assert sum(scores[n] for n in chosen) >= best - 1e-12
 
 
 def test_choose_rate_maximises_gain_per_step_second_like_brute_force() -> None:
-    rng = random.Random(1)
-    for _ in range(30):
-        names = [f"l{i}" for i in range(7)]
-        costs = {n: rng.uniform(0.001, 0.08) for n in names}
-        gains = {n: rng.uniform(0.0, 1.0) for n in names}
-        steps = {n: rng.uniform(0.01, 0.3) for n in names}
-        base_gain, base_step, budget = rng.uniform(0.0, 3.0), rng.uniform(0.2, 1.0), 1 + rng.uniform(0.02, 0.2)
+    for rng, costs, gains, budget, fits in _instances(1, 7):
+        steps = {n: rng.uniform(0.01, 0.3) for n in costs}
+        base_gain, base_step = rng.uniform(0.0, 3.0), rng.uniform(0.2, 1.0)
 
         def rate(subset) -> float:
             return (base_gain + sum(gains[n] for n in subset)) / (base_step + sum(steps[n] for n in subset))
@@ -70,9 +73,7 @@ def test_choose_rate_maximises_gain_per_step_second_like_brute_force() -> None:
             assert chosen == []  # nothing fits (the plan says so before it chooses)
             continue
         assert chosen and sum(costs[n] for n in chosen) <= budget - 1 + 1e-12
-        fits = [subset for k in range(1, 8) for subset in itertools.combinations(names, k)
-                if sum(costs[n] for n in subset) <= (budget - 1) * (1 - 7 / 2000)]  # grid: 7 round-ups
-        assert rate(chosen) >= max(map(rate, fits)) - 1e-9
+        assert rate(chosen) >= max(rate(subset) for subset in fits if subset) - 1e-9
 
 
 def test_choose_rate_takes_the_layer_that_lowers_the_rate_least_when_none_raises_it() -> None:
