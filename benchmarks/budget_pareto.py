@@ -70,7 +70,8 @@ from qdeploy.models.sources import BUILTIN_DEFAULT, load_base_model  # noqa: E40
 from qdeploy.training import TrainConfig  # noqa: E402
 from qdeploy.training.data import build_data  # noqa: E402
 from qdeploy.training.model_setup import fit_head  # noqa: E402
-from qdeploy.workflows.latency_plan import PlanOptions, check_plan, in_precision, plan_model  # noqa: E402
+from qdeploy.workflows.latency_plan import (PLAN_PRECISIONS, PlanOptions, check_plan, in_precision,  # noqa: E402
+                                            plan_model)
 
 RESULTS = Path(__file__).parent / "results" / "budget_pareto.json"
 PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset(32, 32, 0.2, 25, 1, 2000)}
@@ -118,12 +119,9 @@ def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: li
 
 
 def measure_sets(model: torch.nn.Module, sets: dict[str, list[str]], options: PlanOptions, size: tuple[int, int],
-                 console: Console, measured: dict[tuple[str, ...], dict[str, float]] | None = None
-                 ) -> dict[str, dict[str, float]]:
-    """Measured adapted/base p50 per batch of every set, apart from the plans (one base file for all); a set
-    already in `measured` (updated) is not timed again."""
-    measured = {} if measured is None else measured
-    measured.setdefault((), {str(b): 1.0 for b in options.batches})
+                 console: Console) -> dict[str, dict[str, float]]:
+    """Measured adapted/base p50 per batch of every set, apart from the plans (one base file for all)."""
+    measured: dict[tuple[str, ...], dict[str, float]] = {(): {str(b): 1.0 for b in options.batches}}
     with tempfile.TemporaryDirectory(prefix="budget-pareto-") as tmp:
         base = in_precision(export_plain_onnx(model, Path(tmp) / "base.onnx", (3, *size)), options.precision, size)
         for index, (name, layers) in enumerate(sets.items()):
@@ -184,12 +182,10 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
     reference = min(reachable, key=lambda budget: abs(budget - args.goal_budget))  # the goal's budget, if reachable
     first = plans[args.primary[0]][reference]
     candidates = [layer["name"] for layer in first.layers]
-    measured: dict[tuple[str, ...], dict[str, float]] = {}
-    sets, latency = {}, {}
-    for primary in args.primary:
-        sets[primary] = layer_sets(plans[primary], candidates, list(_defaults(model, candidates)), reference,
-                                   args.random, args.seed)
-        latency[primary] = measure_sets(model, sets[primary], options, size, console, measured)
+    sets = {primary: layer_sets(plans[primary], candidates, list(_defaults(model, candidates)), reference,
+                                args.random, args.seed) for primary in args.primary}
+    timed_sets = measure_sets(model, {f"{primary}: {name}": layers for primary in args.primary
+                                      for name, layers in sets[primary].items()}, options, size, console)
     folder = args.runs / Path(data.replace(":", "_")).name
     configs: dict[tuple[str, str], Config] = {("finetune", "-"): ("finetune", None), ("lora", "-"): ("lora", None)}
     configs.update({(name, primary): (PRIMARY_MODES[primary], tuple(layers))
@@ -206,7 +202,7 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
             console.rule(f"{data}: {name}, primary {primary}, seed {seeded.seed} ({steps} steps of {timed:.2f} s)")
             run = runs / (mode if primary == "-" else Path(primary) / name.replace(" ", "-"))
             summary = run_mode(mode, data, preset, run, seeded, targets=targets, steps=steps)
-            ratio = {str(b): 1.0 for b in args.batches} if primary == "-" else latency[primary][name]
+            ratio = {str(b): 1.0 for b in args.batches} if primary == "-" else timed_sets[f"{primary}: {name}"]
             rows.append(_row(name, primary, list(targets or ()), summary, ratio, seeded.seed, timed))
     return {"data": data, "preset": asdict(preset), "image_size": preset.image_size, "reference_budget": reference,
             "plans": {primary: {f"{b:.2f}": plan.to_dict() for b, plan in by_budget.items()}
@@ -406,7 +402,7 @@ def main() -> None:
     parser.add_argument("--goal-budget", type=float, default=None,
                         help="--goals: the budget timed; else the reference budget of the goals and of last-k / random, "
                              "the reachable one nearest to it [1.10; --quick: 1.5]")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+    parser.add_argument("--precision", default="fp32", choices=list(PLAN_PRECISIONS),
                         help="--goals: plan and time the files in this precision (int8: adapted int8 vs base int8)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 224])
     parser.add_argument("--goal-threads", nargs="+", type=int, default=[1, 2])

@@ -272,6 +272,10 @@ def test_a_trained_primary_plan_chooses_by_gain_per_training_step_second(tmp_pat
                            0.5, 1.5)
     assert plan["checks"][0]["chosen"] == expected and "blocks.5.0.conv_dw" not in expected
     assert "gain per training-step second" in plan["score"] and "train step" in result.output
+    (tmp_path / "plan.json").unlink()
+    no_data = _plan(tmp_path, "--latency-budget", "1.5", "--train-primary")
+    assert no_data.exit_code != 0 and "--train-primary weighs" in no_data.output and "pass --data" in no_data.output
+    assert not (tmp_path / "plan.json").exists()
     frozen = _plan(tmp_path, *args)  # the same plan for a frozen primary: by score alone, no step timing
     assert frozen.exit_code == 0 and "train_step_ms" not in json.loads((tmp_path / "plan.json").read_text())["layers"][0]
 

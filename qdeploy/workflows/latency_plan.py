@@ -311,8 +311,8 @@ def tighten(chosen: list[str], layers: dict[str, dict[str, Any]], budget: float,
     per-node dispatch: one layer predicted 1.023x measured 1.10x; measured here = the bound): the
     knapsack is solved again with every cost scaled by that factor (the largest seen so far),
     which can swap one dear layer for cheaper ones instead of keeping it to the end (`rechoose`
-    solves it from scaled costs; default: the score knapsack). A set already tried, or more than MAX_RECHOICES re-solves, falls back to dropping the layer with the lowest
-    score per cost.
+    solves it from scaled costs; default: the score knapsack). A set already tried, or more than
+    MAX_RECHOICES re-solves, falls back to dropping the layer with the lowest score per cost.
     """
     scores = {name: layer["score"] for name, layer in layers.items()}
     rechoose = rechoose or (lambda costs: choose(costs, scores, budget))
@@ -401,17 +401,15 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
             raise QDeployError(f"latency budget {options.latency_budget:.2f}x is unreachable: the cheapest layer, "
                                f"{low_name}, alone costs {1 + low_cost:.3f}x at {size[0]}x{size[1]} px; raise "
                                "--latency-budget or pick other --candidates")
-        if steps is None:
-            chooser = None
-        else:
-            def chooser(costs: dict[str, float]) -> list[str]:
-                return choose_rate(costs, gains.layers, steps.added_s, gains.primary, steps.base_s,
-                                   options.latency_budget)
+        def chooser(costs: dict[str, float]) -> list[str]:  # the first choice and tighten's re-solves
+            if steps is None:
+                return choose(costs, scores, options.latency_budget)
+            return choose_rate(costs, gains.layers, steps.added_s, gains.primary, steps.base_s, options.latency_budget)
+
         attempts = itertools.count()
         chosen, checks = tighten(
-            (chooser or (lambda costs: choose(costs, scores, options.latency_budget)))(cost_of), layers,
-            options.latency_budget, lambda subset: check_plan(model, subset, base_onnx, options, work, size,
-                                                              next(attempts)), say, chooser)
+            chooser(cost_of), layers, options.latency_budget,
+            lambda subset: check_plan(model, subset, base_onnx, options, work, size, next(attempts)), say, chooser)
         if not chosen and checks:
             last = checks[-1]
             bound = max(median_interval(rounds)[1] for rounds in last["rounds"].values())
@@ -447,6 +445,9 @@ def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Prog
     check_budget(options.latency_budget)
     check_backend(options.backend)
     check_precision(options.precision)
+    if options.train_primary and options.data is None:
+        raise QDeployError("--train-primary weighs each layer's zero-start gain on data against its training-step "
+                           "time; pass --data (e.g. --data digits-shift)")
     if options.data is not None and size[0] != size[1]:
         raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
     scorer = data_scorer(model, options.data, size[0], options.score_batches, options.score_batch_size,
