@@ -4,8 +4,8 @@ Per dataset, at equal training time per run (`--minutes`, adapter_comparison.run
 
     finetune, lora        the first-order baselines (latency: the base model; LoRA merges into it)
     all                   the family's default layers (EfficientNet-Lite0: all 16 depthwise convs)
-    budget X              the layers `qdeploy plan --latency-budget X --data D [--train-primary]` chooses
-                          (1.05/1.10/1.20), planned for each primary mode
+    budget X              the layers `qdeploy plan --latency-budget X --data D [--train-primary] [--trials N]`
+                          chooses (1.05/1.10/1.20), planned for each primary mode
     last-k                the last candidates, as many as the reference budget's profiled costs fit (the
                           reference: the reachable budget nearest to `--goal-budget`, 1.10)
     random i              random candidates, as many as fit the same (seeded, `--random` distinct ones, none
@@ -170,7 +170,7 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
     fit_head(model, len(build_data(TrainConfig(data=data, image_size=preset.image_size), model).classes))
     options = PlanOptions(input_size=size, batches=tuple(args.batches), threads=args.latency_threads, data=data,
                           candidates=_candidates(args, model), seed=args.seed, cache=args.runs / "plan_cache.json",
-                          **(QUICK_PLAN if args.quick else {}))
+                          trials=args.trials, **(QUICK_PLAN if args.quick else {}))
     plans, unreachable = {}, {}
     for primary in args.primary:
         plans[primary], missed = plan_budgets(model, replace(options, train_primary=primary == "trained"),
@@ -376,7 +376,7 @@ def latency_goals(args: argparse.Namespace, console: Console) -> list[dict]:
 
 # --quick: every stage, at sizes that take seconds (two candidate layers, short timings).
 QUICK_PLAN = {"profile_runs": 2, "profile_repeats": 1, "check_seconds": 0.1, "check_rounds": 1, "score_batches": 1,
-              "score_batch_size": 8, "head_probe_steps": 5}
+              "score_batch_size": 8, "head_probe_steps": 5, "trial_steps": 2}
 
 
 def main() -> None:
@@ -384,6 +384,8 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=[BUILTIN_DATA, FASHION_MNIST])
     parser.add_argument("--budgets", nargs="+", type=float, default=[1.05, 1.10, 1.20])
     parser.add_argument("--random", type=int, default=3, help="distinct random subsets at the reference budget's cost")
+    parser.add_argument("--trials", type=int, default=0,
+                        help="plans train their N best proposed sets briefly and keep the best (`qdeploy plan --trials`)")
     parser.add_argument("--primary", nargs="+", default=list(PRIMARY_MODES), choices=list(PRIMARY_MODES))
     parser.add_argument("--candidates", nargs="*", default=None, help="plan candidate globs [the family's defaults]")
     parser.add_argument("--all-candidates", action="store_true", help="plan over every layer the adapter can wrap")

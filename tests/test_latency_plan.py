@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from qdeploy.adaptation import adapt
-from qdeploy.adaptation.knapsack import choose, choose_rate
+from qdeploy.adaptation.knapsack import choose, choose_rate, merged_proposals, proposals
 from qdeploy.adaptation.scores import first_step_gains, gradient_scores, param_scores
 from qdeploy.adaptation.targets import candidate_layers, default_targets, resolve_targets
 from qdeploy.cli import main
@@ -278,6 +278,78 @@ def test_a_trained_primary_plan_chooses_by_gain_per_training_step_second(tmp_pat
     assert not (tmp_path / "plan.json").exists()
     frozen = _plan(tmp_path, *args)  # the same plan for a frozen primary: by score alone, no step timing
     assert frozen.exit_code == 0 and "train_step_ms" not in json.loads((tmp_path / "plan.json").read_text())["layers"][0]
+
+
+def test_proposals_are_distinct_fitting_sets_from_the_best_then_with_its_layers_left_out() -> None:
+    alternatives = 0
+    for _, costs, scores, budget, fits in _instances(2, 7):
+        solver = lambda c: choose(c, scores, budget)  # noqa: E731
+        found = proposals(solver, costs, 4)
+        assert found[0] == solver(costs) and len(found) <= 4
+        assert len({tuple(s) for s in found}) == len(found)
+        assert all(sum(costs[n] for n in s) <= budget - 1 + 1e-12 for s in found)
+        left_out = found[0][0]  # the second proposal: the best set without the best's first layer
+        best_without = max(sum(scores[n] for n in subset) for subset in fits if left_out not in subset)
+        if best_without > 0:
+            alternatives += 1
+            assert left_out not in found[1] and sum(scores[n] for n in found[1]) >= best_without - 1e-12
+    assert alternatives >= 25  # most instances have one
+    costs, scores = {"a": 0.05, "b": 0.05, "c": 0.05}, {"a": 3.0, "b": 2.0, "c": 1.0}
+    by_score = lambda c: choose(c, scores, 1.10)  # noqa: E731
+    cheapest_one = lambda c: [min(c, key=scores.__getitem__)]  # noqa: E731
+    assert proposals(by_score, costs, 3) == [["a", "b"], ["b", "c"], ["a", "c"]]
+    assert merged_proposals([cheapest_one, by_score], costs, 3) == [["c"], ["a", "b"], ["b"]]  # in turns
+
+
+def test_a_plan_with_trials_checks_the_best_tried_set_and_falls_back_in_trial_order(tmp_path, monkeypatch) -> None:
+    import qdeploy.workflows.latency_plan as latency_plan
+    from qdeploy.training.set_trials import TrialRound
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tried = []
+
+    def trials(model, data, size, quad, train_primary, batch_size, seed):  # ranks the proposals last first
+        def run(sets, first_steps):
+            tried.append((list(map(list, sets)), first_steps, train_primary))
+            order = list(reversed(range(len(sets))))
+            return order, [TrialRound(first_steps, {i: 1.0 + i for i in order}, {i: 0.5 for i in order})]
+        return run
+
+    monkeypatch.setattr(latency_plan, "set_trials", trials)
+    monkeypatch.setattr(latency_plan, "export_plain_onnx", lambda model, path, size: path)
+    checked = []
+
+    def check(model, chosen, *args):  # the first set checked is over budget, every other one within
+        checked.append(list(chosen))
+        ratio = 1.125 if len(checked) == 1 else 1.01
+        return {"ratio": {"1": ratio}, "rounds": {"1": [ratio] * 5}}
+
+    monkeypatch.setattr(latency_plan, "check_plan", check)
+
+    def profiled(model, candidates, base_onnx, options, work, size):  # sets of 2-4 layers fit the slack
+        dear = ("blocks.5.3.conv_dw", "blocks.6.0.conv_dw")
+        costs = {name: {"1": 0.05 if name in dear else 0.02} for name in candidates}
+        return {"1": 1.0}, costs, {name: {"1": cost["1"]} for name, cost in costs.items()}
+
+    monkeypatch.setattr(latency_plan, "measure_costs", profiled)
+    result = _plan(tmp_path, "--latency-budget", "1.12", "--data", "digits-shift", "--trials", "4",
+                   "--candidates", "blocks.5.*.conv_dw", "--candidates", "blocks.6.*.conv_dw")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    sets, first_steps, primary = tried[0]
+    assert len(sets) == 4 and first_steps == PlanOptions().trial_steps and not primary
+    assert plan["trials"]["sets"] == sets and plan["trials"]["ranking"] == [3, 2, 1, 0]
+    layers = {layer["name"]: layer for layer in plan["layers"]}
+    assert sets[0] == choose({n: layer["cost"] for n, layer in layers.items()},
+                             {n: layer["score"] for n, layer in layers.items()}, 1.12)  # the objective's best
+    assert checked[0] == sets[3]  # the trials' winner is checked first
+    inflation = plan["checks"][0]["rechosen_with_costs_x"]
+    fitting = [s for s in (sets[i] for i in (3, 2, 1, 0))
+               if sum(layers[n]["cost"] * inflation for n in s) <= 0.12 + 1e-12]
+    assert fitting and plan["chosen"] == checked[1] == fitting[0]  # then the best-ranked set that fits the measured costs
+    assert "trials: 4 proposed sets" in result.output
+    no_data = _plan(tmp_path, "--latency-budget", "1.12", "--trials", "4")
+    assert no_data.exit_code != 0 and "--trials trains" in no_data.output and "pass --data" in no_data.output
 
 
 def test_train_plans_for_a_trained_primary_only_under_a_time_budget(monkeypatch) -> None:

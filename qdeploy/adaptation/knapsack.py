@@ -13,8 +13,9 @@ instead (a fractional objective, solved by Dinkelbach's iteration over the same 
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 from qdeploy.errors import QDeployError
 
@@ -92,3 +93,36 @@ def cheapest(costs: Mapping[str, float]) -> tuple[str, float]:
     """(name, cost) of the cheapest layer: what an unreachable budget's error reports."""
     name = min(costs, key=costs.__getitem__)
     return name, costs[name]
+
+
+Solver = Callable[[Mapping[str, float]], list[str]]  # costs (a subset of the candidates) -> the set it chooses
+
+
+def proposals(solver: Solver, costs: Mapping[str, float], count: int) -> list[list[str]]:
+    """Up to `count` distinct sets `solver` chooses: its best, then (breadth first) its choice with each
+    layer of an earlier proposal left out in turn, and so on (Lawler's branching, without forced
+    layers): good alternatives that differ from the best by a layer or two, for trials to decide.
+    """
+    first = solver(costs)
+    found, queue = ([first], [(first, frozenset())]) if first else ([], [])
+    while queue and len(found) < count:
+        chosen, excluded = queue.pop(0)
+        for name in chosen:
+            left_out = excluded | {name}
+            again = solver({n: c for n, c in costs.items() if n not in left_out})
+            if again and again not in found:
+                found.append(again)
+                queue.append((again, left_out))
+                if len(found) == count:
+                    break
+    return found
+
+
+def merged_proposals(solvers: Sequence[Solver], costs: Mapping[str, float], count: int) -> list[list[str]]:
+    """Up to `count` distinct sets taken in turn from each solver's proposals (the first solver's best first)."""
+    lists = [proposals(solver, costs, count) for solver in solvers]
+    merged: list[list[str]] = []
+    for layer_set in itertools.chain.from_iterable(itertools.zip_longest(*lists)):
+        if layer_set is not None and layer_set not in merged:
+            merged.append(layer_set)
+    return merged[:count]

@@ -50,6 +50,8 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
                       f"(batch {plan.training['batch_size']}); the primary holds "
                       f"{100 * plan.training['primary_gain_share']:.1f}% of the first step's gain, so a term pays "
                       "only where its gain per added ms beats the whole step's")
+    if plan.trials:
+        print_trials(plan.trials, plan.chosen, console)
     for check in plan.checks[:-1]:  # the failed checks: what each changed
         worst = max(check["measured"].values())
         spread = ", ".join(f"b{batch} {min(r):.2f}-{max(r):.2f}x" for batch, r in check.get("rounds", {}).items())
@@ -57,6 +59,24 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
                   f"chose again with costs x{check['rechosen_with_costs_x']:.2f}")
         console.print(f"check with {check['layers']} layers measured {worst:.3f}x"
                       + (f" (rounds: {spread})" if spread else "") + f": {change}")
+
+
+def print_trials(trials: dict, chosen: list[str], console: Console) -> None:
+    """The proposed sets in trial-rank order: held-out loss (accuracy) per round of successive halving."""
+    rounds = trials["rounds"]
+    table = Table(title=f"trials: {len(trials['sets'])} proposed sets, successive halving from "
+                        f"{trials['first_steps']} steps (held-out training images)")
+    table.add_column("rank", justify="right")
+    table.add_column("layers", overflow="fold")
+    for round_ in rounds:
+        table.add_column(f"{round_['steps']} steps", justify="right", no_wrap=True)
+    table.add_column("in", justify="right")
+    for rank, index in enumerate(trials["ranking"], 1):
+        layers = trials["sets"][index]
+        cells = [f"{r['loss'][str(index)]:.3f} ({100 * r['accuracy'][str(index)]:.1f}%)" if str(index) in r["loss"]
+                 else "" for r in rounds]
+        table.add_row(str(rank), ", ".join(layers), *cells, "yes" if layers == chosen else "")
+    print_table(console, table)
 
 
 def load_plan_model(model: str):
@@ -88,6 +108,10 @@ def load_plan_model(model: str):
 @click.option("--train-primary", is_flag=True, help="Plan for a run that trains the pretrained weights too, for a "
               "fixed time (`qdeploy train --train-primary --max-minutes M`): with --data, terms are chosen by loss "
               "decrease per second of a training step, since the primary learns in every step a term makes dearer.")
+@click.option("--trials", type=click.IntRange(0), default=DEFAULT.trials, show_default=True,
+              help="With --data: train the N best proposed layer sets briefly (successive halving from "
+                   f"{DEFAULT.trial_steps} steps, judged on held-out training images) and keep the best that fits; "
+                   "0: the objective's best set, untried.")
 @click.option("--candidates", multiple=True, help="Module-name glob of a candidate layer, repeatable. "
               "[default: every Conv2d/Linear the adapter can wrap, head and patch embedding left out]")
 @click.option("--out", type=click.Path(path_type=Path), default=Path(PLAN_FILE), show_default=True,
@@ -96,14 +120,14 @@ def load_plan_model(model: str):
               help="Re-use a plan measured before with the same model, settings and machine.")
 def plan(model: str, latency_budget: float, backend: str, precision: str, input_size: int | None, batches: str,
          threads: int,
-         data: str | None, train_primary: bool, candidates: tuple[str, ...], out: Path, cache: bool) -> None:
+         data: str | None, train_primary: bool, trials: int, candidates: tuple[str, ...], out: Path, cache: bool) -> None:
     """Choose where MODEL's quadratic terms go so it stays within a latency budget, by measurement."""
     from dataclasses import replace
 
     from qdeploy.workflows.latency_plan import plan_model
 
     options = replace(DEFAULT, latency_budget=latency_budget, backend=backend, precision=precision, threads=threads,
-                      data=data, train_primary=train_primary,
+                      data=data, train_primary=train_primary, trials=trials,
                       input_size=(input_size, input_size) if input_size else None, candidates=candidates or None,
                       batches=parse_ints(batches, "--batch", minimum=1), use_cache=cache)
     if out.suffix not in ("", ".json"):

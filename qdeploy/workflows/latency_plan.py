@@ -19,6 +19,10 @@
    close call), at every batch; until every batch is confidently within budget (`tighten`) the
    knapsack is solved again with measured costs, or the layer with the lowest score per cost
    is dropped, and the check repeats.
+With `trials` (and data), step 3 proposes the objective's best few sets instead of one
+(knapsack.merged_proposals; a trained-primary plan takes turns between the rate's and the
+score's) and short training runs decide between them (training/set_trials.py, successive
+halving on held-out training images); the check then takes the best-ranked set that fits.
 
 Plans are cached per model weights, candidates, settings and machine (like the tuned forms),
 so `qdeploy train --latency-budget` and the pipeline re-use a plan measured before.
@@ -41,7 +45,7 @@ from torch import nn
 
 from qdeploy import atomic
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms, resolve_targets
-from qdeploy.adaptation.knapsack import check_budget, cheapest, choose, choose_rate
+from qdeploy.adaptation.knapsack import check_budget, cheapest, choose, choose_rate, merged_proposals
 from qdeploy.adaptation.scores import FirstStepGains, param_scores
 from qdeploy.adaptation.targets import candidate_layers
 from qdeploy.errors import QDeployError
@@ -52,14 +56,18 @@ from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark
 from qdeploy.runtime.profile import profile_onnx
 from qdeploy.timing import median_interval
 from qdeploy.training.layer_scores import data_scorer
+from qdeploy.training.set_trials import Ranking, set_trials
 from qdeploy.training.step_costs import training_step_costs
 from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, store
 
 PLAN_FILE = "plan.json"
-PLAN_FORMAT = "qdeploy-latency-plan/3"  # /2: checks[] name their set and what a failed one changed; /3: training
+PLAN_FORMAT = "qdeploy-latency-plan/4"  # /2: checks[] name their set and what a failed one changed; /3: training;
+# /4: trials
 SUPPORTED_BACKENDS = ("ort-cpu",)  # the profiler's per-node times come from ONNX Runtime's CPU provider
 PLAN_PRECISIONS = ("fp32", "int8")  # int8: base and adapted files timed as `qdeploy export --precision int8` quantizes
 Progress = Callable[[str], None]
+TrySets = Callable[[Sequence[Sequence[str]], int], Ranking]  # set_trials' runner: (sets, first steps) -> ranking
+Chooser = Callable[[dict[str, float]], list[str]]  # costs -> the chosen layers
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,9 @@ class PlanOptions:
     score_batches: int = 4
     score_batch_size: int = 32
     head_probe_steps: int = 100  # head-only steps on cached features before scoring (a new head is random)
+    trials: int = 0  # with data: the objective's best N sets train briefly and the best on held-out training
+    # images is chosen (successive halving, training/set_trials.py); 0 or 1: the objective's best set
+    trial_steps: int = 24  # steps of every set in the trials' first round; each later round doubles them
     profile_runs: int = 5  # profiled runs per repeat
     profile_repeats: int = 3  # base and adapted profiled in turns; the median counts
     check_seconds: float = 1.0  # timing per target and batch in each round of the measured check
@@ -118,6 +129,7 @@ class LatencyPlan:
     precision: str = "fp32"
     train_primary: bool = False  # planned for a run that trains the primary too (the choice weighs step time)
     training: dict[str, Any] | None = None  # trained primary: base step ms, the primary's share of the gain
+    trials: dict[str, Any] | None = None  # the sets tried, their ranking and every round's held-out loss
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, **asdict(self)}
@@ -343,11 +355,12 @@ def tighten(chosen: list[str], layers: dict[str, dict[str, Any]], budget: float,
 
 def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], name: str,
               score_data: Callable[[nn.Module], FirstStepGains] | None = None,
-              progress: Progress | None = None) -> LatencyPlan:
+              progress: Progress | None = None, try_sets: TrySets | None = None) -> LatencyPlan:
     """The plan for the unadapted `model` at `size` (H, W); `score_data` scores an all-candidates
     adapted copy (None: added parameters). With `options.train_primary` and data, the choice
     maximises the first-step gain per second of a training step (knapsack.choose_rate, step costs
-    timed by training/step_costs.py). Raises one line for bad input, before measuring."""
+    timed by training/step_costs.py). With `try_sets` and `options.trials` > 1, that many proposed
+    sets are trained briefly and ranked (`trials`). Raises one line for bad input, before measuring."""
     started = time.perf_counter()
     say = progress or (lambda text: None)
     slack = check_budget(options.latency_budget)
@@ -401,11 +414,18 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
             raise QDeployError(f"latency budget {options.latency_budget:.2f}x is unreachable: the cheapest layer, "
                                f"{low_name}, alone costs {1 + low_cost:.3f}x at {size[0]}x{size[1]} px; raise "
                                "--latency-budget or pick other --candidates")
+        def by_score(costs: dict[str, float]) -> list[str]:
+            return choose(costs, scores, options.latency_budget)
+
         def chooser(costs: dict[str, float]) -> list[str]:  # the first choice and tighten's re-solves
             if steps is None:
-                return choose(costs, scores, options.latency_budget)
+                return by_score(costs)
             return choose_rate(costs, gains.layers, steps.added_s, gains.primary, steps.base_s, options.latency_budget)
 
+        trials = None
+        if try_sets is not None and options.trials > 1:
+            chooser, trials = _tried_chooser(chooser, [chooser] if steps is None else [chooser, by_score], cost_of,
+                                             options, try_sets, say)
         attempts = itertools.count()
         chosen, checks = tighten(
             chooser(cost_of), layers, options.latency_budget,
@@ -424,10 +444,30 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
                            training=None if steps is None else {
                                "base_step_ms": 1000 * steps.base_s, "primary_gain_share": gains.primary / (
                                    gains.primary + sum(gains.layers.values())),
-                               "batch_size": options.score_batch_size})
+                               "batch_size": options.score_batch_size}, trials=trials)
     plan.seconds = time.perf_counter() - started
     store(cache, "plans", key, plan.to_dict())
     return plan
+
+
+def _tried_chooser(chooser: Chooser, solvers: list[Chooser], costs: dict[str, float], options: PlanOptions,
+                   try_sets: TrySets, say: Progress) -> tuple[Chooser, dict[str, Any]]:
+    """(a chooser that takes the best-ranked trained set fitting the costs it is given, else `chooser`'s
+    set; the trials' record for plan.json): `options.trials` sets proposed by `solvers`, trained briefly."""
+    pool = merged_proposals(solvers, costs, options.trials)
+    say(f"training {len(pool)} proposed layer sets briefly (successive halving from {options.trial_steps} steps)")
+    ranking, rounds = try_sets(pool, options.trial_steps)
+    ranked = [pool[index] for index in ranking]
+    slack = options.latency_budget - 1.0
+
+    def tried(scaled: dict[str, float]) -> list[str]:
+        fits = [layer_set for layer_set in ranked if sum(scaled[n] for n in layer_set) <= slack + 1e-12]
+        return fits[0] if fits else chooser(scaled)
+
+    record = {"first_steps": options.trial_steps, "sets": pool, "ranking": ranking,
+              "rounds": [{"steps": r.steps, "loss": {str(i): v for i, v in r.loss.items()},
+                          "accuracy": {str(i): v for i, v in r.accuracy.items()}} for r in rounds]}
+    return tried, record
 
 
 def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Progress | None = None) -> LatencyPlan:
@@ -448,11 +488,16 @@ def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Prog
     if options.train_primary and options.data is None:
         raise QDeployError("--train-primary weighs each layer's zero-start gain on data against its training-step "
                            "time; pass --data (e.g. --data digits-shift)")
+    if options.trials > 1 and options.data is None:
+        raise QDeployError(f"--trials trains the proposed layer sets briefly on data; pass --data (e.g. --data "
+                           f"digits-shift) or drop --trials")
     if options.data is not None and size[0] != size[1]:
         raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
     scorer = data_scorer(model, options.data, size[0], options.score_batches, options.score_batch_size,
                          options.head_probe_steps, options.seed) if options.data else None
-    return make_plan(model, options, size, name, scorer, progress)  # type: ignore[arg-type]
+    try_sets = set_trials(model, options.data, size[0], options.quad(), options.train_primary, options.score_batch_size,
+                          options.seed) if options.data and options.trials > 1 else None
+    return make_plan(model, options, size, name, scorer, progress, try_sets)  # type: ignore[arg-type]
 
 
 def plan_for_training(config: Any, options: PlanOptions, progress: Progress | None = None) -> LatencyPlan:
