@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from qdeploy.adaptation import adapt
-from qdeploy.adaptation.knapsack import choose, choose_rate, merged_proposals, proposals
+from qdeploy.adaptation.knapsack import choose, choose_most, choose_rate, merged_proposals, proposals
 from qdeploy.adaptation.scores import first_step_gains, gradient_scores, param_scores
 from qdeploy.adaptation.targets import candidate_layers, default_targets, resolve_targets
 from qdeploy.cli import main
@@ -301,6 +301,13 @@ def test_proposals_are_distinct_fitting_sets_from_the_best_then_with_its_layers_
     assert merged_proposals([cheapest_one, by_score], costs, 3) == [["c"], ["a", "b"], ["b"]]  # in turns
 
 
+def test_most_layers_takes_the_cheap_ones_the_score_knapsack_leaves_for_one_dear_layer() -> None:
+    costs, scores = {"a": 0.06, "b": 0.03, "c": 0.03, "d": 0.04}, {"a": 0.7, "b": 0.1, "c": 0.05, "d": 0.15}
+    assert choose(costs, scores, 1.10) == ["a", "d"]
+    assert choose_most(costs, scores, 1.10) == ["b", "c", "d"]
+    assert choose_most(costs, scores, 1.075) == ["b", "d"]  # two fit three ways: the higher score
+
+
 def test_a_plan_with_trials_checks_the_best_tried_set_and_falls_back_in_trial_order(tmp_path, monkeypatch) -> None:
     import qdeploy.workflows.latency_plan as latency_plan
     from qdeploy.training.set_trials import TrialRound
@@ -308,10 +315,11 @@ def test_a_plan_with_trials_checks_the_best_tried_set_and_falls_back_in_trial_or
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     tried = []
 
-    def trials(model, data, size, quad, train_primary, batch_size, seed):  # ranks the proposals last first
-        def run(sets, first_steps):
+    def trials(model, data, size, quad, train_primary, batch_size, seed):  # a fixed ranking of the 4 proposals
+        def run(sets, first_steps, pace):
             tried.append((list(map(list, sets)), first_steps, train_primary))
-            order = list(reversed(range(len(sets))))
+            assert pace is None  # equal steps with the primary frozen
+            order = [0, 2, 1, 3]
             return order, [TrialRound(first_steps, {i: 1.0 + i for i in order}, {i: 0.5 for i in order})]
         return run
 
@@ -321,14 +329,14 @@ def test_a_plan_with_trials_checks_the_best_tried_set_and_falls_back_in_trial_or
 
     def check(model, chosen, *args):  # the first set checked is over budget, every other one within
         checked.append(list(chosen))
-        ratio = 1.125 if len(checked) == 1 else 1.01
+        ratio = 1.121 if len(checked) == 1 else 1.01
         return {"ratio": {"1": ratio}, "rounds": {"1": [ratio] * 5}}
 
     monkeypatch.setattr(latency_plan, "check_plan", check)
 
     def profiled(model, candidates, base_onnx, options, work, size):  # sets of 2-4 layers fit the slack
         dear = ("blocks.5.3.conv_dw", "blocks.6.0.conv_dw")
-        costs = {name: {"1": 0.05 if name in dear else 0.02} for name in candidates}
+        costs = {name: {"1": 0.05 if name in dear else 0.01} for name in candidates}
         return {"1": 1.0}, costs, {name: {"1": cost["1"]} for name, cost in costs.items()}
 
     monkeypatch.setattr(latency_plan, "measure_costs", profiled)
@@ -338,15 +346,16 @@ def test_a_plan_with_trials_checks_the_best_tried_set_and_falls_back_in_trial_or
     plan = json.loads((tmp_path / "plan.json").read_text())
     sets, first_steps, primary = tried[0]
     assert len(sets) == 4 and first_steps == PlanOptions().trial_steps and not primary
-    assert plan["trials"]["sets"] == sets and plan["trials"]["ranking"] == [3, 2, 1, 0]
+    assert plan["trials"]["sets"] == sets and plan["trials"]["ranking"] == [0, 2, 1, 3]
     layers = {layer["name"]: layer for layer in plan["layers"]}
     assert sets[0] == choose({n: layer["cost"] for n, layer in layers.items()},
                              {n: layer["score"] for n, layer in layers.items()}, 1.12)  # the objective's best
-    assert checked[0] == sets[3]  # the trials' winner is checked first
+    assert checked[0] == sets[0]  # the trials' winner is checked first
     inflation = plan["checks"][0]["rechosen_with_costs_x"]
-    fitting = [s for s in (sets[i] for i in (3, 2, 1, 0))
+    fitting = [s for s in (sets[i] for i in (2, 1, 3))
                if sum(layers[n]["cost"] * inflation for n in s) <= 0.12 + 1e-12]
-    assert fitting and plan["chosen"] == checked[1] == fitting[0]  # then the best-ranked set that fits the measured costs
+    assert sets[2] not in fitting  # the runner-up costs as much as the failed set: skipped
+    assert fitting and plan["chosen"] == checked[1] == fitting[0]  # the best-ranked set that fits measured costs
     assert "trials: 4 proposed sets" in result.output
     no_data = _plan(tmp_path, "--latency-budget", "1.12", "--trials", "4")
     assert no_data.exit_code != 0 and "--trials trains" in no_data.output and "pass --data" in no_data.output

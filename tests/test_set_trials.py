@@ -40,6 +40,9 @@ def test_successive_halving_trains_the_better_half_on_and_ranks_by_how_long_a_se
     assert [t.steps for t in trials] == [3, 3, 12, 6, 12]  # the dropped ones stopped where they were dropped
     assert ranking == [4, 2, 3, 1, 0]
     assert rounds[2].accuracy[4] == pytest.approx(0.97)
+    paced = [ScriptedTrial({2: 1.0, 4: 0.5}), ScriptedTrial({4: 2.0})]
+    assert successive_halving(paced, 4, pace=[0.5, 1.0])[0] == [0, 1]  # a set half as fast trains half the steps
+    assert [t.steps for t in paced] == [2, 4]
     two = [ScriptedTrial({5: 1.0}), ScriptedTrial({5: 1.0})]
     assert successive_halving(two, 5)[0] == [0, 1]  # a tie goes to the earlier set, and two sets need one round
     assert [t.steps for t in two] == [5, 5]

@@ -9,6 +9,9 @@ grid of `resolution` steps of the slack, so a set the solver accepts never excee
 With the primary trained, every term competes with the pretrained weights for the same training
 time: `choose_rate` maximises the first-step loss decrease per second of a training step
 instead (a fractional objective, solved by Dinkelbach's iteration over the same knapsack).
+
+Both objectives are first-order models of what a term buys; `proposals` lists an objective's
+best few sets for short measured trials to decide between (training/set_trials.py).
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ def choose(costs: Mapping[str, float], scores: Mapping[str, float], budget: floa
                 best[capacity] = candidate
     chosen = set(best[resolution][2]) | set(free)
     return [n for n in names if n in chosen]
+
+
+def choose_most(costs: Mapping[str, float], scores: Mapping[str, float], budget: float) -> list[str]:
+    """The most layers whose costs fit `budget - 1`, ties by summed score: the last-k rule's reach with the
+    score's preference. The score knapsack can spend the whole slack on one dear early layer (a high
+    share, a high cost); measured, two cheap ones trained better (docs/hardware-aware.md), so trials
+    get this set to try too."""
+    total = sum(max(scores[n], 0.0) for n in costs) or 1.0
+    return choose(costs, {n: 1.0 + 0.5 * max(scores[n], 0.0) / total for n in costs}, budget)
 
 
 MAX_RATE_ITERATIONS = 20  # Dinkelbach's iteration ends in a few; a bound against float ties

@@ -7,7 +7,8 @@ steps: the trained-primary rate kept one layer where a second late layer added ~
 both modes' 1.10 plans trained 1.2-1.4 points under the best of three random sets of the same cost
 (docs/hardware-aware.md). So a plan with `trials` hands its best few sets to successive halving
 (Jamieson & Talwalkar, 2016): every set trains `first_steps` steps, the better half (by held-out
-loss) trains on to twice that, and so on until one is left.
+loss) trains on to twice that, and so on until one is left. With the primary trained the run has a
+fixed time, so each set trains the steps that fit the same time (its `pace`: base step / its step).
 
 The trials train as the run will (the plan's primary mode, AdamW at the trainer's defaults, the
 same batch size), on the training split less a held-out slice they are judged on: the val split
@@ -60,18 +61,20 @@ class TrialRound:
 Ranking = tuple[list[int], list[TrialRound]]  # indices of the sets, best first; every round
 
 
-def successive_halving(trials: Sequence[Trial], first_steps: int) -> Ranking:
+def successive_halving(trials: Sequence[Trial], first_steps: int, pace: Sequence[float] | None = None) -> Ranking:
     """(indices of `trials`, best first; every round) of successive halving: all train `first_steps`,
     the better half (lower held-out loss, ties to the earlier set) doubles its steps, until one is left
     (4 sets: 4 x first_steps, then 2 trained on to 2 x first_steps; 6 x first_steps in all).
 
     The ranking puts sets that lasted longer first, then by their last round's loss: a plan that
     falls back from the winner (its latency check failed) takes the runner-up of the last round.
+    `pace`: each set's steps per round step (a trained-primary run has a fixed time, so a set whose
+    step is dearer trains fewer: the base step over its own); None: equal steps.
     """
     alive, steps, rounds = list(range(len(trials))), first_steps, []
     while True:
         for index in alive:
-            trials[index].advance(steps)
+            trials[index].advance(max(1, round(steps * (pace[index] if pace else 1.0))))
         judged = {index: trials[index].judge() for index in alive}
         rounds.append(TrialRound(steps, {i: loss for i, (loss, _) in judged.items()},
                                  {i: acc for i, (_, acc) in judged.items()}))
@@ -130,8 +133,8 @@ class TrainingTrial:
 
 
 def set_trials(model: nn.Module, data: str, image_size: int, quad: QuadConfig, train_primary: bool,
-               batch_size: int, seed: int) -> Callable[[Sequence[Sequence[str]], int], Ranking]:
-    """The trial runner of a plan: (layer sets, first steps) -> successive_halving's (ranking, rounds).
+               batch_size: int, seed: int) -> Callable[..., Ranking]:
+    """The trial runner of a plan: (layer sets, first steps, pace) -> successive_halving's (ranking, rounds).
 
     `model` is the base with its head fitted to `data` (the scorer's probe): every trial copies it.
     """
@@ -146,8 +149,8 @@ def set_trials(model: nn.Module, data: str, image_size: int, quad: QuadConfig, t
             yield from DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
                                   generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
-    def run(sets: Sequence[Sequence[str]], first_steps: int) -> Ranking:
+    def run(sets: Sequence[Sequence[str]], first_steps: int, pace: Sequence[float] | None = None) -> Ranking:
         trials = [TrainingTrial(model, layers, config, quad, batches, judged) for layers in sets]
-        return successive_halving(trials, first_steps)
+        return successive_halving(trials, first_steps, pace)
 
     return run

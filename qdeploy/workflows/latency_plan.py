@@ -20,8 +20,8 @@
    knapsack is solved again with measured costs, or the layer with the lowest score per cost
    is dropped, and the check repeats.
 With `trials` (and data), step 3 proposes the objective's best few sets instead of one
-(knapsack.merged_proposals; a trained-primary plan takes turns between the rate's and the
-score's) and short training runs decide between them (training/set_trials.py, successive
+(knapsack.merged_proposals, in turns from the objective, the score knapsack where the objective
+is the rate, and the most layers that fit) and short training runs decide between them (training/set_trials.py, successive
 halving on held-out training images); the check then takes the best-ranked set that fits.
 
 Plans are cached per model weights, candidates, settings and machine (like the tuned forms),
@@ -45,7 +45,7 @@ from torch import nn
 
 from qdeploy import atomic
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms, resolve_targets
-from qdeploy.adaptation.knapsack import check_budget, cheapest, choose, choose_rate, merged_proposals
+from qdeploy.adaptation.knapsack import check_budget, cheapest, choose, choose_most, choose_rate, merged_proposals
 from qdeploy.adaptation.scores import FirstStepGains, param_scores
 from qdeploy.adaptation.targets import candidate_layers
 from qdeploy.errors import QDeployError
@@ -57,7 +57,7 @@ from qdeploy.runtime.profile import profile_onnx
 from qdeploy.timing import median_interval
 from qdeploy.training.layer_scores import data_scorer
 from qdeploy.training.set_trials import Ranking, set_trials
-from qdeploy.training.step_costs import training_step_costs
+from qdeploy.training.step_costs import StepCosts, training_step_costs
 from qdeploy.workflows.plan_cache import cache_key, cache_path, read_cache, store
 
 PLAN_FILE = "plan.json"
@@ -66,7 +66,7 @@ PLAN_FORMAT = "qdeploy-latency-plan/4"  # /2: checks[] name their set and what a
 SUPPORTED_BACKENDS = ("ort-cpu",)  # the profiler's per-node times come from ONNX Runtime's CPU provider
 PLAN_PRECISIONS = ("fp32", "int8")  # int8: base and adapted files timed as `qdeploy export --precision int8` quantizes
 Progress = Callable[[str], None]
-TrySets = Callable[[Sequence[Sequence[str]], int], Ranking]  # set_trials' runner: (sets, first steps) -> ranking
+TrySets = Callable[..., Ranking]  # set_trials' runner: (sets, first steps, pace) -> ranking
 Chooser = Callable[[dict[str, float]], list[str]]  # costs -> the chosen layers
 
 
@@ -422,10 +422,13 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
                 return by_score(costs)
             return choose_rate(costs, gains.layers, steps.added_s, gains.primary, steps.base_s, options.latency_budget)
 
+        def most(costs: dict[str, float]) -> list[str]:
+            return choose_most(costs, scores, options.latency_budget)
+
         trials = None
         if try_sets is not None and options.trials > 1:
-            chooser, trials = _tried_chooser(chooser, [chooser] if steps is None else [chooser, by_score], cost_of,
-                                             options, try_sets, say)
+            solvers = [chooser, most] if steps is None else [chooser, by_score, most]
+            chooser, trials = _tried_chooser(chooser, solvers, cost_of, options, try_sets, say, steps)
         attempts = itertools.count()
         chosen, checks = tighten(
             chooser(cost_of), layers, options.latency_budget,
@@ -451,12 +454,15 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
 
 
 def _tried_chooser(chooser: Chooser, solvers: list[Chooser], costs: dict[str, float], options: PlanOptions,
-                   try_sets: TrySets, say: Progress) -> tuple[Chooser, dict[str, Any]]:
+                   try_sets: TrySets, say: Progress, steps: StepCosts | None) -> tuple[Chooser, dict[str, Any]]:
     """(a chooser that takes the best-ranked trained set fitting the costs it is given, else `chooser`'s
-    set; the trials' record for plan.json): `options.trials` sets proposed by `solvers`, trained briefly."""
+    set; the trials' record for plan.json): `options.trials` sets proposed by `solvers`, trained briefly;
+    with step costs (a trained primary, a fixed time), each for the steps that fit the same time."""
     pool = merged_proposals(solvers, costs, options.trials)
+    pace = None if steps is None else [steps.base_s / (steps.base_s + sum(steps.added_s[n] for n in layer_set))
+                                       for layer_set in pool]
     say(f"training {len(pool)} proposed layer sets briefly (successive halving from {options.trial_steps} steps)")
-    ranking, rounds = try_sets(pool, options.trial_steps)
+    ranking, rounds = try_sets(pool, options.trial_steps, pace)
     ranked = [pool[index] for index in ranking]
     slack = options.latency_budget - 1.0
 
@@ -464,7 +470,7 @@ def _tried_chooser(chooser: Chooser, solvers: list[Chooser], costs: dict[str, fl
         fits = [layer_set for layer_set in ranked if sum(scaled[n] for n in layer_set) <= slack + 1e-12]
         return fits[0] if fits else chooser(scaled)
 
-    record = {"first_steps": options.trial_steps, "sets": pool, "ranking": ranking,
+    record = {"first_steps": options.trial_steps, "sets": pool, "pace": pace, "ranking": ranking,
               "rounds": [{"steps": r.steps, "loss": {str(i): v for i, v in r.loss.items()},
                           "accuracy": {str(i): v for i, v in r.accuracy.items()}} for r in rounds]}
     return tried, record
