@@ -67,13 +67,17 @@ def test_random_subsets_are_distinct_and_differ_from_the_budgets_choice() -> Non
     layer_sets = load_module("budget_pareto", ROOT / "benchmarks" / "budget_pareto.py").layer_sets
     names = [f"l{i}" for i in range(6)]
     costs = [0.04, 0.04, 0.08, 0.2, 0.2, 0.2]  # within the 0.10 slack: {l0}, {l1}, {l2}, {l0, l1}
-    plan = SimpleNamespace(layers=[{"name": n, "cost": c} for n, c in zip(names, costs)], chosen=["l0"])
+    plan = SimpleNamespace(layers=[{"name": n, "cost": c} for n, c in zip(names, costs)], chosen=["l0"], trials=None)
     sets = layer_sets({1.1: plan}, names, names, 1.1, randoms=5, seed=0)
     randoms = [tuple(layers) for run, layers in sets.items() if run.startswith("random")]
     # filled to the budget's slack, not to the plan's cost (one cheap layer: no other set would fit it);
     # l0 alone is the budget's own choice; no repeats, so fewer than asked
     assert set(randoms) <= {("l0", "l1"), ("l1",), ("l2",)} and len(randoms) == len(set(randoms)) >= 2
-    assert sets["last-k"] == ["l2"] and sets["budget 1.10"] == ["l0"]
+    assert sets["last-k"] == ["l2"] and sets["budget 1.10"] == ["l0"] and "trials' best" not in sets
+    plan.trials = {"sets": [["l0"], ["l1", "l2"]], "ranking": [1, 0]}  # the check turned the trials' best down
+    assert layer_sets({1.1: plan}, names, names, 1.1, randoms=1, seed=0)["trials' best"] == ["l1", "l2"]
+    plan.trials["ranking"] = [0, 1]  # the plan is the trials' best: no extra row
+    assert "trials' best" not in layer_sets({1.1: plan}, names, names, 1.1, randoms=1, seed=0)
 
 
 def test_goals_compare_means_over_seeds_and_count_the_seeds_the_budget_wins() -> None:
@@ -81,18 +85,20 @@ def test_goals_compare_means_over_seeds_and_count_the_seeds_the_budget_wins() ->
 
     goals = load_module("budget_pareto", ROOT / "benchmarks" / "budget_pareto.py").goals
 
-    def row(run: str, primary: str, seed: int, acc: float, step_s: float = 0.1) -> dict:
+    def row(run: str, primary: str, seed: int, acc: float, step_s: float = 0.1, b1: float = 1.05) -> dict:
         return {"run": run, "primary": primary, "seed": seed, "best_val_acc": acc, "step_s": step_s,
-                "latency_ratio": {"1": 1.05}}
+                "latency_ratio": {"1": b1, "32": 1.02}}
 
     rows = [row("finetune", "-", 0, 0.90, 0.2), row("finetune", "-", 1, 0.92, 0.2),
             row("all", "trained", 0, 0.80), row("all", "trained", 1, 0.84),
             row("budget 1.10", "trained", 0, 0.95, 0.15), row("budget 1.10", "trained", 1, 0.93, 0.17),
             row("random 1", "trained", 0, 0.94), row("random 1", "trained", 1, 0.90),
-            row("random 2", "trained", 0, 0.90), row("random 2", "trained", 1, 0.94)]
+            row("random 2", "trained", 0, 0.90), row("random 2", "trained", 1, 0.94),
+            row("random 3", "trained", 0, 0.97, b1=1.13), row("random 3", "trained", 1, 0.97, b1=1.13)]
     goal = goals(rows, 1.10)["trained"]
     assert goal["seeds"] == 2 and goal["accuracy_minus_all"] == pytest.approx(0.94 - 0.82)
-    assert goal["accuracy_minus_best_random"] == pytest.approx(0.94 - 0.92)  # both randoms average 92%
-    assert goal["seeds_above_every_random"] == 1  # seed 0: 95 > 94, 90; seed 1: 93 < 94
+    assert goal["accuracy_minus_best_random"] == pytest.approx(0.94 - 0.97)  # random 3, timed over the budget
+    assert goal["accuracy_minus_best_random_within_budget"] == pytest.approx(0.94 - 0.92)  # 1 and 2 average 92%
+    assert goal["randoms_within_budget"] == 2 and goal["seeds_above_every_random"] == 0
     assert goal["accuracy_sd"] == pytest.approx(0.01414, abs=1e-4)
     assert goal["step_time_vs_finetune"] == pytest.approx(0.16 / 0.2)

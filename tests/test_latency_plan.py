@@ -442,6 +442,30 @@ def test_qdeploy_adapt_with_a_budget_goes_through_the_plan() -> None:
     assert report.layers == expected and list(quadratic_layers(model)) == expected and report.plan is None
 
 
+def test_train_and_adapt_hand_trials_to_the_plan(monkeypatch, tmp_path) -> None:
+    import qdeploy
+    import qdeploy.workflows.latency_plan as latency_plan
+
+    seen: list[PlanOptions] = []
+
+    def stop(*args, **kwargs):  # the options reached the plan: nothing more is needed
+        seen.append(next(a for a in args if isinstance(a, PlanOptions)))
+        raise QDeployError("planned")
+
+    monkeypatch.setattr(latency_plan, "plan_for_training", stop)
+    monkeypatch.setattr(latency_plan, "plan_model", stop)
+    out = ["--out", str(tmp_path / "run")]
+    alone = CliRunner().invoke(main, ["train", "--plan-trials", "3", *out])
+    assert alone.exit_code != 0 and "--plan-trials tries the layer sets of a latency plan" in alone.output
+    planned = CliRunner().invoke(main, ["train", "--latency-budget", "1.1", "--plan-trials", "3", *out])
+    assert "planned" in planned.output and seen[-1].trials == 3
+    with pytest.raises(QDeployError, match="planned"):
+        qdeploy.adapt(load_base_model(TINY, pretrained=False), latency_budget=1.1, data="digits-shift", trials=4,
+                      input_size=(32, 32))
+    assert seen[-1].trials == 4 and seen[-1].data == "digits-shift"
+    assert not (tmp_path / "run").exists()
+
+
 def test_check_adds_rounds_only_while_the_budget_is_a_close_call(tmp_path, monkeypatch) -> None:
     import qdeploy.workflows.latency_plan as latency_plan
     from qdeploy.runtime.benchmark import Measurement

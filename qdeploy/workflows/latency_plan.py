@@ -21,8 +21,9 @@
    is dropped, and the check repeats.
 With `trials` (and data), step 3 proposes the objective's best few sets instead of one
 (knapsack.merged_proposals, in turns from the objective, the score knapsack where the objective
-is the rate, and the most layers that fit) and short training runs decide between them (training/set_trials.py, successive
-halving on held-out training images); the check then takes the best-ranked set that fits.
+is the rate, and the most layers that fit) and short training runs decide between them
+(training/set_trials.py, successive halving on held-out training images); the check then takes
+the best-ranked set that fits.
 
 Plans are cached per model weights, candidates, settings and machine (like the tuned forms),
 so `qdeploy train --latency-budget` and the pipeline re-use a plan measured before.
@@ -495,8 +496,8 @@ def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Prog
         raise QDeployError("--train-primary weighs each layer's zero-start gain on data against its training-step "
                            "time; pass --data (e.g. --data digits-shift)")
     if options.trials > 1 and options.data is None:
-        raise QDeployError(f"--trials trains the proposed layer sets briefly on data; pass --data (e.g. --data "
-                           f"digits-shift) or drop --trials")
+        raise QDeployError("--trials trains the proposed layer sets briefly on data; pass --data (e.g. --data "
+                           "digits-shift) or drop --trials")
     if options.data is not None and size[0] != size[1]:
         raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
     scorer = data_scorer(model, options.data, size[0], options.score_batches, options.score_batch_size,
