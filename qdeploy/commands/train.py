@@ -60,9 +60,9 @@ DEFAULT = TrainConfig()
               help="Adapt only the layers a latency plan chooses so the ONNX Runtime CPU model stays within this "
                    "adapted/base latency ratio (e.g. 1.10), measured at batch 1 and 32 (`qdeploy plan`; "
                    "plan.json goes into the run folder).")
-@click.option("--plan-trials", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--plan-trials", type=click.IntRange(0), default=None,
               help="With --latency-budget: the plan trains its N best proposed layer sets briefly on held-out "
-                   "training images and keeps the best that fits (`qdeploy plan --trials`).")
+                   "training images and keeps the best that fits (`qdeploy plan --trials`). [default: the plan's]")
 @click.option("--rank", type=click.IntRange(1), default=DEFAULT.rank, show_default=True, help="Quadratic rank of dense layers.")
 @click.option("--depthwise-rank", type=click.IntRange(1), default=DEFAULT.depthwise_rank, show_default=True,
               help="Per-channel quadratic rank of depthwise layers.")
@@ -104,7 +104,7 @@ DEFAULT = TrainConfig()
               help="CUDA mixed precision (auto: bf16 where supported, else fp16 with loss scaling).")
 @click.option("--progress/--no-progress", default=DEFAULT.progress, show_default=True, help="Live progress bar.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train(resume: bool, latency_budget: float | None, plan_trials: int, **options: Any) -> None:
+def train(resume: bool, latency_budget: float | None, plan_trials: int | None, **options: Any) -> None:
     """Train a quadratic network by adaptation (or the scratch / finetune baselines).
 
     Writes to the run folder: model/ (safetensors + config; `qdeploy.load` reads the run
@@ -119,7 +119,7 @@ def train(resume: bool, latency_budget: float | None, plan_trials: int, **option
         options["max_grad_norm"] = None
     if latency_budget is not None and resume:
         raise QDeployError("--latency-budget chooses the layers of a new run; --resume keeps the saved run's layers")
-    if plan_trials and latency_budget is None:
+    if plan_trials is not None and latency_budget is None:
         raise QDeployError("--plan-trials tries the layer sets of a latency plan; add --latency-budget (e.g. 1.10)")
     if resume:
         if options["out"] is None:
@@ -139,7 +139,7 @@ def train(resume: bool, latency_budget: float | None, plan_trials: int, **option
         _print_summary(result.summary)
 
 
-def _planned(config: TrainConfig, budget: float, trials: int) -> tuple[TrainConfig, Any]:
+def _planned(config: TrainConfig, budget: float, trials: int | None) -> tuple[TrainConfig, Any]:
     """The config with the layers a latency plan chose as its targets, and the plan (printed)."""
     from dataclasses import replace
 
@@ -148,7 +148,8 @@ def _planned(config: TrainConfig, budget: float, trials: int) -> tuple[TrainConf
 
     if config.mode != "adapt":
         raise QDeployError(f"--latency-budget plans the quadratic layers of --mode adapt, not {config.mode}")
-    plan = plan_for_training(config, PlanOptions(latency_budget=budget, candidates=config.targets, trials=trials))
+    options = PlanOptions(latency_budget=budget, candidates=config.targets)
+    plan = plan_for_training(config, options if trials is None else replace(options, trials=trials))
     print_plan(plan, Console())
     return replace(config, targets=tuple(plan.chosen)), plan
 
