@@ -46,6 +46,13 @@ def lr_factor(step: int, config: TrainConfig, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:
+    """Clip the global gradient norm of every parameter the optimizer updates (no-op for None/0)."""
+    if max_norm:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -40,7 +40,7 @@ from qdeploy.layers import QuadConfig
 from qdeploy.training.config import TrainConfig
 from qdeploy.training.data import build_data
 from qdeploy.training.model_setup import set_trainable
-from qdeploy.training.optim import build_optimizer, lr_factor, set_lr
+from qdeploy.training.optim import build_optimizer, clip_gradients, lr_factor, set_lr
 from qdeploy.training.probing import training_loss
 
 HELD_OUT = 360  # training images the trials are judged on (digits-shift: a quarter of its 1,437)
@@ -118,9 +118,7 @@ class TrainingTrial:
             set_lr(self.optimizer, self.config.lr * lr_factor(self.step, self.config, steps))
             self.optimizer.zero_grad(set_to_none=True)
             self.loss_fn(self.model(images), labels).backward()
-            if self.config.max_grad_norm:
-                params = [p for group in self.optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            clip_gradients(self.optimizer, self.config.max_grad_norm)
             self.optimizer.step()
             self.step += 1
 
@@ -141,19 +139,21 @@ def set_trials(model: nn.Module, data: str, image_size: int, quad: QuadConfig, t
     """The trial runner of a plan: (layer sets, first steps, pace) -> successive_halving's (ranking, rounds).
 
     `model` is the base with its head fitted to `data` (the scorer's probe): every trial copies it.
+    The data loads when the runner runs: a plan read from the cache never trains a trial.
     """
     config = replace(TrainConfig(data=data, image_size=image_size, seed=seed, train_primary=train_primary,
                                  batch_size=batch_size), scheduler="constant", warmup_steps=TRIAL_WARMUP)
-    train, held = held_out_split(build_data(config, model).train, HELD_OUT, seed)
-    judged = list(DataLoader(held, batch_size=2 * batch_size))
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The same endless, seeded sequence of training batches for every set."""
-        for epoch in itertools.count():
-            yield from DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
-                                  generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
     def run(sets: Sequence[Sequence[str]], first_steps: int, pace: Sequence[float] | None = None) -> Ranking:
+        train, held = held_out_split(build_data(config, model).train, HELD_OUT, seed)
+        judged = list(DataLoader(held, batch_size=2 * batch_size))
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            """The same endless, seeded sequence of training batches for every set."""
+            for epoch in itertools.count():
+                yield from DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
+                                      generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
         trials = [TrainingTrial(model, layers, config, quad, batches, judged) for layers in sets]
         return successive_halving(trials, first_steps, pace)
 

@@ -45,7 +45,7 @@ from qdeploy.training.distributed import (
 from qdeploy.training.metrics import MetricsLog, plot_curves
 from qdeploy.training.lora import LoraPlan
 from qdeploy.training.model_setup import load_source, prepare_model, set_trainable
-from qdeploy.training.optim import build_optimizer, lr_factor, set_lr
+from qdeploy.training.optim import build_optimizer, clip_gradients, lr_factor, set_lr
 from qdeploy.training.probing import CatapultHook, auto_learning_rate, probe_batch, training_loss
 from qdeploy.training.progress import ProgressBar
 
@@ -331,9 +331,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        if self.config.max_grad_norm:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        clip_gradients(self.optimizer, self.config.max_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
