@@ -4,8 +4,8 @@ Per dataset, at equal training time per run (`--minutes`, adapter_comparison.run
 
     finetune, lora        the first-order baselines (latency: the base model; LoRA merges into it)
     all                   the family's default layers (EfficientNet-Lite0: all 16 depthwise convs)
-    budget X              the layers `qdeploy plan --latency-budget X --data D [--train-primary] [--trials N]`
-                          chooses (1.05/1.10/1.20), planned for each primary mode
+    budget X              the layers `qdeploy plan --latency-budget X --data D [--train-primary] [--trials N]
+                          [--scoring S]` chooses (1.05/1.10/1.20), planned for each primary mode
     last-k                the last candidates, as many as the reference budget's profiled costs fit (the
                           reference: the reachable budget nearest to `--goal-budget`, 1.10)
     random i              random candidates, as many as fit the same (seeded, `--random` distinct ones, none
@@ -72,8 +72,8 @@ from qdeploy.models.sources import BUILTIN_DEFAULT, load_base_model  # noqa: E40
 from qdeploy.training import TrainConfig  # noqa: E402
 from qdeploy.training.data import build_data  # noqa: E402
 from qdeploy.training.model_setup import fit_head  # noqa: E402
-from qdeploy.workflows.latency_plan import (PLAN_PRECISIONS, PlanOptions, check_plan, in_precision,  # noqa: E402
-                                            plan_model)
+from qdeploy.workflows.latency_plan import (PLAN_PRECISIONS, PLAN_SCORINGS, PlanOptions, check_plan,  # noqa: E402
+                                            in_precision, plan_model)
 
 RESULTS = Path(__file__).parent / "results" / "budget_pareto.json"
 PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset(32, 32, 0.2, 25, 1, 2000)}
@@ -174,7 +174,7 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
     fit_head(model, len(build_data(TrainConfig(data=data, image_size=preset.image_size), model).classes))
     options = PlanOptions(input_size=size, batches=tuple(args.batches), threads=args.latency_threads, data=data,
                           candidates=_candidates(args, model), seed=args.seed, cache=args.runs / "plan_cache.json",
-                          trials=args.trials, **(QUICK_PLAN if args.quick else {}))
+                          trials=args.trials, scoring=args.scoring, **(QUICK_PLAN if args.quick else {}))
     plans, unreachable = {}, {}
     for primary in args.primary:
         plans[primary], missed = plan_budgets(model, replace(options, train_primary=primary == "trained"),
@@ -390,7 +390,7 @@ def latency_goals(args: argparse.Namespace, console: Console) -> list[dict]:
 
 # --quick: every stage, at sizes that take seconds (two candidate layers, short timings).
 QUICK_PLAN = {"profile_runs": 2, "profile_repeats": 1, "check_seconds": 0.1, "check_rounds": 1, "score_batches": 1,
-              "score_batch_size": 8, "head_probe_steps": 5, "trial_steps": 2}
+              "score_batch_size": 8, "head_probe_steps": 5, "trial_steps": 2, "scoring_steps": 2}
 
 
 def main() -> None:
@@ -398,6 +398,8 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=[BUILTIN_DATA, FASHION_MNIST])
     parser.add_argument("--budgets", nargs="+", type=float, default=[1.05, 1.10, 1.20])
     parser.add_argument("--random", type=int, default=3, help="distinct random subsets at the reference budget's cost")
+    parser.add_argument("--scoring", choices=PLAN_SCORINGS, default=PlanOptions().scoring,
+                        help="how plans score layers (`qdeploy plan --scoring`)")
     parser.add_argument("--trials", type=int, default=0,
                         help="plans train their N best proposed sets briefly and keep the best (`qdeploy plan --trials`)")
     parser.add_argument("--primary", nargs="+", default=list(PRIMARY_MODES), choices=list(PRIMARY_MODES))

@@ -361,6 +361,47 @@ def test_a_plan_with_trials_checks_the_best_tried_set_and_falls_back_in_trial_or
     assert no_data.exit_code != 0 and "--trials trains" in no_data.output and "pass --data" in no_data.output
 
 
+def test_an_ablation_plan_chooses_by_the_trained_terms_loss_rise(tmp_path, monkeypatch) -> None:
+    import qdeploy.workflows.latency_plan as latency_plan
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    scored = []
+
+    def ablation(model, data, size, quad, train_primary, batch_size, seed, steps):  # rises by layer index
+        def score(candidates):
+            scored.append((list(candidates), train_primary, steps))
+            return {name: [0.3, -0.02, 0.1, 0.0, 0.05][index] for index, name in enumerate(candidates)}
+        return score
+
+    monkeypatch.setattr(latency_plan, "ablation_scorer", ablation)
+    monkeypatch.setattr(latency_plan, "data_scorer", lambda *args: pytest.fail("ablation needs no zero-start score"))
+    monkeypatch.setattr(latency_plan, "training_step_costs", lambda *args, **kw: pytest.fail("no rate: no step costs"))
+    monkeypatch.setattr(latency_plan, "export_plain_onnx", lambda model, path, size: path)
+    monkeypatch.setattr(latency_plan, "check_plan", lambda *args: {"ratio": {"1": 1.01}, "rounds": {"1": [1.01] * 5}})
+
+    def profiled(model, candidates, base_onnx, options, work, size):
+        costs = {name: {"1": 0.02 * (index + 1)} for index, name in enumerate(candidates)}
+        return {"1": 1.0}, costs, {name: {"1": cost["1"]} for name, cost in costs.items()}
+
+    monkeypatch.setattr(latency_plan, "measure_costs", profiled)
+    args = ("--latency-budget", "1.09", "--data", "digits-shift", "--candidates", "blocks.5.*.conv_dw",
+            "--candidates", "blocks.6.*.conv_dw", "--scoring", "ablation")
+    result = _plan(tmp_path, *args, "--train-primary")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    names = [f"blocks.5.{i}.conv_dw" for i in range(4)] + ["blocks.6.0.conv_dw"]
+    assert scored == [(names, True, PlanOptions().scoring_steps)]  # the run's primary mode, trained once
+    layers = {layer["name"]: layer for layer in plan["layers"]}
+    assert [layers[n]["loss_rise"] for n in names] == [0.3, -0.02, 0.1, 0.0, 0.05]
+    assert [layers[n]["score"] for n in names] == pytest.approx([0.3 / 0.45, 0.0, 0.1 / 0.45, 0.0, 0.05 / 0.45])
+    assert plan["chosen"] == ["blocks.5.0.conv_dw", "blocks.5.2.conv_dw"] == choose(
+        {n: layer["cost"] for n, layer in layers.items()}, {n: layer["score"] for n, layer in layers.items()}, 1.09)
+    assert plan["training"] is None and "held-out loss rise when the term is zeroed" in plan["score"]
+    no_data = _plan(tmp_path, "--latency-budget", "1.09", "--scoring", "ablation")
+    assert no_data.exit_code != 0 and "--scoring ablation trains every candidate term" in no_data.output
+    assert "pass --data" in no_data.output and len(no_data.output.strip().splitlines()) == 1
+
+
 def test_train_plans_for_a_trained_primary_only_under_a_time_budget(monkeypatch) -> None:
     import qdeploy.training.model_setup as model_setup
     import qdeploy.workflows.latency_plan as latency_plan
@@ -442,7 +483,7 @@ def test_qdeploy_adapt_with_a_budget_goes_through_the_plan() -> None:
     assert report.layers == expected and list(quadratic_layers(model)) == expected and report.plan is None
 
 
-def test_train_and_adapt_hand_trials_to_the_plan(monkeypatch, tmp_path) -> None:
+def test_train_and_adapt_hand_trials_and_scoring_to_the_plan(monkeypatch, tmp_path) -> None:
     import qdeploy
     import qdeploy.workflows.latency_plan as latency_plan
 
@@ -455,14 +496,17 @@ def test_train_and_adapt_hand_trials_to_the_plan(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(latency_plan, "plan_for_training", stop)
     monkeypatch.setattr(latency_plan, "plan_model", stop)
     out = ["--out", str(tmp_path / "run")]
-    alone = CliRunner().invoke(main, ["train", "--plan-trials", "3", *out])
-    assert alone.exit_code != 0 and "--plan-trials tries the layer sets of a latency plan" in alone.output
+    for option, value in (("--plan-trials", "3"), ("--plan-scoring", "ablation")):
+        alone = CliRunner().invoke(main, ["train", option, value, *out])
+        assert alone.exit_code != 0 and f"{option} is a setting of the latency plan; add --latency-budget" in alone.output
     planned = CliRunner().invoke(main, ["train", "--latency-budget", "1.1", "--plan-trials", "3", *out])
-    assert "planned" in planned.output and seen[-1].trials == 3
+    assert "planned" in planned.output and seen[-1].trials == 3 and seen[-1].scoring == PlanOptions().scoring
+    planned = CliRunner().invoke(main, ["train", "--latency-budget", "1.1", "--plan-scoring", "ablation", *out])
+    assert "planned" in planned.output and seen[-1].scoring == "ablation" and seen[-1].trials == PlanOptions().trials
     with pytest.raises(QDeployError, match="planned"):
         qdeploy.adapt(load_base_model(TINY, pretrained=False), latency_budget=1.1, data="digits-shift", trials=4,
-                      input_size=(32, 32))
-    assert seen[-1].trials == 4 and seen[-1].data == "digits-shift"
+                      scoring="ablation", input_size=(32, 32))
+    assert seen[-1].trials == 4 and seen[-1].data == "digits-shift" and seen[-1].scoring == "ablation"
     assert not (tmp_path / "run").exists()
 
 

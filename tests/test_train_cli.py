@@ -145,7 +145,8 @@ def test_the_cli_defaults_are_the_train_config_defaults() -> None:
     params = train_command.make_context("train", []).params
     params.pop("resume")
     assert params.pop("latency_budget") is None  # a plan before the run, not a TrainConfig field
-    assert params.pop("plan_trials") is None  # the plan's own default (PlanOptions.trials) applies
+    assert params.pop("plan_trials") is None  # the plan's own defaults (PlanOptions) apply
+    assert params.pop("plan_scoring") is None
     assert TrainConfig(**params) == TrainConfig()  # each default is defined once, in TrainConfig
 
 

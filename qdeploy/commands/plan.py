@@ -11,7 +11,7 @@ from rich.table import Table
 from qdeploy.commands.parsing import parse_ints
 from qdeploy.commands.tables import print_table
 from qdeploy.errors import QDeployError
-from qdeploy.workflows.latency_plan import PLAN_FILE, PLAN_PRECISIONS, LatencyPlan, PlanOptions
+from qdeploy.workflows.latency_plan import PLAN_FILE, PLAN_PRECISIONS, PLAN_SCORINGS, LatencyPlan, PlanOptions
 
 DEFAULT = PlanOptions()
 
@@ -112,6 +112,10 @@ def load_plan_model(model: str):
               help="With --data: train the N best proposed layer sets briefly (successive halving from "
                    f"{DEFAULT.trial_steps} steps, judged on held-out training images) and keep the best that fits; "
                    "0: the objective's best set, untried.")
+@click.option("--scoring", type=click.Choice(PLAN_SCORINGS), default=DEFAULT.scoring, show_default=True,
+              help="With --data: first-step = each term's zero-start gradient (no training); ablation = train every "
+                   f"candidate term together ({DEFAULT.scoring_steps} steps, held-out training images left out), "
+                   "then score each by the held-out loss rise when it is zeroed.")
 @click.option("--candidates", multiple=True, help="Module-name glob of a candidate layer, repeatable. "
               "[default: every Conv2d/Linear the adapter can wrap, head and patch embedding left out]")
 @click.option("--out", type=click.Path(path_type=Path), default=Path(PLAN_FILE), show_default=True,
@@ -120,14 +124,15 @@ def load_plan_model(model: str):
               help="Re-use a plan measured before with the same model, settings and machine.")
 def plan(model: str, latency_budget: float, backend: str, precision: str, input_size: int | None, batches: str,
          threads: int,
-         data: str | None, train_primary: bool, trials: int, candidates: tuple[str, ...], out: Path, cache: bool) -> None:
+         data: str | None, train_primary: bool, trials: int, scoring: str, candidates: tuple[str, ...], out: Path,
+         cache: bool) -> None:
     """Choose where MODEL's quadratic terms go so it stays within a latency budget, by measurement."""
     from dataclasses import replace
 
     from qdeploy.workflows.latency_plan import plan_model
 
     options = replace(DEFAULT, latency_budget=latency_budget, backend=backend, precision=precision, threads=threads,
-                      data=data, train_primary=train_primary, trials=trials,
+                      data=data, train_primary=train_primary, trials=trials, scoring=scoring,
                       input_size=(input_size, input_size) if input_size else None, candidates=candidates or None,
                       batches=parse_ints(batches, "--batch", minimum=1), use_cache=cache)
     if out.suffix not in ("", ".json"):

@@ -16,6 +16,7 @@ from rich.table import Table
 from qdeploy.errors import QDeployError
 from qdeploy.training.config import AMP_MODES, AUTO_LR, BUILTIN_DATA, DEVICES, MODES, OPTIMIZERS, SCHEDULERS, TrainConfig
 from qdeploy.commands.tables import print_table
+from qdeploy.workflows.latency_plan import PLAN_SCORINGS
 
 
 def _learning_rate(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
@@ -63,6 +64,8 @@ DEFAULT = TrainConfig()
 @click.option("--plan-trials", type=click.IntRange(0), default=None,
               help="With --latency-budget: the plan trains its N best proposed layer sets briefly on held-out "
                    "training images and keeps the best that fits (`qdeploy plan --trials`). [default: the plan's]")
+@click.option("--plan-scoring", type=click.Choice(PLAN_SCORINGS), default=None,
+              help="With --latency-budget: how the plan scores layers (`qdeploy plan --scoring`). [default: the plan's]")
 @click.option("--rank", type=click.IntRange(1), default=DEFAULT.rank, show_default=True, help="Quadratic rank of dense layers.")
 @click.option("--depthwise-rank", type=click.IntRange(1), default=DEFAULT.depthwise_rank, show_default=True,
               help="Per-channel quadratic rank of depthwise layers.")
@@ -104,7 +107,8 @@ DEFAULT = TrainConfig()
               help="CUDA mixed precision (auto: bf16 where supported, else fp16 with loss scaling).")
 @click.option("--progress/--no-progress", default=DEFAULT.progress, show_default=True, help="Live progress bar.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train(resume: bool, latency_budget: float | None, plan_trials: int | None, **options: Any) -> None:
+def train(resume: bool, latency_budget: float | None, plan_trials: int | None, plan_scoring: str | None,
+          **options: Any) -> None:
     """Train a quadratic network by adaptation (or the scratch / finetune baselines).
 
     Writes to the run folder: model/ (safetensors + config; `qdeploy.load` reads the run
@@ -119,8 +123,10 @@ def train(resume: bool, latency_budget: float | None, plan_trials: int | None, *
         options["max_grad_norm"] = None
     if latency_budget is not None and resume:
         raise QDeployError("--latency-budget chooses the layers of a new run; --resume keeps the saved run's layers")
-    if plan_trials is not None and latency_budget is None:
-        raise QDeployError("--plan-trials tries the layer sets of a latency plan; add --latency-budget (e.g. 1.10)")
+    planning = {"trials": plan_trials, "scoring": plan_scoring}  # None: the plan's own default
+    for name, value in planning.items():
+        if value is not None and latency_budget is None:
+            raise QDeployError(f"--plan-{name} is a setting of the latency plan; add --latency-budget (e.g. 1.10)")
     if resume:
         if options["out"] is None:
             raise QDeployError("--resume needs --out: the folder of the run to continue")
@@ -131,7 +137,7 @@ def train(resume: bool, latency_budget: float | None, plan_trials: int | None, *
         config = TrainConfig(**options)
     plan = None
     if latency_budget is not None:
-        config, plan = _planned(config, latency_budget, plan_trials)
+        config, plan = _planned(config, latency_budget, {k: v for k, v in planning.items() if v is not None})
     result = run_training(config, resume=resume)
     if plan is not None and result.is_main:
         plan.write(result.out)
@@ -139,7 +145,7 @@ def train(resume: bool, latency_budget: float | None, plan_trials: int | None, *
         _print_summary(result.summary)
 
 
-def _planned(config: TrainConfig, budget: float, trials: int | None) -> tuple[TrainConfig, Any]:
+def _planned(config: TrainConfig, budget: float, settings: dict[str, Any]) -> tuple[TrainConfig, Any]:
     """The config with the layers a latency plan chose as its targets, and the plan (printed)."""
     from dataclasses import replace
 
@@ -148,8 +154,7 @@ def _planned(config: TrainConfig, budget: float, trials: int | None) -> tuple[Tr
 
     if config.mode != "adapt":
         raise QDeployError(f"--latency-budget plans the quadratic layers of --mode adapt, not {config.mode}")
-    options = PlanOptions(latency_budget=budget, candidates=config.targets)
-    plan = plan_for_training(config, options if trials is None else replace(options, trials=trials))
+    plan = plan_for_training(config, PlanOptions(latency_budget=budget, candidates=config.targets, **settings))
     print_plan(plan, Console())
     return replace(config, targets=tuple(plan.chosen)), plan
 

@@ -39,7 +39,7 @@ from qdeploy.adaptation import adapt
 from qdeploy.layers import QuadConfig
 from qdeploy.training.config import TrainConfig
 from qdeploy.training.data import build_data
-from qdeploy.training.model_setup import set_trainable
+from qdeploy.training.model_setup import fit_head, set_trainable
 from qdeploy.training.optim import build_optimizer, clip_gradients, lr_factor, set_lr
 from qdeploy.training.probing import training_loss
 
@@ -63,6 +63,7 @@ class TrialRound:
 
 
 Ranking = tuple[list[int], list[TrialRound]]  # indices of the sets, best first; every round
+Batch = tuple[torch.Tensor, torch.Tensor]  # images, labels
 
 
 def successive_halving(trials: Sequence[Trial], first_steps: int, pace: Sequence[float] | None = None) -> Ranking:
@@ -103,8 +104,7 @@ class TrainingTrial:
     """A copy of the base model with one layer set adapted, trained as the run trains it."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], config: TrainConfig, quad: QuadConfig,
-                 batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
-                 judged: list[tuple[torch.Tensor, torch.Tensor]]):
+                 batches: Callable[[], Iterator[Batch]], judged: list[Batch]):
         torch.manual_seed(config.seed)  # each set's non-zero factors drawn alike
         self.model, _ = adapt(copy.deepcopy(model), list(layers), config=quad, count_model_flops=False)
         set_trainable(self.model, config)
@@ -138,23 +138,44 @@ def set_trials(model: nn.Module, data: str, image_size: int, quad: QuadConfig, t
                batch_size: int, seed: int) -> Callable[..., Ranking]:
     """The trial runner of a plan: (layer sets, first steps, pace) -> successive_halving's (ranking, rounds).
 
-    `model` is the base with its head fitted to `data` (the scorer's probe): every trial copies it.
+    `model` is the unadapted base: every trial copies it with the head refitted to `data` (fitted_base).
     The data loads when the runner runs: a plan read from the cache never trains a trial.
     """
-    config = replace(TrainConfig(data=data, image_size=image_size, seed=seed, train_primary=train_primary,
-                                 batch_size=batch_size), scheduler="constant", warmup_steps=TRIAL_WARMUP)
+    config = trial_config(data, image_size, train_primary, batch_size, seed)
 
     def run(sets: Sequence[Sequence[str]], first_steps: int, pace: Sequence[float] | None = None) -> Ranking:
-        train, held = held_out_split(build_data(config, model).train, HELD_OUT, seed)
-        judged = list(DataLoader(held, batch_size=2 * batch_size))
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            """The same endless, seeded sequence of training batches for every set."""
-            for epoch in itertools.count():
-                yield from DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
-                                      generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-        trials = [TrainingTrial(model, layers, config, quad, batches, judged) for layers in sets]
+        base, train_split = fitted_base(model, config)
+        batches, judged = trial_data(train_split, config)
+        trials = [TrainingTrial(base, layers, config, quad, batches, judged) for layers in sets]
         return successive_halving(trials, first_steps, pace)
 
     return run
+
+
+def trial_config(data: str, image_size: int, train_primary: bool, batch_size: int, seed: int) -> TrainConfig:
+    """How trials train: as the run does (primary mode, batch, AdamW defaults), at a constant rate after a warm-up."""
+    return replace(TrainConfig(data=data, image_size=image_size, seed=seed, train_primary=train_primary,
+                               batch_size=batch_size), scheduler="constant", warmup_steps=TRIAL_WARMUP)
+
+
+def fitted_base(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, Dataset]:
+    """(a copy of `model` with its head refitted to `config.data`'s classes, seeded as a run and the plan's
+    scorer fit it; the data's training split)."""
+    base = copy.deepcopy(model)
+    bundle = build_data(config, base)
+    torch.manual_seed(config.seed)
+    fit_head(base, len(bundle.classes))
+    return base, bundle.train
+
+
+def trial_data(train_split: Dataset, config: TrainConfig) -> tuple[Callable[[], Iterator[Batch]], list[Batch]]:
+    """(a factory of the endless, seeded batch sequence every trial sees alike; the held-out batches they are
+    judged on): `train_split` less HELD_OUT images, and those images."""
+    train, held = held_out_split(train_split, HELD_OUT, config.seed)
+
+    def batches() -> Iterator[Batch]:
+        for epoch in itertools.count():
+            yield from DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                  generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+
+    return batches, list(DataLoader(held, batch_size=2 * config.batch_size))

@@ -21,7 +21,7 @@ from qdeploy.layers import QuadConfig
 def adapt(model: nn.Module, targets: Sequence[str] | None = None, config: QuadConfig | None = None,
           freeze: bool = True, input_size: tuple[int, ...] | None = None, latency_budget: float | None = None,
           batch: Sequence[int] = (1, 32), backend: str = "ort-cpu", data: str | None = None,
-          threads: int | None = None, precision: str = "fp32", trials: int = 0,
+          threads: int | None = None, precision: str = "fp32", trials: int = 0, scoring: str = "first-step",
           **kwargs: Any) -> tuple[nn.Module, AdaptReport]:
     """Make layers of `model` quadratic, in place; returns (model, report).
 
@@ -31,7 +31,8 @@ def adapt(model: nn.Module, targets: Sequence[str] | None = None, config: QuadCo
     batch in `batch`, for files in `precision` ("int8": adapted int8 against base int8); `targets`
     then limits the candidates and `data` (e.g. "digits-shift") scores them by zero-start
     gradients (else by added parameters); with `data`, `trials` N > 1 trains the plan's N best
-    proposed sets briefly and keeps the best (`qdeploy plan --trials`). The plan is in
+    proposed sets briefly and keeps the best (`qdeploy plan --trials`), and `scoring="ablation"` scores
+    each layer by training every candidate term, then zeroing it (`qdeploy plan --scoring`). The plan is in
     `report.plan` (what plan.json holds).
     """
     config = config or QuadConfig()
@@ -41,7 +42,7 @@ def adapt(model: nn.Module, targets: Sequence[str] | None = None, config: QuadCo
     from qdeploy.workflows.latency_plan import PlanOptions, plan_model
 
     options = PlanOptions(latency_budget=latency_budget, backend=backend, precision=precision, batches=tuple(batch),
-                          data=data, trials=trials,
+                          data=data, trials=trials, scoring=scoring,
                           input_size=None if chw is None else chw[1:], candidates=tuple(targets) if targets else None,
                           rank=config.rank, depthwise_rank=config.depthwise_rank, dilation=config.dilation)
     if threads is not None:

@@ -9,7 +9,9 @@
    cause them), as a share of the base's node time; the largest share over the batch sizes
    counts, so the budget holds at every batch. Costs come from the backend, not from FLOPs:
    the two disagree by 4x on EfficientNet-Lite0 (docs/hardware-aware.md).
-2. Benefit: adaptation/scores.py (zero-start gradients on `data`, else added parameters).
+2. Benefit: adaptation/scores.py (zero-start gradients on `data`, else added parameters); with
+   `scoring="ablation"`, training/ablation_scores.py (every candidate term trained together for
+   `scoring_steps`, then each one's held-out loss rise when it is zeroed; chosen by that score).
 3. Choice: the knapsack of adaptation/knapsack.py; predicted ratio = 1 + summed costs. A plan for
    a run that trains the primary too (`train_primary`, with data) weighs each term's gain against
    what it adds to a training step (training/step_costs.py, timed at `score_batch_size`): at equal
@@ -47,7 +49,7 @@ from torch import nn
 from qdeploy import atomic
 from qdeploy.adaptation import adapt, quadratic_layers, randomize_quadratic_terms, resolve_targets
 from qdeploy.adaptation.knapsack import check_budget, cheapest, choose, choose_most, choose_rate, merged_proposals
-from qdeploy.adaptation.scores import FirstStepGains, param_scores
+from qdeploy.adaptation.scores import FirstStepGains, param_scores, shares
 from qdeploy.adaptation.targets import candidate_layers
 from qdeploy.errors import QDeployError
 from qdeploy.export.base_model import export_plain_onnx
@@ -56,6 +58,7 @@ from qdeploy.layers import QuadConfig
 from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark
 from qdeploy.runtime.profile import profile_onnx
 from qdeploy.timing import median_interval
+from qdeploy.training.ablation_scores import ablation_scorer
 from qdeploy.training.layer_scores import data_scorer
 from qdeploy.training.set_trials import Ranking, set_trials
 from qdeploy.training.step_costs import StepCosts, training_step_costs
@@ -66,8 +69,10 @@ PLAN_FORMAT = "qdeploy-latency-plan/4"  # /2: checks[] name their set and what a
 # /4: trials
 SUPPORTED_BACKENDS = ("ort-cpu",)  # the profiler's per-node times come from ONNX Runtime's CPU provider
 PLAN_PRECISIONS = ("fp32", "int8")  # int8: base and adapted files timed as `qdeploy export --precision int8` quantizes
+PLAN_SCORINGS = ("first-step", "ablation")  # zero-start gradients (no training); loss rise of a trained term zeroed
 Progress = Callable[[str], None]
 TrySets = Callable[..., Ranking]  # set_trials' runner: (sets, first steps, pace) -> ranking
+TrainedScores = Callable[[Sequence[str]], dict[str, float]]  # ablation_scorer's: candidates -> held-out loss rise
 Chooser = Callable[[dict[str, float]], list[str]]  # costs -> the chosen layers
 
 
@@ -91,6 +96,8 @@ class PlanOptions:
     score_batches: int = 4
     score_batch_size: int = 32
     head_probe_steps: int = 100  # head-only steps on cached features before scoring (a new head is random)
+    scoring: str = "first-step"  # with data: how a layer's benefit is scored (PLAN_SCORINGS)
+    scoring_steps: int = 96  # "ablation": steps all candidate terms train together before each is zeroed
     trials: int = 0  # with data: the objective's best N sets train briefly and the best on held-out training
     # images is chosen (successive halving, training/set_trials.py); 0 or 1: the objective's best set
     trial_steps: int = 24  # steps of every set in the trials' first round; each later round doubles them
@@ -173,6 +180,14 @@ def check_backend(backend: str) -> None:
     if backend not in SUPPORTED_BACKENDS:
         raise QDeployError(f"plans are measured on {', '.join(SUPPORTED_BACKENDS)} so far; {backend} is installed "
                            "but its per-layer profile is not read yet: use --backend ort-cpu")
+
+
+def check_scoring(scoring: str, data: str | None) -> None:
+    if scoring not in PLAN_SCORINGS:
+        raise QDeployError(f"unknown scoring {scoring!r}; pick one of {', '.join(PLAN_SCORINGS)}")
+    if scoring == "ablation" and data is None:
+        raise QDeployError("--scoring ablation trains every candidate term on data, then zeroes each; pass --data "
+                           "(e.g. --data digits-shift)")
 
 
 def check_precision(precision: str) -> None:
@@ -356,9 +371,11 @@ def tighten(chosen: list[str], layers: dict[str, dict[str, Any]], budget: float,
 
 def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], name: str,
               score_data: Callable[[nn.Module], FirstStepGains] | None = None,
-              progress: Progress | None = None, try_sets: TrySets | None = None) -> LatencyPlan:
+              progress: Progress | None = None, try_sets: TrySets | None = None,
+              trained_scores: TrainedScores | None = None) -> LatencyPlan:
     """The plan for the unadapted `model` at `size` (H, W); `score_data` scores an all-candidates
-    adapted copy (None: added parameters). With `options.train_primary` and data, the choice
+    adapted copy (None: added parameters); `trained_scores` (ablation_scorer's) replaces it, and the
+    choice is then the score knapsack in either primary mode. With `options.train_primary` and data, the choice
     maximises the first-step gain per second of a training step (knapsack.choose_rate, step costs
     timed by training/step_costs.py). With `try_sets` and `options.trials` > 1, that many proposed
     sets are trained briefly and ranked (`trials`). Raises one line for bad input, before measuring."""
@@ -384,9 +401,17 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
 
     scored, report = adapt(copy.deepcopy(model), candidates, config=options.quad(), input_size=(channels, *size))
     say("scoring the candidate layers")
-    gains = score_data(scored) if score_data is not None else None
-    scores = gains.shares() if gains is not None else param_scores(scored)
-    score_kind = "zero-start gradient L1 (first AdamW step), share" if gains else "added parameters, share"
+    gains, rises = None, None
+    if trained_scores is not None:
+        say(f"training all {len(candidates)} candidate terms {options.scoring_steps} steps, then zeroing each")
+        rises = trained_scores(candidates)
+        scores = shares({name: max(rise, 0.0) for name, rise in rises.items()})  # a term that hurts buys nothing
+        score_kind = (f"held-out loss rise when the term is zeroed after {options.scoring_steps} steps of all "
+                      "candidates together, share")
+    else:
+        gains = score_data(scored) if score_data is not None else None
+        scores = gains.shares() if gains is not None else param_scores(scored)
+        score_kind = "zero-start gradient L1 (first AdamW step), share" if gains else "added parameters, share"
     steps = None
     if gains is not None and options.train_primary:
         steps = training_step_costs(model, candidates, options.quad(), options.score_batch_size, size, options.seed,
@@ -409,6 +434,9 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
         if steps is not None:
             for n in candidates:
                 layers[n]["train_step_ms"] = 1000 * steps.added_s[n]
+        if rises is not None:
+            for n in candidates:
+                layers[n]["loss_rise"] = rises[n]
         cost_of = {n: layer["cost"] for n, layer in layers.items()}
         low_name, low_cost = cheapest(cost_of)
         if low_cost > slack:
@@ -492,6 +520,7 @@ def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Prog
     check_budget(options.latency_budget)
     check_backend(options.backend)
     check_precision(options.precision)
+    check_scoring(options.scoring, options.data)
     if options.train_primary and options.data is None:
         raise QDeployError("--train-primary weighs each layer's zero-start gain on data against its training-step "
                            "time; pass --data (e.g. --data digits-shift)")
@@ -500,11 +529,14 @@ def plan_model(model: nn.Module, options: PlanOptions, name: str, progress: Prog
                            "digits-shift) or drop --trials")
     if options.data is not None and size[0] != size[1]:
         raise QDeployError(f"scoring on --data trains at square images; pass a square --input-size, not {size}")
+    ablation = options.scoring == "ablation"
     scorer = data_scorer(model, options.data, size[0], options.score_batches, options.score_batch_size,
-                         options.head_probe_steps, options.seed) if options.data else None
+                         options.head_probe_steps, options.seed) if options.data and not ablation else None
+    trained = ablation_scorer(model, options.data, size[0], options.quad(), options.train_primary,
+                              options.score_batch_size, options.seed, options.scoring_steps) if ablation else None
     try_sets = set_trials(model, options.data, size[0], options.quad(), options.train_primary, options.score_batch_size,
                           options.seed) if options.data and options.trials > 1 else None
-    return make_plan(model, options, size, name, scorer, progress, try_sets)  # type: ignore[arg-type]
+    return make_plan(model, options, size, name, scorer, progress, try_sets, trained)  # type: ignore[arg-type]
 
 
 def plan_for_training(config: Any, options: PlanOptions, progress: Progress | None = None) -> LatencyPlan:
