@@ -21,7 +21,7 @@ from torch import nn
 from qdeploy.adaptation.inject import quadratic_layers
 from qdeploy.adaptation.scores import zero_factor
 from qdeploy.layers import QuadConfig
-from qdeploy.training.set_trials import TrainingTrial, fitted_base, trial_config, trial_data
+from qdeploy.training.set_trials import TrainingTrial, trial_config, trial_setup
 
 
 def loss_rises(trial: TrainingTrial) -> dict[str, float]:
@@ -50,8 +50,7 @@ def ablation_scorer(model: nn.Module, data: str, image_size: int, quad: QuadConf
     config = trial_config(data, image_size, train_primary, batch_size, seed)
 
     def score(candidates: Sequence[str]) -> dict[str, float]:
-        base, train_split = fitted_base(model, config)
-        batches, judged = trial_data(train_split, config)
+        base, batches, judged = trial_setup(model, config)
         trial = TrainingTrial(base, candidates, config, quad, batches, judged)
         trial.advance(steps)
         return loss_rises(trial)

@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader
 
 from qdeploy.adaptation.scores import FirstStepGains, first_step_gains
 from qdeploy.training.config import TrainConfig
-from qdeploy.training.data import build_data
-from qdeploy.training.model_setup import fit_head
+from qdeploy.training.model_setup import fit_head_to_data
 from qdeploy.training.probing import training_loss
 
 HEAD_PROBE_LR = 1e-2
@@ -29,9 +28,7 @@ def data_scorer(model: nn.Module, data: str, image_size: int, batches: int, batc
     """Fit `model`'s head to `data`'s classes (in place; seeded, so the same head each time) and
     return the scorer of its adapted copies: first-step gains per quadratic layer and of the primary."""
     config = TrainConfig(data=data, image_size=image_size, seed=seed)
-    bundle = build_data(config, model)
-    torch.manual_seed(seed)
-    fit_head(model, len(bundle.classes))
+    bundle = fit_head_to_data(model, config)
     loss_fn = training_loss(config.label_smoothing)  # the loss training will minimise
     loader = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from qdeploy.adaptation import AdaptReport, adapt, freeze_primary, quadratic_layers
@@ -24,6 +25,7 @@ from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import base_spec_of, load_base_model
 from qdeploy.store import load_model
 from qdeploy.training.config import TrainConfig
+from qdeploy.training.data import DataBundle, build_data
 from qdeploy.training.lora import LoraPlan, apply_lora, mark_trainable
 
 
@@ -52,6 +54,15 @@ def fit_head(model: nn.Module, num_classes: int) -> None:
     if model.num_classes != num_classes:
         model.reset_classifier(num_classes)
         model.qdeploy_base = replace(base_spec_of(model), num_classes=num_classes)
+
+
+def fit_head_to_data(model: nn.Module, config: TrainConfig) -> DataBundle:
+    """`config.data` built for `model`, whose head is refitted (in place) to its classes, seeded by
+    `config.seed`: the head the plan's zero-start scorer, its trials and its ablation score all start from."""
+    bundle = build_data(config, model)
+    torch.manual_seed(config.seed)
+    fit_head(model, len(bundle.classes))
+    return bundle
 
 
 def set_trainable(model: nn.Module, config: TrainConfig) -> None:

@@ -38,8 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from qdeploy.adaptation import adapt
 from qdeploy.layers import QuadConfig
 from qdeploy.training.config import TrainConfig
-from qdeploy.training.data import build_data
-from qdeploy.training.model_setup import fit_head, set_trainable
+from qdeploy.training.model_setup import fit_head_to_data, set_trainable
 from qdeploy.training.optim import build_optimizer, clip_gradients, lr_factor, set_lr
 from qdeploy.training.probing import training_loss
 
@@ -138,14 +137,13 @@ def set_trials(model: nn.Module, data: str, image_size: int, quad: QuadConfig, t
                batch_size: int, seed: int) -> Callable[..., Ranking]:
     """The trial runner of a plan: (layer sets, first steps, pace) -> successive_halving's (ranking, rounds).
 
-    `model` is the unadapted base: every trial copies it with the head refitted to `data` (fitted_base).
+    `model` is the unadapted base: every trial copies it with the head refitted to `data` (trial_setup).
     The data loads when the runner runs: a plan read from the cache never trains a trial.
     """
     config = trial_config(data, image_size, train_primary, batch_size, seed)
 
     def run(sets: Sequence[Sequence[str]], first_steps: int, pace: Sequence[float] | None = None) -> Ranking:
-        base, train_split = fitted_base(model, config)
-        batches, judged = trial_data(train_split, config)
+        base, batches, judged = trial_setup(model, config)
         trials = [TrainingTrial(base, layers, config, quad, batches, judged) for layers in sets]
         return successive_halving(trials, first_steps, pace)
 
@@ -158,24 +156,16 @@ def trial_config(data: str, image_size: int, train_primary: bool, batch_size: in
                                batch_size=batch_size), scheduler="constant", warmup_steps=TRIAL_WARMUP)
 
 
-def fitted_base(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, Dataset]:
-    """(a copy of `model` with its head refitted to `config.data`'s classes, seeded as a run and the plan's
-    scorer fit it; the data's training split)."""
+def trial_setup(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, Callable[[], Iterator[Batch]], list[Batch]]:
+    """(a copy of `model` with its head refitted to `config.data` (model_setup.fit_head_to_data); a factory of
+    the endless, seeded batch sequence every trial sees alike, from the training split less HELD_OUT images;
+    those held-out images, in batches, which the trials are judged on)."""
     base = copy.deepcopy(model)
-    bundle = build_data(config, base)
-    torch.manual_seed(config.seed)
-    fit_head(base, len(bundle.classes))
-    return base, bundle.train
-
-
-def trial_data(train_split: Dataset, config: TrainConfig) -> tuple[Callable[[], Iterator[Batch]], list[Batch]]:
-    """(a factory of the endless, seeded batch sequence every trial sees alike; the held-out batches they are
-    judged on): `train_split` less HELD_OUT images, and those images."""
-    train, held = held_out_split(train_split, HELD_OUT, config.seed)
+    train, held = held_out_split(fit_head_to_data(base, config).train, HELD_OUT, config.seed)
 
     def batches() -> Iterator[Batch]:
         for epoch in itertools.count():
             yield from DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                   generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
 
-    return batches, list(DataLoader(held, batch_size=2 * config.batch_size))
+    return base, batches, list(DataLoader(held, batch_size=2 * config.batch_size))

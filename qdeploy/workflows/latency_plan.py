@@ -183,6 +183,7 @@ def check_backend(backend: str) -> None:
 
 
 def check_scoring(scoring: str, data: str | None) -> None:
+    """One line for a scoring the plan does not know, or ablation without the data it trains on."""
     if scoring not in PLAN_SCORINGS:
         raise QDeployError(f"unknown scoring {scoring!r}; pick one of {', '.join(PLAN_SCORINGS)}")
     if scoring == "ablation" and data is None:
