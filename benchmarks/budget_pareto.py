@@ -14,16 +14,19 @@ Per dataset, at equal training time per run (`--minutes`, adapter_comparison.run
                           end-to-end latency check turned it down (the plan then took the next that fit)
 
 each adapted set trained with the primary frozen and with it trained. Equal training time is
-given as steps: every configuration's step is timed first in short runs that take turns
-(`TIMING_ROUNDS` x `TIMING_STEPS`), and each run then trains `--minutes` / its median step time
-steps. Wall-clock budgets gave the same set 57 steps in one run and 86 in the next on this shared
-machine (a slow phase), which decided the trained-primary comparison more than the layers did.
+given as steps: every configuration's step is timed first in short runs that take turns in
+alternating order (`TIMING_ROUNDS` x `TIMING_STEPS`), and each run then trains `--minutes` / its
+median step time steps. Wall-clock budgets gave the same set 57 steps in one run and 86 in the
+next on this shared machine (a slow phase), which decided the trained-primary comparison more than
+the layers did. The same runs are also compared at equal steps (each mode's fewest, on the
+evaluation grid): the layers' effect apart from the step timing's.
 Every layer set is exported
 (random terms) and timed against the base exported the same way, interleaved, apart from the plan
 that chose it (the goal's independent check), at `--batches` and `--latency-threads`. Reported per
-run: layers, measured adapted/base p50 per batch, best val accuracy, steps, training step time.
-Tables, results/budget_pareto.json and one plot per dataset (accuracy vs measured latency).
-`step s` is the timed median step; each row also keeps its run's own train seconds / steps.
+run: layers, measured adapted/base p50 per batch, best val accuracy, steps, the timed step and the
+runs' own (their train seconds / steps), accuracy at equal steps; per goal the paired standard
+error over seeds. Tables, results/budget_pareto.json and one plot per dataset (accuracy vs
+measured latency).
 
 Candidates: the family's default layers (Lite0: the 16 depthwise convs, the pool the issue's
 last-k and random rules pick from); `--all-candidates` plans over every wrappable layer.
@@ -80,8 +83,11 @@ PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset
 QUICK = Preset(32, 16, 0.05, 2, 1, 32)
 PRIMARY_MODES = {"frozen": "adapt-frozen", "trained": "adapt"}
 RANDOM_DRAWS = 200  # shuffles tried for distinct random subsets before settling for fewer
-TIMING_STEPS = 6  # steps of each short timing run; its first (warm-up) is not counted
-TIMING_ROUNDS = 2  # timing runs per configuration, taking turns with the others
+TIMING_STEPS = 9  # steps of each short timing run; its first (warm-up) is not counted
+# Timing runs per configuration, taking turns with the others in alternating order (a drift of the machine
+# during a round then reaches the first and the last configuration alike). Two rounds of 6 steps moved the
+# same set's step by up to 28% against fine-tuning's between two runs of this benchmark.
+TIMING_ROUNDS = 4
 
 
 def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: list[str], reference: float,
@@ -159,7 +165,8 @@ def step_seconds(configs: list[Config], data: str, preset: Preset, folder: Path,
     times: dict[Config, list[float]] = {config: [] for config in configs}
     for round_index in range(TIMING_ROUNDS):
         console.rule(f"{data}: timing a training step of {len(configs)} configurations, round {round_index + 1}")
-        for index, (mode, targets) in enumerate(configs):
+        order = list(enumerate(configs))
+        for index, (mode, targets) in order if round_index % 2 == 0 else reversed(order):
             run = folder / f"round-{round_index}" / f"{index}-{mode}"
             run_mode(mode, data, preset, run, args, targets=targets, steps=TIMING_STEPS)
             steps = [row["train_s"] for row in read_metrics(run / "metrics.jsonl") if "samples_per_s" in row]
@@ -207,11 +214,11 @@ def run_dataset(data: str, preset: Preset, args: argparse.Namespace, console: Co
             run = runs / (mode if primary == "-" else Path(primary) / name.replace(" ", "-"))
             summary = run_mode(mode, data, preset, run, seeded, targets=targets, steps=steps)
             ratio = {str(b): 1.0 for b in args.batches} if primary == "-" else timed_sets[f"{primary}: {name}"]
-            rows.append(_row(name, primary, list(targets or ()), summary, ratio, seeded.seed, timed))
+            rows.append(_row(name, primary, list(targets or ()), summary, ratio, seeded.seed, timed, run))
     return {"data": data, "preset": asdict(preset), "image_size": preset.image_size, "reference_budget": reference,
             "plans": {primary: {f"{b:.2f}": plan.to_dict() for b, plan in by_budget.items()}
                       for primary, by_budget in plans.items()},
-            "unreachable": unreachable, "rows": rows, "goals": goals(rows, reference)}
+            "unreachable": unreachable, "rows": rows, "goals": goals(rows, reference, preset.eval_every)}
 
 
 def _candidates(args: argparse.Namespace, model: torch.nn.Module) -> tuple[str, ...] | None:
@@ -231,58 +238,100 @@ def _defaults(model: torch.nn.Module, candidates: list[str]) -> list[str]:
 
 
 def _row(run: str, primary: str, layers: list[str], summary: dict, latency: dict[str, float], seed: int,
-         step_s: float) -> dict:
+         step_s: float, folder: Path) -> dict:
     steps = summary["steps"]
+    curve = [(row["step"], row["val_acc"]) for row in read_metrics(folder / "metrics.jsonl") if "val_acc" in row]
     return {"run": run, "primary": primary, "seed": seed, "layers": len(layers), "targets": layers,
             "best_val_acc": summary["best_val_acc"], "final_val_acc": summary["final_val_acc"], "steps": steps,
             "step_s": step_s, "train_seconds": summary["train_seconds"],
             "run_step_s": summary["train_seconds"] / steps if steps else None,
-            "trainable_params": summary["trainable_params"], "latency_ratio": latency}
+            "trainable_params": summary["trainable_params"], "latency_ratio": latency, "curve": curve}
 
 
-def by_run(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """One entry per (run, primary) over its seeds: the rows' best accuracies, their mean and sample sd, mean step time."""
+def accuracy_at(row: dict, steps: int) -> float | None:
+    """The best val accuracy a run had reached by step `steps` (None if it stopped before): with a constant
+    learning rate after the warm-up, what a run of `steps` steps would report at those evaluations."""
+    if row["steps"] < steps:
+        return None
+    return max(acc for step, acc in row["curve"] if step <= steps)
+
+
+def equal_steps(rows: list[dict], eval_every: int) -> dict[str, int]:
+    """Per primary mode, where its layer sets are compared at equal steps: the fewest steps any of them trained
+    (all the default layers aside: their slow step gives them far fewer), down to the evaluation grid so no
+    set's evaluation falls nearer the point than another's. Fine-tuning and LoRA ("-") at the fewest of those."""
+    fewest: dict[str, int] = {}
+    for row in rows:
+        if row["primary"] != "-" and row["run"] != "all":
+            fewest[row["primary"]] = min(fewest.get(row["primary"], row["steps"]), row["steps"])
+    points = {primary: max(eval_every, steps // eval_every * eval_every) if steps >= eval_every else steps
+              for primary, steps in fewest.items()}
+    return {**points, "-": min(points.values())} if points else {}
+
+
+def by_run(rows: list[dict], accuracy=lambda row: row["best_val_acc"]) -> dict[tuple[str, str], dict]:
+    """One entry per (run, primary) over its seeds: the rows' accuracies (best val accuracy, or `accuracy`),
+    their mean and sample sd (None where a seed has none), timed step, and the runs' own mean step."""
     grouped: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         grouped.setdefault((row["run"], row["primary"]), []).append(row)
     result = {}
     for key, group in grouped.items():
-        accs = [row["best_val_acc"] for row in group]
-        steps = [row["step_s"] for row in group if row["step_s"]]
-        result[key] = {"accuracies": accs, "mean": statistics.fmean(accs),
-                       "sd": statistics.stdev(accs) if len(accs) > 1 else None,
-                       "step_s": statistics.fmean(steps) if steps else None, "first": group[0]}
+        accs = [accuracy(row) for row in group]
+        known = None not in accs
+        result[key] = {"accuracies": accs, "mean": statistics.fmean(accs) if known else None,
+                       "sd": statistics.stdev(accs) if known and len(accs) > 1 else None,
+                       "step_s": group[0]["step_s"], "first": group[0],
+                       "run_step_s": sum(row["train_seconds"] for row in group) / sum(row["steps"] for row in group)}
     return result
 
 
-def goals(rows: list[dict], reference: float) -> dict:
+def versus_randoms(budget: dict, randoms: list[dict], reference: float) -> dict:
+    """The budget's set against the random sets (entries of `by_run`): the mean over seeds minus the best random
+    mean, of all and of those timed within the budget at every batch; the paired standard error of the latter
+    (the sd over seeds of the per-seed differences / sqrt(seeds): same seed, same batches and head, so a
+    seed's luck cancels); and in how many seeds the budget beat every random set."""
+    randoms = [r for r in randoms if r["mean"] is not None]
+    # "the same measured cost": random sets fill the budget at profiled costs, unchecked, and may time
+    # over it (one read 1.137x at batch 1), where the plan's set had to pass a confident check
+    within = [r for r in randoms if all(v <= reference + 1e-9 for v in r["first"]["latency_ratio"].values())]
+    best = max(within, key=lambda r: r["mean"]) if within else None
+    paired = [a - b for a, b in zip(budget["accuracies"], best["accuracies"])] if best else []
+    return {
+        "accuracy_minus_best_random": budget["mean"] - max(r["mean"] for r in randoms) if randoms else None,
+        "accuracy_minus_best_random_within_budget": budget["mean"] - best["mean"] if best else None,
+        "paired_se_within_budget": (statistics.stdev(paired) / len(paired) ** 0.5 if len(paired) > 1 else None),
+        "randoms_within_budget": len(within),
+        "seeds_above_every_random": sum(all(acc > r["accuracies"][i] for r in randoms if i < len(r["accuracies"]))
+                                        for i, acc in enumerate(budget["accuracies"])) if randoms else None,
+    }
+
+
+def goals(rows: list[dict], reference: float, eval_every: int) -> dict:
     """The issue's goals at the reference budget, per primary mode, on the mean over seeds: accuracy vs all and
-    the best random set (of all, and of those timed within the budget at every batch), step time; and how
-    many seeds the budget's set beat every random set in."""
+    vs the random sets (`versus_randoms`) at equal training time, the same against the random sets at equal
+    steps (`equal_steps`: the layers' effect without the step timing's), and the step time vs fine-tuning's
+    over the runs themselves (every step of every seed: the short timing that sized the runs moved by up to
+    28% between two benchmark runs)."""
     by = by_run(rows)
+    points = equal_steps(rows, eval_every)
+    by_steps = by_run(rows, lambda row: accuracy_at(row, points[row["primary"]]))
     finetune = by[("finetune", "-")]
     result = {}
     for primary in sorted({row["primary"] for row in rows} - {"-"}):
-        budget = by.get((f"budget {reference:.2f}", primary))
-        if budget is None:
+        key = (f"budget {reference:.2f}", primary)
+        if key not in by:
             continue
-        randoms = [entry for (run, p), entry in by.items() if p == primary and run.startswith("random")]
-        # "the same measured cost": random sets fill the budget at profiled costs, unchecked, and may time
-        # over it (one read 1.137x at batch 1), where the plan's set had to pass a confident check
-        within = [r for r in randoms if all(v <= reference + 1e-9 for v in r["first"]["latency_ratio"].values())]
-        seeds = len(budget["accuracies"])
+        budget = by[key]
+        randoms = [(run, p) for run, p in by if p == primary and run.startswith("random")]
         result[primary] = {
-            "seeds": seeds,
+            "seeds": len(budget["accuracies"]),
             "accuracy_minus_all": budget["mean"] - by[("all", primary)]["mean"],
-            "accuracy_minus_best_random": budget["mean"] - max(r["mean"] for r in randoms) if randoms else None,
-            "accuracy_minus_best_random_within_budget": (budget["mean"] - max(r["mean"] for r in within)
-                                                         if within else None),
-            "randoms_within_budget": len(within),
+            **versus_randoms(budget, [by[r] for r in randoms], reference),
             "accuracy_sd": budget["sd"],
-            "seeds_above_every_random": sum(all(acc > r["accuracies"][i] for r in randoms if i < len(r["accuracies"]))
-                                            for i, acc in enumerate(budget["accuracies"])) if randoms else None,
-            "step_time_vs_finetune": (budget["step_s"] / finetune["step_s"]
-                                      if budget["step_s"] and finetune["step_s"] else None),
+            "equal_steps": {"steps": points[primary],
+                            **versus_randoms(by_steps[key], [by_steps[r] for r in randoms], reference)},
+            "step_time_vs_finetune": budget["run_step_s"] / finetune["run_step_s"],
             "latency_ratio": budget["first"]["latency_ratio"],
         }
     return result
@@ -290,28 +339,42 @@ def goals(rows: list[dict], reference: float) -> dict:
 
 def print_result(result: dict, console: Console) -> None:
     batches = list(result["rows"][0]["latency_ratio"])
+    points = equal_steps(result["rows"], result["preset"]["eval_every"])
+    at_steps = by_run(result["rows"], lambda row: accuracy_at(row, points[row["primary"]]))
     table = Table(title=f"{result['data']} at {result['image_size']} px: best val accuracy at equal training time "
-                        "vs measured ORT CPU latency (adapted/base p50); mean +- sd over seeds")
-    for column in ("run", "primary", "layers", *[f"lat b{b}" for b in batches], "best", "+-", "seeds", "step s"):
+                        "vs measured ORT CPU latency (adapted/base p50); mean +- sd over seeds; `@ steps`: the "
+                        "same runs at equal steps")
+    for column in ("run", "primary", "layers", *[f"lat b{b}" for b in batches], "best", "+-", "seeds", "steps",
+                   "timed s", "run s", "@ steps"):
         table.add_column(column, justify="left" if column in ("run", "primary") else "right", no_wrap=True)
-    for (run, primary), entry in by_run(result["rows"]).items():
-        row = entry["first"]
-        table.add_row(run, primary, str(row["layers"]), *[f"{row['latency_ratio'][b]:.3f}x" for b in batches],
+    for key, entry in by_run(result["rows"]).items():
+        row, same_steps = entry["first"], at_steps[key]
+        table.add_row(key[0], key[1], str(row["layers"]), *[f"{row['latency_ratio'][b]:.3f}x" for b in batches],
                       f"{100 * entry['mean']:.1f}%", "-" if entry["sd"] is None else f"{100 * entry['sd']:.1f}",
-                      str(len(entry["accuracies"])), "-" if entry["step_s"] is None else f"{entry['step_s']:.2f}")
+                      str(len(entry["accuracies"])), str(row["steps"]),
+                      f"{entry['step_s']:.3f}", f"{entry['run_step_s']:.3f}",
+                      "-" if same_steps["mean"] is None else f"{100 * same_steps['mean']:.1f}% @ {points[key[1]]}")
     tables.print_table(console, table)
     for primary, goal in result["goals"].items():
-        step = goal["step_time_vs_finetune"]
-        best_random = goal["accuracy_minus_best_random"]
         console.print(f"budget {result['reference_budget']:.2f}, primary {primary} ({goal['seeds']} seed(s)): "
-                      f"{100 * goal['accuracy_minus_all']:+.1f} pts vs all, "
-                      + ("no random run" if best_random is None else
-                         f"{100 * best_random:+.1f} pts vs best random (above every random set in "
-                         f"{goal['seeds_above_every_random']} of {goal['seeds']} seeds); "
-                         + ("no random set timed within the budget" if goal["randoms_within_budget"] == 0 else
-                            f"{100 * goal['accuracy_minus_best_random_within_budget']:+.1f} pts vs the best of "
-                            f"the {goal['randoms_within_budget']} timed within it"))
-                      + (", step time -" if step is None else f", step time {step:.2f}x finetune"))
+                      f"{100 * goal['accuracy_minus_all']:+.1f} pts vs all, " + _versus_line(goal, goal["seeds"])
+                      + f", step time {goal['step_time_vs_finetune']:.2f}x finetune's (the runs' own)")
+        console.print(f"  at {goal['equal_steps']['steps']} steps each: "
+                      + _versus_line(goal["equal_steps"], goal["seeds"]))
+
+
+def _versus_line(versus: dict, seeds: int) -> str:
+    """One `versus_randoms` result in words."""
+    if versus["accuracy_minus_best_random"] is None:
+        return "no random run"
+    line = (f"{100 * versus['accuracy_minus_best_random']:+.1f} pts vs best random (above every random set in "
+            f"{versus['seeds_above_every_random']} of {seeds} seeds); ")
+    if versus["randoms_within_budget"] == 0:
+        return line + "no random set timed within the budget"
+    se = versus["paired_se_within_budget"]
+    return (line + f"{100 * versus['accuracy_minus_best_random_within_budget']:+.1f}"
+            + ("" if se is None else f" +- {100 * se:.1f} (paired se)")
+            + f" pts vs the best of the {versus['randoms_within_budget']} timed within it")
 
 
 def plot(result: dict, png: Path) -> None:

@@ -35,6 +35,9 @@ def test_quick_mode_runs_every_stage(tmp_path) -> None:
     for row in data["rows"]:
         assert row["steps"] == max(1, round(60 * data["preset"]["minutes"] / row["step_s"]))
     assert set(data["goals"]["trained"]) >= {"accuracy_minus_all", "accuracy_minus_best_random", "step_time_vs_finetune"}
+    # every row keeps its evaluations (the equal-steps view reads them): the last one is the run's final accuracy
+    assert all(row["curve"][-1] == [row["steps"], row["final_val_acc"]] for row in data["rows"])
+    assert data["goals"]["trained"]["equal_steps"]["steps"] >= 1 and "@ steps" in result.stdout
     assert Path(data["plot"]).is_file() and "best val accuracy at equal training time" in result.stdout
 
 
@@ -85,20 +88,36 @@ def test_goals_compare_means_over_seeds_and_count_the_seeds_the_budget_wins() ->
 
     goals = load_module("budget_pareto", ROOT / "benchmarks" / "budget_pareto.py").goals
 
-    def row(run: str, primary: str, seed: int, acc: float, step_s: float = 0.1, b1: float = 1.05) -> dict:
-        return {"run": run, "primary": primary, "seed": seed, "best_val_acc": acc, "step_s": step_s,
-                "latency_ratio": {"1": b1, "32": 1.02}}
+    def row(run: str, primary: str, seed: int, acc: float, step_s: float = 0.1, b1: float = 1.05,
+            steps: int = 40, early: float = 0.5) -> dict:
+        # evaluated every 10 steps: `early` up to step 30, `acc` from 40 on
+        return {"run": run, "primary": primary, "seed": seed, "best_val_acc": acc, "step_s": 0.3, "steps": steps,
+                "train_seconds": step_s * steps, "latency_ratio": {"1": b1, "32": 1.02},
+                "curve": [(step, early if step < 40 else acc) for step in range(0, steps + 1, 10)]}
 
     rows = [row("finetune", "-", 0, 0.90, 0.2), row("finetune", "-", 1, 0.92, 0.2),
-            row("all", "trained", 0, 0.80), row("all", "trained", 1, 0.84),
-            row("budget 1.10", "trained", 0, 0.95, 0.15), row("budget 1.10", "trained", 1, 0.93, 0.17),
-            row("random 1", "trained", 0, 0.94), row("random 1", "trained", 1, 0.90),
-            row("random 2", "trained", 0, 0.90), row("random 2", "trained", 1, 0.94),
+            row("all", "trained", 0, 0.80, steps=20), row("all", "trained", 1, 0.84, steps=20),
+            row("budget 1.10", "trained", 0, 0.95, 0.15, early=0.70),
+            row("budget 1.10", "trained", 1, 0.93, 0.17, early=0.60),
+            row("random 1", "trained", 0, 0.94, steps=30, early=0.50), row("random 1", "trained", 1, 0.90, steps=30),
+            row("random 2", "trained", 0, 0.90, steps=35, early=0.62),
+            row("random 2", "trained", 1, 0.94, steps=35, early=0.64),
             row("random 3", "trained", 0, 0.97, b1=1.13), row("random 3", "trained", 1, 0.97, b1=1.13)]
-    goal = goals(rows, 1.10)["trained"]
+    goal = goals(rows, 1.10, eval_every=10)["trained"]
     assert goal["seeds"] == 2 and goal["accuracy_minus_all"] == pytest.approx(0.94 - 0.82)
     assert goal["accuracy_minus_best_random"] == pytest.approx(0.94 - 0.97)  # random 3, timed over the budget
     assert goal["accuracy_minus_best_random_within_budget"] == pytest.approx(0.94 - 0.92)  # 1 and 2 average 92%
+    # paired: random 1 and 2 tie on the mean, max() keeps the first (random 1): differences 0.01 and 0.03
+    assert goal["paired_se_within_budget"] == pytest.approx(0.01414 / 2 ** 0.5, abs=1e-4)
     assert goal["randoms_within_budget"] == 2 and goal["seeds_above_every_random"] == 0
     assert goal["accuracy_sd"] == pytest.approx(0.01414, abs=1e-4)
+    # the runs' own steps (train seconds / steps over both seeds), not the timed 0.3 s
     assert goal["step_time_vs_finetune"] == pytest.approx(0.16 / 0.2)
+    # equal steps: the fewest steps of a trained set other than all (30, random 1), on the 10-step grid
+    at = goal["equal_steps"]
+    assert at["steps"] == 30
+    assert at["accuracy_minus_best_random_within_budget"] == pytest.approx(0.65 - 0.63)  # random 2's 62 and 64%
+    assert at["paired_se_within_budget"] == pytest.approx(0.06)  # +0.08 and -0.04 against random 2
+    assert at["seeds_above_every_random"] == 1  # seed 1: 60% against random 2's 64%
+    accuracy_at = load_module("budget_pareto", ROOT / "benchmarks" / "budget_pareto.py").accuracy_at
+    assert accuracy_at(rows[2], 30) is None and accuracy_at(rows[4], 39) == 0.70 and accuracy_at(rows[4], 40) == 0.95
