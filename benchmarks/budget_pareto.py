@@ -264,9 +264,15 @@ def equal_steps(rows: list[dict], eval_every: int) -> dict[str, int]:
     for row in rows:
         if row["primary"] != "-" and row["run"] != "all":
             fewest[row["primary"]] = min(fewest.get(row["primary"], row["steps"]), row["steps"])
-    points = {primary: max(eval_every, steps // eval_every * eval_every) if steps >= eval_every else steps
+    points = {primary: steps // eval_every * eval_every if steps >= eval_every else steps
               for primary, steps in fewest.items()}
     return {**points, "-": min(points.values())} if points else {}
+
+
+def by_run_at_equal_steps(rows: list[dict], eval_every: int) -> tuple[dict[str, int], dict[tuple[str, str], dict]]:
+    """`equal_steps`' points and `by_run` of every run's accuracy at its mode's point (the goals and the table)."""
+    points = equal_steps(rows, eval_every)
+    return points, by_run(rows, lambda row: accuracy_at(row, points[row["primary"]]))
 
 
 def by_run(rows: list[dict], accuracy=lambda row: row["best_val_acc"]) -> dict[tuple[str, str], dict]:
@@ -314,8 +320,7 @@ def goals(rows: list[dict], reference: float, eval_every: int) -> dict:
     over the runs themselves (every step of every seed: the short timing that sized the runs moved by up to
     28% between two benchmark runs)."""
     by = by_run(rows)
-    points = equal_steps(rows, eval_every)
-    by_steps = by_run(rows, lambda row: accuracy_at(row, points[row["primary"]]))
+    points, by_steps = by_run_at_equal_steps(rows, eval_every)
     finetune = by[("finetune", "-")]
     result = {}
     for primary in sorted({row["primary"] for row in rows} - {"-"}):
@@ -339,8 +344,7 @@ def goals(rows: list[dict], reference: float, eval_every: int) -> dict:
 
 def print_result(result: dict, console: Console) -> None:
     batches = list(result["rows"][0]["latency_ratio"])
-    points = equal_steps(result["rows"], result["preset"]["eval_every"])
-    at_steps = by_run(result["rows"], lambda row: accuracy_at(row, points[row["primary"]]))
+    points, at_steps = by_run_at_equal_steps(result["rows"], result["preset"]["eval_every"])
     table = Table(title=f"{result['data']} at {result['image_size']} px: best val accuracy at equal training time "
                         "vs measured ORT CPU latency (adapted/base p50); mean +- sd over seeds; `@ steps`: the "
                         "same runs at equal steps")

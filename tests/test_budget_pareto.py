@@ -99,7 +99,7 @@ def test_goals_compare_means_over_seeds_and_count_the_seeds_the_budget_wins() ->
             row("all", "trained", 0, 0.80, steps=20), row("all", "trained", 1, 0.84, steps=20),
             row("budget 1.10", "trained", 0, 0.95, 0.15, early=0.70),
             row("budget 1.10", "trained", 1, 0.93, 0.17, early=0.60),
-            row("random 1", "trained", 0, 0.94, steps=30, early=0.50), row("random 1", "trained", 1, 0.90, steps=30),
+            row("random 1", "trained", 0, 0.94, steps=35, early=0.50), row("random 1", "trained", 1, 0.90, steps=35),
             row("random 2", "trained", 0, 0.90, steps=35, early=0.62),
             row("random 2", "trained", 1, 0.94, steps=35, early=0.64),
             row("random 3", "trained", 0, 0.97, b1=1.13), row("random 3", "trained", 1, 0.97, b1=1.13)]
@@ -113,7 +113,7 @@ def test_goals_compare_means_over_seeds_and_count_the_seeds_the_budget_wins() ->
     assert goal["accuracy_sd"] == pytest.approx(0.01414, abs=1e-4)
     # the runs' own steps (train seconds / steps over both seeds), not the timed 0.3 s
     assert goal["step_time_vs_finetune"] == pytest.approx(0.16 / 0.2)
-    # equal steps: the fewest steps of a trained set other than all (30, random 1), on the 10-step grid
+    # equal steps: the fewest steps of a trained set other than all (35, random 1 and 2), down to the 10-step grid
     at = goal["equal_steps"]
     assert at["steps"] == 30
     assert at["accuracy_minus_best_random_within_budget"] == pytest.approx(0.65 - 0.63)  # random 2's 62 and 64%
