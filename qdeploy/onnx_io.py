@@ -36,14 +36,23 @@ def load_onnx(path: str | Path, load_external_data: bool = False) -> onnx.ModelP
     return model
 
 
-def ort_session(path: str | Path, threads: int = 0, providers: Sequence[Any] = CPU, **settings: Any):
+SPINNING_ENTRY = "session.intra_op.allow_spinning"  # ONNX Runtime's session config key, "0" or "1"
+
+
+def ort_session(path: str | Path, threads: int = 0, providers: Sequence[Any] = CPU, spinning: bool = True,
+                **settings: Any):
     """An onnxruntime.InferenceSession (quiet logs, `threads` intra-op threads; `settings`: other
-    SessionOptions attributes, e.g. enable_profiling), or one clear error when it cannot load."""
+    SessionOptions attributes, e.g. enable_profiling), or one clear error when it cannot load.
+
+    spinning: False stops the intra-op workers from spinning after a run, so the session leaves the
+    cores idle between runs; sessions timed in alternation need it (qdeploy/timing.py).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    options.add_session_config_entry(SPINNING_ENTRY, "1" if spinning else "0")
     for name, value in settings.items():
         setattr(options, name, value)
     try:

@@ -1,16 +1,25 @@
-"""Timing several things fairly on a shared machine: interleaved turns, each warmed up after the switch.
+"""Timing several things fairly on a shared machine: interleaved turns, or alternation run by run.
 
-Why turns and not one run of each in alternation: every ONNX Runtime session keeps its own
-intra-op thread pool whose workers spin after a run. On this 2-core machine, timing one
-session right after another ran made the next one 2-4x slower (measured on EfficientNet-Lite0,
-64 px: batch 32 took 62-67 ms alternated run by run, 24-27 ms in turns; batch 1 jumped
-between 1.4 and 6.7 ms), and the ratios between files were noise. So each target gets
-turns: untimed runs for at least `switch_warmup_s` after the switch (the previous
-session's threads settle), then a share of the timed runs; `rounds` turns per target
-interleave them, so a load change on the machine hits every target alike. The pooled
-timed runs are what the caller takes percentiles of; ratios pair the turns (`paired_ratio`),
-and `median_interval` says how sure a median over rounds is (the plan check adds rounds while
-a budget lies inside it).
+Every ONNX Runtime session keeps its own intra-op thread pool whose workers spin after a run.
+On this 2-core machine, timing one spinning session right after another ran made the next one
+2-4x slower (measured on EfficientNet-Lite0, 64 px: batch 32 took 62-67 ms alternated run by
+run, 24-27 ms in turns; batch 1 jumped between 1.4 and 6.7 ms), and the ratios between files
+were noise. Two schedules follow from that:
+
+- `time_turns` (sessions that spin, as deployed): each target gets turns, untimed runs for at
+  least `switch_warmup_s` after the switch (the previous session's threads settle), then a
+  share of the timed runs; `rounds` turns per target interleave them, so a load change on the
+  machine hits every target alike. The machine's speed still drifts within and between turns:
+  five rounds of one adapted/base pair spread 1.02-1.12x at 64 px, batch 1.
+- `time_alternating` (sessions with spinning off, which leave the cores idle between runs):
+  one run of each target per cycle, so each cycle's ratio pairs runs a few milliseconds apart
+  and the drift cancels run by run. The same pair then gave 1.025-1.036x in four repeats of
+  1,000 cycles, a file against itself 0.993-1.003x; this is how ratios are measured where a
+  budget depends on them (the latency plan).
+
+The pooled timed runs are what the caller takes percentiles of; ratios pair the turns (or
+cycles: one-run turns) with `paired_ratio`, and `median_interval` says how sure a median over
+rounds is (the plan check adds rounds while a budget lies inside it).
 """
 
 from __future__ import annotations
@@ -61,6 +70,31 @@ def time_turns(runs: Mapping[Key, Callable[[], object]], rounds: int, iterations
             share = iterations // rounds + (round_index < iterations % rounds)
             turns[key].append(timed_turn(run, warmup if round_index == 0 else 1, share, budget, settle))
     return turns
+
+
+def time_alternating(runs: Mapping[Key, Callable[[], object]], iterations: int, time_budget_s: float | None = None,
+                     warmup: int = 1) -> dict[Key, list[list[float]]]:
+    """Seconds of each run in cycles of one run per key, as one-run turns for `paired_ratio`.
+
+    The order reverses every other cycle (a b, b a, a b, ...) so neither key always runs first
+    after the other. At most `iterations` cycles; `time_budget_s` is per key (the cycles share
+    len(runs) times it), and at least one cycle runs. `warmup` untimed cycles open. Only fair for
+    runs that leave the cores idle between calls (ONNX Runtime sessions with spinning off): see
+    the module's docstring.
+    """
+    keys = list(runs)
+    for _ in range(warmup):
+        for key in keys:
+            runs[key]()
+    cycles: dict[Key, list[list[float]]] = {key: [] for key in keys}
+    deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s * len(keys)
+    while len(cycles[keys[0]]) < iterations and (deadline is None or time.perf_counter() < deadline
+                                                 or not cycles[keys[0]]):
+        for key in keys if len(cycles[keys[0]]) % 2 == 0 else reversed(keys):
+            start = time.perf_counter()
+            runs[key]()
+            cycles[key].append([time.perf_counter() - start])
+    return cycles
 
 
 def time_in_turns(runs: Mapping[Key, Callable[[], object]], rounds: int, iterations: int,

@@ -537,6 +537,49 @@ def test_check_adds_rounds_only_while_the_budget_is_a_close_call(tmp_path, monke
     assert check["rounds"]["1"] == close[:9] and check["ratio"]["1"] == pytest.approx(1.08)
 
 
+def test_costs_split_the_timed_overhead_by_the_profiled_node_times(tmp_path, monkeypatch) -> None:
+    import qdeploy.workflows.latency_plan as latency_plan
+    from qdeploy.runtime.profile import Profile
+
+    monkeypatch.setattr(latency_plan, "_export", lambda model, folder, size, precision: folder / "adapted.onnx")
+    monkeypatch.setattr(latency_plan, "_adapted_copy", lambda model, chosen, options: model)
+    # the profiler sees 3 ms of extra nodes over a 10 ms base (1.3x), the clock only 1.15x / 1.05x
+    by_layer = {"x": {"quad Conv": 2.0, "primary Conv": 5.0}, "y": {"quad Conv": 0.5, "quad Mul": 0.5}}
+    profiles = {"base.onnx": Profile("base", 1, 1, 5, 10.0), "adapted.onnx": Profile("adapted", 1, 1, 5, 13.0,
+                                                                                       by_layer=by_layer)}
+    monkeypatch.setattr(latency_plan, "profile_onnx", lambda path, *args, **kwargs: profiles[path.name])
+    timed = iter([{"1": 1.15}, {"1": 1.20}, {"1": 1.10}])
+    monkeypatch.setattr(latency_plan, "timed_ratios", lambda adapted, base, options: next(timed))
+    base_ms, shares, ms = latency_plan.measure_costs(None, ["x", "y"], tmp_path / "base.onnx", PlanOptions(
+        batches=(1,), profile_repeats=3), tmp_path, (32, 32))
+    assert base_ms == {"1": 10.0}
+    # the median timed overhead (0.15) split 2:1 by the layers' own node times (primary nodes left out)
+    assert shares["x"]["1"] == pytest.approx(0.10) and shares["y"]["1"] == pytest.approx(0.05)
+    assert ms["x"]["1"] == pytest.approx(1.0) and ms["y"]["1"] == pytest.approx(0.5)
+
+
+def test_timed_ratios_alternate_sessions_that_do_not_spin(tmp_path, monkeypatch) -> None:
+    import qdeploy.runtime as runtime
+    import qdeploy.workflows.latency_plan as latency_plan
+    from qdeploy.runtime.benchmark import Measurement
+
+    loaded, seen = [], {}
+    monkeypatch.setattr(runtime, "load_engine", lambda path, backend, threads, **kw: loaded.append((path.name, kw)))
+
+    def run_benchmark(targets, batches, threads, **kwargs):
+        seen.update(kwargs)
+        for target in targets:
+            target.load(threads[0])
+        return [Measurement(t.label, "ort-cpu", b, 1, 9, 1.0, 1.0, 1.0, 1.0, 1.0, vs_base=1.04 if t.base else None)
+                for t in targets for b in batches]
+    monkeypatch.setattr(latency_plan, "run_benchmark", run_benchmark)
+    ratios = latency_plan.timed_ratios(tmp_path / "adapted.onnx", tmp_path / "base.onnx",
+                                       PlanOptions(batches=(1, 32), check_seconds=0.5))
+    assert ratios == {"1": 1.04, "32": 1.04}
+    assert seen["schedule"] == "alternate" and seen["time_budget_s"] == 0.5
+    assert loaded == [("adapted.onnx", {"spinning": False}), ("base.onnx", {"spinning": False})]
+
+
 def _layers(costs: dict[str, float], scores: dict[str, float]) -> dict[str, dict]:
     return {n: {"name": n, "cost": c, "cost_by_batch": {"1": c}, "score": scores[n]} for n, c in costs.items()}
 

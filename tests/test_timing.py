@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from qdeploy.timing import median_interval, paired_ratio, time_in_turns, time_turns, timed_turn
+from qdeploy.timing import median_interval, paired_ratio, time_alternating, time_in_turns, time_turns, timed_turn
 
 
 def _recorder(log: list[str], key: str, seconds: float = 0.0):
@@ -50,6 +50,20 @@ def test_turns_are_kept_apart_for_pairing() -> None:
     assert [len(turn) for turn in turns["a"]] == [3, 2, 2]  # 7 runs shared out over 3 turns
     pooled = time_in_turns({"a": _recorder([], "a")}, rounds=3, iterations=7, warmup=0)
     assert len(pooled["a"]) == 7
+
+
+def test_alternation_runs_each_key_once_per_cycle_in_reversing_order() -> None:
+    log: list[str] = []
+    cycles = time_alternating({"a": _recorder(log, "a"), "b": _recorder(log, "b")}, iterations=4, warmup=1)
+    assert "".join(log) == "ab" + "ab" + "ba" + "ab" + "ba"  # one warm-up cycle, then 4 timed, order reversing
+    assert [len(cycle) for cycle in cycles["a"]] == [1, 1, 1, 1] and len(cycles["b"]) == 4
+    budgeted = time_alternating({"a": _recorder([], "a", 0.01), "b": _recorder([], "b", 0.01)}, iterations=10_000,
+                                time_budget_s=0.0, warmup=0)
+    assert len(budgeted["a"]) == len(budgeted["b"]) == 1  # a spent budget still times one cycle
+    timed = time_alternating({"a": _recorder([], "a", 0.004), "b": _recorder([], "b", 0.002)}, iterations=10_000,
+                             time_budget_s=0.05, warmup=0)
+    assert 3 <= len(timed["a"]) <= 20  # 0.1 s of 6 ms cycles (sleep overshoots on a loaded machine)
+    assert 1.3 < paired_ratio(timed["a"], timed["b"]) < 3.0  # cycle by cycle: about 2
 
 
 def test_paired_ratio_is_the_median_of_each_turns_ratio() -> None:

@@ -20,10 +20,11 @@ import numpy as np
 from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.runtime.engine import Engine
-from qdeploy.timing import paired_ratio, time_turns, timed_turn
+from qdeploy.timing import paired_ratio, time_alternating, time_turns, timed_turn
 
 EngineFactory = Callable[[int], Engine]  # threads -> a loaded engine
 UNTIL_TIME_BUDGET = 1_000_000  # `iterations` for a measurement that its time budget ends
+SCHEDULES = ("turns", "alternate")  # how targets share the machine (qdeploy/timing.py)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def measure(engine: Engine, label: str, batch: int, threads: int, warmup: int = 
 
 def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Sequence[int], warmup: int = 5,
                   iterations: int = 100, time_budget_s: float | None = None,
-                  progress: Callable[[str], None] | None = None, rounds: int = 1) -> list[Measurement]:
+                  progress: Callable[[str], None] | None = None, rounds: int = 1,
+                  schedule: str = "turns") -> list[Measurement]:
     """Every target x thread count x batch size; ratios filled in against the first and the base targets.
 
     With `rounds` > 1 the targets take turns (qdeploy/timing.py): each round times every target
@@ -90,12 +92,18 @@ def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Se
     load change on a shared machine hits all of them alike. Percentiles pool the turns' times;
     the ratios pair them (each turn against the other target's turn at the same batch, which
     runs next to it; the median over turns), so a drift between turns cancels.
+    With `schedule` "alternate" the targets at a batch run once each per cycle instead (timing.
+    time_alternating; `rounds` must be 1) and the ratios pair cycle by cycle: for engines that
+    do not spin between runs (OrtEngine(spinning=False)), where it is the most precise of the two.
     """
     if not targets:
         raise QDeployError("nothing to benchmark; pass at least one model")
     if iterations < 1 or warmup < 0 or rounds < 1:
         raise QDeployError(f"--iterations and rounds must be >= 1 and --warmup >= 0, got {iterations}, {rounds} "
                            f"and {warmup}")
+    if schedule not in SCHEDULES or (schedule == "alternate" and rounds != 1):
+        raise QDeployError(f"schedule must be one of {', '.join(SCHEDULES)} (alternate with one round), "
+                           f"got {schedule!r} with {rounds} rounds")
     labels = [target.label for target in targets]
     if len(set(labels)) != len(labels):
         raise QDeployError(f"benchmark targets need distinct labels, got {labels}")
@@ -114,7 +122,15 @@ def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Se
                 progress(f"{key[0]} batch {key[1]} threads {count}"
                          + (f" round {round_index + 1}/{rounds}" if rounds > 1 else ""))
 
-        turns = time_turns(runs, rounds, iterations, time_budget_s, warmup, progress=say)
+        if schedule == "alternate":
+            turns = {}
+            for batch in batches:
+                say((" / ".join(engines), batch), 0)
+                cycles = time_alternating({label: runs[(label, batch)] for label in engines}, iterations,
+                                          time_budget_s, warmup)
+                turns.update({(label, batch): cycles[label] for label in engines})
+        else:
+            turns = time_turns(runs, rounds, iterations, time_budget_s, warmup, progress=say)
         for label in engines:
             for batch in batches:
                 m = _measurement(label, engines[label].backend, batch, count,

@@ -21,13 +21,14 @@ from qdeploy.export.forms import default_cache, machine_key
 from qdeploy.export.report import weights_sha256
 
 CACHE_NAME = "latency_plans.json"
-CACHE_FORMAT = "qdeploy-latency-plans/2"  # /2: plans pass on the bound of their median, not the median
+CACHE_FORMAT = "qdeploy-latency-plans/3"  # /2: plans pass on the bound of their median, not the median;
+# /3: costs and checks timed in alternation with spinning off
 
 # Settings a layer's measured cost does not depend on: a plan at another budget or with other
 # scores re-uses the costs (the expensive part: an export and a profile per batch).
 _NOT_COST_SETTINGS = ("latency_budget", "data", "score_batches", "score_batch_size", "head_probe_steps",
-                      "train_primary", "trials", "trial_steps", "scoring", "scoring_steps", "check_seconds",
-                      "check_rounds", "check_turns", "check_max_rounds")
+                      "train_primary", "trials", "trial_steps", "scoring", "scoring_steps",
+                      "check_rounds", "check_max_rounds")
 
 
 def cache_key(model: nn.Module, candidates: Sequence[str], size: tuple[int, int], options: Any, section: str) -> str:
