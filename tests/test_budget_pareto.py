@@ -70,7 +70,8 @@ def test_random_subsets_are_distinct_and_differ_from_the_budgets_choice() -> Non
     layer_sets = load_module("budget_pareto", ROOT / "benchmarks" / "budget_pareto.py").layer_sets
     names = [f"l{i}" for i in range(6)]
     costs = [0.04, 0.04, 0.08, 0.2, 0.2, 0.2]  # within the 0.10 slack: {l0}, {l1}, {l2}, {l0, l1}
-    plan = SimpleNamespace(layers=[{"name": n, "cost": c} for n, c in zip(names, costs)], chosen=["l0"], trials=None)
+    plan = SimpleNamespace(layers=[{"name": n, "cost": c, "cost_by_batch": {"1": c}} for n, c in zip(names, costs)],
+                           chosen=["l0"], trials=None, checks=[])
     sets = layer_sets({1.1: plan}, names, names, 1.1, randoms=5, seed=0)
     randoms = [tuple(layers) for run, layers in sets.items() if run.startswith("random")]
     # filled to the budget's slack, not to the plan's cost (one cheap layer: no other set would fit it);
@@ -81,6 +82,26 @@ def test_random_subsets_are_distinct_and_differ_from_the_budgets_choice() -> Non
     assert layer_sets({1.1: plan}, names, names, 1.1, randoms=1, seed=0)["trials' best"] == ["l1", "l2"]
     plan.trials["ranking"] = [0, 1]  # the plan is the trials' best: no extra row
     assert "trials' best" not in layer_sets({1.1: plan}, names, names, 1.1, randoms=1, seed=0)
+
+
+def test_random_sets_fill_the_slack_at_the_costs_the_plans_checks_measured() -> None:
+    from types import SimpleNamespace
+
+    from tests.conftest import load_module
+
+    module = load_module("budget_pareto", ROOT / "benchmarks" / "budget_pareto.py")
+    names = [f"l{i}" for i in range(4)]
+    layers = [{"name": n, "cost": 0.025, "cost_by_batch": {"1": 0.025, "32": 0.02}} for n in names]
+    # the plan's checks: four layers predicted 1.10x measured 1.20x (b1), then two predicted 1.05x measured 1.09x
+    checks = [{"chosen": names, "measured": {"1": 1.20, "32": 1.1}},
+              {"chosen": ["l0", "l1"], "measured": {"1": 1.09, "32": 1.03}}]
+    plan = SimpleNamespace(layers=layers, chosen=["l0", "l1"], trials=None, checks=checks)
+    assert module.measured_cost_scale(plan) == pytest.approx(2.0)  # 0.20 / 0.10 at batch 1 is the largest
+    sets = module.layer_sets({1.1: plan}, names, names, 1.1, randoms=3, seed=0)
+    # at profiled costs four layers fit 0.10; at twice them, two (as many as the plan kept)
+    assert sets["last-k"] == ["l2", "l3"] and all(len(v) == 2 for k, v in sets.items() if k.startswith("random"))
+    plan.checks = [{"chosen": ["l0"], "measured": {"1": 1.01, "32": 1.0}}]  # costs measured high: not scaled down
+    assert module.measured_cost_scale(plan) == 1.0
 
 
 def test_goals_compare_means_over_seeds_and_count_the_seeds_the_budget_wins() -> None:
