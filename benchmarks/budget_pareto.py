@@ -20,9 +20,9 @@ median step time steps. Wall-clock budgets gave the same set 57 steps in one run
 next on this shared machine (a slow phase), which decided the trained-primary comparison more than
 the layers did. The same runs are also compared at equal steps (each mode's fewest, on the
 evaluation grid): the layers' effect apart from the step timing's.
-Every layer set is exported
-(random terms) and timed against the base exported the same way, in alternation as the plan's check
-times (qdeploy.timing.time_alternating), apart from the plan that chose it (the goal's independent check), at `--batches` and `--latency-threads`. Reported per
+Every layer set is exported (random terms) and timed against the base exported the same way, in
+alternation as the plan's check times (qdeploy.timing.time_alternating), apart from the plan that
+chose it (the goal's independent check), at `--batches` and `--latency-threads`. Reported per
 run: layers, measured adapted/base p50 per batch, best val accuracy, steps, the timed step and the
 runs' own (their train seconds / steps), accuracy at equal steps; per goal the paired standard
 error over seeds. Tables, results/budget_pareto.json and one plot per dataset (accuracy vs
@@ -100,10 +100,9 @@ def measured_cost_scale(plan) -> float:
     0.10 were timed at 1.13-1.14x, all over the budget the plan was held to.
     """
     costs = {layer["name"]: layer["cost_by_batch"] for layer in plan.layers}
-    scales = [(ratio - 1.0) / sum(costs[name][batch] for name in check["chosen"])
-              for check in plan.checks for batch, ratio in check["measured"].items()
-              if sum(costs[name][batch] for name in check["chosen"]) > 0]
-    return max([1.0, *scales])
+    overheads = [(ratio - 1.0, sum(costs[name][batch] for name in check["chosen"]))
+                 for check in plan.checks for batch, ratio in check["measured"].items()]
+    return max([1.0, *(measured / predicted for measured, predicted in overheads if predicted > 0)])
 
 
 def layer_sets(plans: dict[float, object], candidates: list[str], all_layers: list[str], reference: float,
