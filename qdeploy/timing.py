@@ -1,4 +1,4 @@
-"""Timing several things fairly on a shared machine: interleaved turns, or alternation run by run.
+"""Timing several things fairly on a shared machine: interleaved turns, or alternation in short blocks.
 
 Every ONNX Runtime session keeps its own intra-op thread pool whose workers spin after a run.
 On this 2-core machine, timing one spinning session right after another ran made the next one
@@ -11,14 +11,19 @@ were noise. Two schedules follow from that:
   share of the timed runs; `rounds` turns per target interleave them, so a load change on the
   machine hits every target alike. The machine's speed still drifts within and between turns:
   five rounds of one adapted/base pair spread 1.02-1.12x at 64 px, batch 1.
-- `time_alternating` (sessions with spinning off, which leave the cores idle between runs):
-  one run of each target per cycle, so each cycle's ratio pairs runs a few milliseconds apart
-  and the drift cancels run by run. The same pair then gave 1.025-1.036x in four repeats of
-  1,000 cycles, a file against itself 0.993-1.003x; this is how ratios are measured where a
-  budget depends on them (the latency plan).
+- `time_alternating` (sessions that stop spinning when a run ends, which leave the cores idle
+  between runs): each cycle runs a short block of each target in turn, its first runs untimed,
+  so each cycle's ratio pairs runs a few milliseconds apart and the drift cancels cycle by
+  cycle. The untimed runs matter: right after another model ran, batch 1 is slower (the caches
+  hold the other model) and the adapted/base ratio read low, 1.19-1.21x on the first run
+  against 1.25-1.30x from the third on (7 of 16 Lite0 layers, 64 px, 2 threads), which is what
+  a deployed model serving one request after another sees and what spinning sessions in turns
+  read too (1.26-1.38x). One run per cycle had passed sets that deployed above the budget.
+  Batch 32 showed no such effect (1.16-1.24x at every position). This is how ratios are
+  measured where a budget depends on them (the latency plan, the pipeline's bench).
 
 The pooled timed runs are what the caller takes percentiles of; ratios pair the turns (or
-cycles: one-run turns) with `paired_ratio`, and `median_interval` says how sure a median over
+the blocks of a cycle) with `paired_ratio`, and `median_interval` says how sure a median over
 rounds is (the plan check adds rounds while a budget lies inside it).
 """
 
@@ -32,6 +37,9 @@ import numpy as np
 
 Key = TypeVar("Key", bound=Hashable)
 SWITCH_WARMUP_S = 0.05  # untimed seconds after switching targets; 0.02 still left 4x outliers at batch 1 (measured)
+BLOCK_SETTLE_S = 0.004  # untimed seconds (one run at least) opening each block of an alternation: 3-4 runs at
+# 64 px, batch 1, where the ratio settled by the third run; one at batch 32, where it did not move (measured)
+BLOCK_TIMED_S = 0.004  # timed seconds (one run at least) closing it: short, so paired blocks stay close in time
 
 
 def timed_turn(run: Callable[[], object], warmup: int, iterations: int, time_budget_s: float | None = None,
@@ -73,14 +81,17 @@ def time_turns(runs: Mapping[Key, Callable[[], object]], rounds: int, iterations
 
 
 def time_alternating(runs: Mapping[Key, Callable[[], object]], iterations: int, time_budget_s: float | None = None,
-                     warmup: int = 1) -> dict[Key, list[list[float]]]:
-    """Seconds of each run in cycles of one run per key, as one-run turns for `paired_ratio`.
+                     warmup: int = 1, settle_s: float = BLOCK_SETTLE_S,
+                     block_s: float = BLOCK_TIMED_S) -> dict[Key, list[list[float]]]:
+    """Seconds of each run in cycles of one block per key (untimed runs for `settle_s`, then timed
+    runs for `block_s`; at least one of each), as one turn per block for `paired_ratio`.
 
     The order reverses every other cycle (a b, b a, a b, ...) so neither key always runs first
-    after the other. At most `iterations` cycles; `time_budget_s` is per key (the cycles share
-    len(runs) times it), and at least one cycle runs. `warmup` untimed cycles open. Only fair for
-    runs that leave the cores idle between calls (ONNX Runtime sessions with spinning off): see
-    the module's docstring.
+    after the other. At most `iterations` timed runs per key (the first key's count ends it);
+    `time_budget_s` is per key (the cycles share len(runs) times it), and at least one cycle
+    runs. `warmup` untimed runs per key open. Only fair for runs that leave the cores idle
+    between calls (ONNX Runtime sessions that stop spinning when a run ends): see the module's
+    docstring.
     """
     keys = list(runs)
     for _ in range(warmup):
@@ -88,12 +99,11 @@ def time_alternating(runs: Mapping[Key, Callable[[], object]], iterations: int, 
             runs[key]()
     cycles: dict[Key, list[list[float]]] = {key: [] for key in keys}
     deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s * len(keys)
-    while len(cycles[keys[0]]) < iterations and (deadline is None or time.perf_counter() < deadline
-                                                 or not cycles[keys[0]]):
+    done = 0
+    while done < iterations and (deadline is None or time.perf_counter() < deadline or not done):
         for key in keys if len(cycles[keys[0]]) % 2 == 0 else reversed(keys):
-            start = time.perf_counter()
-            runs[key]()
-            cycles[key].append([time.perf_counter() - start])
+            cycles[key].append(timed_turn(runs[key], 1, iterations - done, block_s, settle_s))
+        done += len(cycles[keys[0]][-1])
     return cycles
 
 

@@ -558,7 +558,7 @@ def test_costs_split_the_timed_overhead_by_the_profiled_node_times(tmp_path, mon
     assert ms["x"]["1"] == pytest.approx(1.0) and ms["y"]["1"] == pytest.approx(0.5)
 
 
-def test_timed_ratios_alternate_sessions_that_do_not_spin(tmp_path, monkeypatch) -> None:
+def test_timed_ratios_alternate_sessions_that_stop_spinning_after_a_run(tmp_path, monkeypatch) -> None:
     import qdeploy.runtime as runtime
     import qdeploy.workflows.latency_plan as latency_plan
     from qdeploy.runtime.benchmark import Measurement
@@ -577,7 +577,7 @@ def test_timed_ratios_alternate_sessions_that_do_not_spin(tmp_path, monkeypatch)
                                        PlanOptions(batches=(1, 32), check_seconds=0.5))
     assert ratios == {"1": 1.04, "32": 1.04}
     assert seen["schedule"] == "alternate" and seen["time_budget_s"] == 0.5
-    assert loaded == [("adapted.onnx", {"spinning": False}), ("base.onnx", {"spinning": False})]
+    assert loaded == [("adapted.onnx", {"spin_after_run": False}), ("base.onnx", {"spin_after_run": False})]
 
 
 def _layers(costs: dict[str, float], scores: dict[str, float]) -> dict[str, dict]:

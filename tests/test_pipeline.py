@@ -11,7 +11,19 @@ from click.testing import CliRunner
 from qdeploy.cli import main
 
 
-def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
+def test_pipeline_runs_every_stage_and_summarises(tmp_path, monkeypatch) -> None:
+    import qdeploy.runtime.benchmark as benchmark
+    from qdeploy.onnx_io import STOP_SPINNING_ENTRY
+
+    timed, real_run = [], benchmark.run_benchmark
+
+    def spy(targets, *args, **kwargs):  # the bench's groups: how each is scheduled, how its sessions spin
+        engines = {t.label: t.load(1) for t in targets}
+        timed.append((kwargs["schedule"], {label: getattr(e, "session", None) and e.session.get_session_options()
+                                           .get_session_config_entry(STOP_SPINNING_ENTRY)
+                                           for label, e in engines.items()}))
+        return real_run(targets, *args, **kwargs)
+    monkeypatch.setattr(benchmark, "run_benchmark", spy)
     out = tmp_path / "pipeline"
     result = CliRunner().invoke(main, ["pipeline", "--out", str(out), "--max-samples", "64", "--epochs", "5",
                                        "--train-minutes", "10", "--batch", "1,2",
@@ -49,6 +61,10 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path) -> None:
         assert "shipping the fp32 file" in int8["reason"] and "shipped fp32" in result.output
     assert 1 <= int8["steps"] <= 9 and (out / "onnx-int8" / "decomposed.onnx").is_file()
     assert all(m["vs_base"] > 0 for m in summary["latency"] if not m["label"].startswith("base"))
+    # the ONNX files are timed as the latency plan times them: alternated, spinning stopped after each run
+    schedules = {schedule: sessions for schedule, sessions in timed}
+    assert set(schedules["alternate"]) == {label for label in labels if label.endswith("ort-cpu")}
+    assert set(schedules["alternate"].values()) == {"1"} and set(schedules["turns"]) == {"adapted torch", "base torch"}
     for name in ("train/model/adapter.json", "finetune/model/base.json", "onnx/decomposed.onnx", "onnx/fused.onnx",
                  "bench/bench.csv", "bench/bench.png", "verify_fused.json"):
         assert (out / name).is_file(), name

@@ -55,19 +55,19 @@ def test_rounds_interleave_targets_and_pool_their_runs(tiny_export) -> None:
     assert [" ".join(text.split()[:3]) for text in order] == ["a batch 1", "b batch 1", "a batch 2", "b batch 2"] * 3
 
 
-def test_alternation_pairs_runs_of_sessions_that_do_not_spin(tiny_export) -> None:
-    from qdeploy.onnx_io import SPINNING_ENTRY
+def test_alternation_pairs_blocks_of_sessions_that_stop_spinning_after_a_run(tiny_export) -> None:
+    from qdeploy.onnx_io import STOP_SPINNING_ENTRY
 
     path = tiny_export.onnx / "decomposed.onnx"
-    entry = lambda engine: engine.session.get_session_options().get_session_config_entry(SPINNING_ENTRY)  # noqa: E731
-    assert entry(load_engine(path, "ort-cpu", 1)) == "1"  # deployed sessions keep ONNX Runtime's default
-    quiet = lambda threads: load_engine(path, "ort-cpu", threads, spinning=False)  # noqa: E731
-    assert entry(quiet(1)) == "0"
+    entry = lambda engine: engine.session.get_session_options().get_session_config_entry(STOP_SPINNING_ENTRY)  # noqa: E731
+    assert entry(load_engine(path, "ort-cpu", 1)) == "0"  # deployed sessions keep ONNX Runtime's default
+    quiet = lambda threads: load_engine(path, "ort-cpu", threads, spin_after_run=False)  # noqa: E731
+    assert entry(quiet(1)) == "1"
     order: list[str] = []
     a, b = run_benchmark([Target("a", quiet, base="b"), Target("b", quiet)], batches=(1,), threads=(1,), warmup=1,
                          iterations=40, schedule="alternate", progress=order.append)
     assert a.iterations == b.iterations == 40 and order == ["a / b batch 1 threads 1"]
-    assert 0.7 < a.vs_base < 1.4  # one file against itself, paired run by run
+    assert 0.7 < a.vs_base < 1.4  # one file against itself, paired block by block
     for bad in ({"schedule": "alternate", "rounds": 3}, {"schedule": "interleaved"}):
         with pytest.raises(QDeployError, match="schedule must be one of turns, alternate"):
             run_benchmark([Target("a", quiet)], (1,), (1,), **bad)

@@ -52,18 +52,26 @@ def test_turns_are_kept_apart_for_pairing() -> None:
     assert len(pooled["a"]) == 7
 
 
-def test_alternation_runs_each_key_once_per_cycle_in_reversing_order() -> None:
+def test_alternation_runs_blocks_in_reversing_order_timing_only_their_settled_runs() -> None:
     log: list[str] = []
-    cycles = time_alternating({"a": _recorder(log, "a"), "b": _recorder(log, "b")}, iterations=4, warmup=1)
-    assert "".join(log) == "ab" + "ab" + "ba" + "ab" + "ba"  # one warm-up cycle, then 4 timed, order reversing
-    assert [len(cycle) for cycle in cycles["a"]] == [1, 1, 1, 1] and len(cycles["b"]) == 4
+    cycles = time_alternating({"a": _recorder(log, "a"), "b": _recorder(log, "b")}, iterations=3, warmup=1,
+                              settle_s=0.0, block_s=0.0)
+    # one warm-up run each, then blocks of one untimed and one timed run, order reversing
+    assert "".join(log) == "ab" + "aabb" + "bbaa" + "aabb"
+    assert [len(block) for block in cycles["a"]] == [1, 1, 1] and len(cycles["b"]) == 3
     budgeted = time_alternating({"a": _recorder([], "a", 0.01), "b": _recorder([], "b", 0.01)}, iterations=10_000,
-                                time_budget_s=0.0, warmup=0)
+                                time_budget_s=0.0, warmup=0, settle_s=0.0, block_s=0.0)
     assert len(budgeted["a"]) == len(budgeted["b"]) == 1  # a spent budget still times one cycle
+    # blocks of 1 ms runs: about 5 untimed then 5 timed; 6 runs asked for cut the second block to 1
+    log.clear()
+    blocks = time_alternating({"a": _recorder(log, "a", 0.001), "b": _recorder([], "b", 0.001)}, iterations=6,
+                              warmup=0, settle_s=0.005, block_s=0.005)
+    assert sum(len(block) for block in blocks["a"]) == 6 and 2 <= len(blocks["a"][0]) <= 5  # sleep overshoots
+    assert len(log) >= 6 + 2 * len(blocks["a"])  # the settling runs: several per block
     timed = time_alternating({"a": _recorder([], "a", 0.004), "b": _recorder([], "b", 0.002)}, iterations=10_000,
-                             time_budget_s=0.05, warmup=0)
-    assert 3 <= len(timed["a"]) <= 20  # 0.1 s of 6 ms cycles (sleep overshoots on a loaded machine)
-    assert 1.3 < paired_ratio(timed["a"], timed["b"]) < 3.0  # cycle by cycle: about 2
+                             time_budget_s=0.05, warmup=0, settle_s=0.0, block_s=0.0)
+    assert 3 <= len(timed["a"]) <= 20  # 0.1 s of 12 ms cycles (sleep overshoots on a loaded machine)
+    assert 1.3 < paired_ratio(timed["a"], timed["b"]) < 3.0  # block by block: about 2
 
 
 def test_paired_ratio_is_the_median_of_each_turns_ratio() -> None:

@@ -92,9 +92,10 @@ def run_benchmark(targets: Sequence[Target], batches: Sequence[int], threads: Se
     load change on a shared machine hits all of them alike. Percentiles pool the turns' times;
     the ratios pair them (each turn against the other target's turn at the same batch, which
     runs next to it; the median over turns), so a drift between turns cancels.
-    With `schedule` "alternate" the targets at a batch run once each per cycle instead (timing.
-    time_alternating; `rounds` must be 1) and the ratios pair cycle by cycle: for engines that
-    do not spin between runs (OrtEngine(spinning=False)), where it is the most precise of the two.
+    With `schedule` "alternate" the targets at a batch run a short block each per cycle instead
+    (timing.time_alternating: its first runs untimed; `rounds` must be 1) and the ratios pair
+    block by block: for engines that stop spinning when a run ends (OrtEngine(spin_after_run=
+    False)), where it is the most precise of the two.
     """
     if not targets:
         raise QDeployError("nothing to benchmark; pass at least one model")

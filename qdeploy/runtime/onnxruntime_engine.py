@@ -80,13 +80,13 @@ class OrtEngine(Engine):
 
     backend: a key of PROVIDER_CHAINS; its first provider must be the one the session really
     runs on. provider_options: options for that first provider (e.g. trt_fp16_enable).
-    spinning: False for sessions timed in alternation with others (onnx_io.ort_session).
+    spin_after_run: False for sessions timed in alternation with others (onnx_io.ort_session).
     """
 
     def __init__(self, path: str | Path, backend: str = "ort-cpu", provider_options: dict[str, Any] | None = None,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
                  optimization_level: str = "all", optimized_model_path: str | Path | None = None,
-                 check_finite: bool = False, spinning: bool = True) -> None:
+                 check_finite: bool = False, spin_after_run: bool = True) -> None:
         import onnxruntime as ort
 
         super().__init__(check_finite)
@@ -108,7 +108,7 @@ class OrtEngine(Engine):
         if wanted in _GPU_PROVIDERS:
             _require_cuda_driver(wanted)
         settings = {"optimized_model_filepath": str(optimized_model_path)} if optimized_model_path is not None else {}
-        self.session = ort_session(path, intra_op_threads, providers, spinning, inter_op_num_threads=inter_op_threads,
+        self.session = ort_session(path, intra_op_threads, providers, spin_after_run, inter_op_num_threads=inter_op_threads,
                                    graph_optimization_level=levels[optimization_level], **settings)
         got = self.session.get_providers()
         if got[0] != wanted:

@@ -60,7 +60,8 @@ class BenchResult:
     profiles: list[Profile] = field(default_factory=list)
 
 
-def _engine_factory(path: Path, backend: str, **options):
+def engine_factory(path: Path, backend: str, **options):
+    """threads -> the engine of `path` on `backend` (`options`: load_engine's keywords)."""
     return lambda threads: load_engine(path, backend, threads, **options)
 
 
@@ -74,20 +75,21 @@ def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list
         if stored.kind == "model":
             label = "adapted torch" if model_folder is None else f"{path.name} torch"
             model_folder = model_folder or stored.model_folder
-            targets.append(Target(label, _engine_factory(path, "torch"), base="base torch"))
+            targets.append(Target(label, engine_factory(path, "torch"), base="base torch"))
             continue
         model_folder = model_folder or stored.model_folder  # named by the export report beside it
         size = size or stored.input_size
         for file in stored.files:
             for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
-                targets.append(Target(f"{file.stem} {backend}", _engine_factory(file, backend), base=f"base {backend}",
+                targets.append(Target(f"{file.stem} {backend}", engine_factory(file, backend), base=f"base {backend}",
                                       onnx=file if backend == "ort-cpu" else None))
     return targets, model_folder, size
 
 
 def base_targets(model: nn.Module, targets: Sequence[Target], backends: Sequence[str], out: Path,
-                 input_size: tuple[int, ...] | None) -> list[Target]:
-    """The unadapted `model` on every backend the targets use (its ONNX file written to `out`)."""
+                 input_size: tuple[int, ...] | None, **engine_options) -> list[Target]:
+    """The unadapted `model` on every backend the targets use (its ONNX file written to `out`; its engines
+    loaded with `engine_options`, load_engine's keywords)."""
     base = base_of(model)
     engine = TorchEngine(base, input_size=input_size)
     wanted = {t.base for t in targets}
@@ -97,7 +99,7 @@ def base_targets(model: nn.Module, targets: Sequence[Target], backends: Sequence
     onnx_backends = [b for b in backends if f"base {b}" in wanted]
     if onnx_backends:
         path = export_plain_onnx(base, out / "base.onnx", tuple(engine.inputs[0].shape[1:]))
-        extra += [Target(f"base {b}", _engine_factory(path, b), onnx=path if b == "ort-cpu" else None)
+        extra += [Target(f"base {b}", engine_factory(path, b, **engine_options), onnx=path if b == "ort-cpu" else None)
                   for b in onnx_backends]
     return extra
 

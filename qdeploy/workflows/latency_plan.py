@@ -251,13 +251,14 @@ def _adapted_copy(model: nn.Module, layers: Sequence[str], options: PlanOptions)
 
 
 def timed_ratios(adapted_onnx: Path, base_onnx: Path, options: PlanOptions) -> dict[str, float]:
-    """Adapted/base p50 per batch from one timing: both files loaded afresh with spinning off and run
-    in alternation for `check_seconds` each (timing.time_alternating: ratios paired run by run)."""
+    """Adapted/base p50 per batch from one timing: both files loaded afresh, stopping their spinning
+    when a run ends, and run in alternation for `check_seconds` each (timing.time_alternating:
+    short blocks whose first runs are untimed; ratios paired block by block)."""
     from qdeploy.runtime import load_engine
 
-    targets = [Target("adapted", lambda threads: load_engine(adapted_onnx, "ort-cpu", threads, spinning=False),
+    targets = [Target("adapted", lambda threads: load_engine(adapted_onnx, "ort-cpu", threads, spin_after_run=False),
                       base="base"),
-               Target("base", lambda threads: load_engine(base_onnx, "ort-cpu", threads, spinning=False))]
+               Target("base", lambda threads: load_engine(base_onnx, "ort-cpu", threads, spin_after_run=False))]
     return {str(m.batch): float(m.vs_base) for m in run_benchmark(
         targets, options.batches, (options.threads,), warmup=3, iterations=UNTIL_TIME_BUDGET,
         time_budget_s=options.check_seconds, schedule="alternate") if m.label == "adapted"}
@@ -304,7 +305,7 @@ def check_plan(model: nn.Module, chosen: Sequence[str], base_onnx: Path, options
     """Measured adapted/base p50 per batch (`ratio`: the median over rounds) and every round's ratio (`rounds`).
 
     Each round is a measurement of its own (`timed_ratios`: both files loaded afresh, run in
-    alternation with spinning off, ratios paired run by run), so plan.json shows how far the
+    alternating blocks, ratios paired block by block), so plan.json shows how far the
     rounds spread. After `check_rounds`, rounds are added (up to `check_max_rounds`) while the
     budget lies inside some batch's 80% interval of the median (timing.median_interval): a close
     call gets more evidence, a clear one stays cheap; `tighten` passes a set only when the
