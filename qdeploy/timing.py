@@ -84,10 +84,11 @@ def time_alternating(runs: Mapping[Key, Callable[[], object]], iterations: int, 
                      warmup: int = 1, settle_s: float = BLOCK_SETTLE_S,
                      block_s: float = BLOCK_TIMED_S) -> dict[Key, list[list[float]]]:
     """Seconds of each run in cycles of one block per key (untimed runs for `settle_s`, then timed
-    runs for `block_s`; at least one of each), as one turn per block for `paired_ratio`.
+    runs for `block_s`, at least one of each; the cycle's other blocks time as many runs as its
+    first), as one turn per block for `paired_ratio`.
 
     The order reverses every other cycle (a b, b a, a b, ...) so neither key always runs first
-    after the other. At most `iterations` timed runs per key (the first key's count ends it);
+    after the other. At most `iterations` timed runs per key;
     `time_budget_s` is per key (the cycles share len(runs) times it), and at least one cycle
     runs. `warmup` untimed runs per key open. Only fair for runs that leave the cores idle
     between calls (ONNX Runtime sessions that stop spinning when a run ends): see the module's
@@ -101,9 +102,12 @@ def time_alternating(runs: Mapping[Key, Callable[[], object]], iterations: int, 
     deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s * len(keys)
     done = 0
     while done < iterations and (deadline is None or time.perf_counter() < deadline or not done):
-        for key in keys if len(cycles[keys[0]]) % 2 == 0 else reversed(keys):
-            cycles[key].append(timed_turn(runs[key], 1, iterations - done, block_s, settle_s))
-        done += len(cycles[keys[0]][-1])
+        first, *rest = keys if len(cycles[keys[0]]) % 2 == 0 else keys[::-1]
+        cycles[first].append(timed_turn(runs[first], 1, iterations - done, block_s, settle_s))
+        share = len(cycles[first][-1])  # the cycle's other blocks time as many runs as its first
+        for key in rest:
+            cycles[key].append(timed_turn(runs[key], 1, share, None, settle_s))
+        done += share
     return cycles
 
 
