@@ -54,6 +54,7 @@ def test_goals_quick_times_the_plan_and_an_unreachable_budget_is_a_row(tmp_path)
 
     _, (row,) = goals()
     assert row["size"] == 32 and row["layers"] and set(row["independent"]) == set(row["plan_measured"])
+    assert set(row["deployed"]) == set(row["plan_measured"]) and all(r > 0 for r in row["deployed"].values())
     assert row["plan_checks"][-1]["chosen"] == row["layers"]
     first, last = min(row["independent"], key=int), max(row["independent"], key=int)
     assert row["passed"] == (row["independent"][first] <= 1.5 and row["independent"][last] <= 1.6)

@@ -59,7 +59,8 @@ def test_alternation_pairs_blocks_of_sessions_that_stop_spinning_after_a_run(tin
     from qdeploy.onnx_io import STOP_SPINNING_ENTRY
 
     path = tiny_export.onnx / "decomposed.onnx"
-    entry = lambda engine: engine.session.get_session_options().get_session_config_entry(STOP_SPINNING_ENTRY)  # noqa: E731
+    options = lambda engine: engine.session.get_session_options()  # noqa: E731
+    entry = lambda engine: options(engine).get_session_config_entry(STOP_SPINNING_ENTRY)  # noqa: E731
     assert entry(load_engine(path, "ort-cpu", 1)) == "0"  # deployed sessions keep ONNX Runtime's default
     quiet = lambda threads: load_engine(path, "ort-cpu", threads, spin_after_run=False)  # noqa: E731
     assert entry(quiet(1)) == "1"

@@ -108,7 +108,8 @@ class OrtEngine(Engine):
         if wanted in _GPU_PROVIDERS:
             _require_cuda_driver(wanted)
         settings = {"optimized_model_filepath": str(optimized_model_path)} if optimized_model_path is not None else {}
-        self.session = ort_session(path, intra_op_threads, providers, spin_after_run, inter_op_num_threads=inter_op_threads,
+        self.session = ort_session(path, intra_op_threads, providers, spin_after_run,
+                                   inter_op_num_threads=inter_op_threads,
                                    graph_optimization_level=levels[optimization_level], **settings)
         got = self.session.get_providers()
         if got[0] != wanted:

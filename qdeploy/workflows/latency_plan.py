@@ -250,6 +250,12 @@ def _adapted_copy(model: nn.Module, layers: Sequence[str], options: PlanOptions)
     return randomize_quadratic_terms(adapted, std=TIMING_TERM_STD).eval()
 
 
+def export_timing_file(model: nn.Module, layers: Sequence[str], folder: Path, size: tuple[int, int],
+                       options: PlanOptions) -> Path:
+    """The deployed file of `model` with `layers` adapted (random terms), as the plan times it."""
+    return _export(_adapted_copy(model, layers, options), folder, size, options.precision)
+
+
 def timed_ratios(adapted_onnx: Path, base_onnx: Path, options: PlanOptions) -> dict[str, float]:
     """Adapted/base p50 per batch from one timing: both files loaded afresh, stopping their spinning
     when a run ends, and run in alternation for `check_seconds` each (timing.time_alternating:
@@ -275,7 +281,7 @@ def measure_costs(model: nn.Module, candidates: Sequence[str], base_onnx: Path, 
     batch 32: node times 1.71x, timed 1.44-1.51x), which put single early layers over a budget
     they were measured within (blocks.1.0: profiled 0.107, timed alone 1.03x / 1.08x).
     """
-    adapted_onnx = _export(_adapted_copy(model, candidates, options), work / "all", size, options.precision)
+    adapted_onnx = export_timing_file(model, candidates, work / "all", size, options)
     base_ms: dict[str, float] = {}
     shares: dict[str, dict[str, float]] = {name: {} for name in candidates}
     ms: dict[str, dict[str, float]] = {name: {} for name in candidates}
@@ -313,7 +319,7 @@ def check_plan(model: nn.Module, chosen: Sequence[str], base_onnx: Path, options
     sessions), rounds of one set spread 0.77-1.34x at 64 px, 1 thread, and batch 1 decided
     every plan there; alternated, one pair's rounds spread 1.025-1.036x (qdeploy/timing.py).
     """
-    adapted_onnx = _export(_adapted_copy(model, chosen, options), work / f"check{attempt}", size, options.precision)
+    adapted_onnx = export_timing_file(model, chosen, work / f"check{attempt}", size, options)
     rounds: dict[str, list[float]] = {str(b): [] for b in options.batches}
 
     def undecided(ratios: list[float]) -> bool:

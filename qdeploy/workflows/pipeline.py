@@ -239,7 +239,8 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     in_turns += base_targets(model, in_turns, (), options.out / "bench", (size, size))
     with console.status("benchmarking") as status:
         # --bench-seconds ends each measurement (a cap of 200 runs was 0.3 s at batch 1, 64 px: too few)
-        results = [m for targets, schedule, rounds in ((quiet, "alternate", 1), (in_turns, "turns", BenchOptions.rounds))
+        groups = ((quiet, "alternate", 1), (in_turns, "turns", BenchOptions.rounds))
+        results = [m for targets, schedule, rounds in groups
                    for m in run_benchmark(targets, options.batches, (options.threads,), warmup=3,
                                           iterations=UNTIL_TIME_BUDGET, time_budget_s=options.bench_seconds,
                                           rounds=rounds, schedule=schedule,
