@@ -88,11 +88,10 @@ def time_alternating(runs: Mapping[Key, Callable[[], object]], iterations: int, 
     first), as one turn per block for `paired_ratio`.
 
     The order reverses every other cycle (a b, b a, a b, ...) so neither key always runs first
-    after the other. At most `iterations` timed runs per key;
-    `time_budget_s` is per key (the cycles share len(runs) times it), and at least one cycle
-    runs. `warmup` untimed runs per key open. Only fair for runs that leave the cores idle
-    between calls (ONNX Runtime sessions that stop spinning when a run ends): see the module's
-    docstring.
+    after the other. At most `iterations` timed runs per key; `time_budget_s` is per key (the
+    cycles share len(runs) times it), and at least one cycle runs. `warmup` untimed runs per key
+    open. Only fair for runs that leave the cores idle between calls (ONNX Runtime sessions that
+    stop spinning when a run ends): see the module's docstring.
     """
     keys = list(runs)
     for _ in range(warmup):

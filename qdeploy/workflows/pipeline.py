@@ -6,8 +6,8 @@ base fine-tuned with the same budget), whether the deployed files give the PyTor
 (parity) and what the quadratic terms cost at inference (base vs adapted latency).
 
 Each model is built once (the adapted one from its folder, its base from it in memory), each
-ONNX file gets one ONNX Runtime session for verify and bench, and the PyTorch reference runs
-once for both files.
+ONNX file gets one ONNX Runtime session for verify and one for bench (timed as the latency
+plan times, qdeploy/timing.py), and the PyTorch reference runs once for both files.
 
 Training defaults (measured, README "What qdeploy pipeline shows"): the primary trains with
 the quadratic terms (`--train-primary`; frozen ImageNet features on 64 px shifted digits
