@@ -64,15 +64,28 @@ def test_alternation_runs_blocks_in_reversing_order_timing_only_their_settled_ru
     assert len(budgeted["a"]) == len(budgeted["b"]) == 1  # a spent budget still times one cycle
     # blocks of 1 ms runs: about 5 untimed then 5 timed; 6 runs asked for cut the second block to 1
     log.clear()
-    blocks = time_alternating({"a": _recorder(log, "a", 0.001), "b": _recorder([], "b", 0.001)}, iterations=6,
+    other: list[str] = []
+    blocks = time_alternating({"a": _recorder(log, "a", 0.001), "b": _recorder(other, "b", 0.001)}, iterations=6,
                               warmup=0, settle_s=0.005, block_s=0.005)
     assert sum(len(block) for block in blocks["a"]) == 6 and 2 <= len(blocks["a"][0]) <= 6  # sleep overshoots
     assert [len(block) for block in blocks["b"]] == [len(block) for block in blocks["a"]]  # paired blocks match
-    assert len(log) >= 6 + 2 * len(blocks["a"])  # the settling runs: several per block
+    assert len(log) >= 6 + 2 * len(blocks["a"]) and len(other) >= 6 + 2 * len(blocks["b"])  # settling: several
     timed = time_alternating({"a": _recorder([], "a", 0.004), "b": _recorder([], "b", 0.002)}, iterations=10_000,
                              time_budget_s=0.05, warmup=0, settle_s=0.0, block_s=0.0)
     assert 3 <= len(timed["a"]) <= 20  # 0.1 s of 12 ms cycles (sleep overshoots on a loaded machine)
     assert 1.3 < paired_ratio(timed["a"], timed["b"]) < 3.0  # block by block: about 2
+
+
+def test_every_block_of_an_alternation_settles_first(monkeypatch) -> None:
+    import qdeploy.timing as timing
+
+    calls: list[tuple[int, float]] = []
+    real = timing.timed_turn
+    monkeypatch.setattr(timing, "timed_turn", lambda run, warmup, iterations, budget=None, settle=0.0: (
+        calls.append((warmup, settle)) or real(run, warmup, iterations, budget, settle)))
+    time_alternating({"a": _recorder([], "a"), "b": _recorder([], "b")}, iterations=4, warmup=0, settle_s=0.003,
+                     block_s=0.0)
+    assert calls == [(1, 0.003)] * 8  # 4 cycles x 2 keys, every block: an untimed run and the settling time
 
 
 def test_paired_ratio_is_the_median_of_each_turns_ratio() -> None:
