@@ -12,7 +12,7 @@ from qdeploy.cli import main
 
 
 def test_pipeline_runs_every_stage_and_summarises(tmp_path, monkeypatch) -> None:
-    import qdeploy.runtime.benchmark as benchmark
+    import qdeploy.workflows.bench as benchmark
     from qdeploy.onnx_io import STOP_SPINNING_ENTRY
 
     timed, real_run = [], benchmark.run_benchmark

@@ -117,6 +117,35 @@ def test_bench_cli_writes_json_csv_and_plot(tiny_export, tmp_path) -> None:
                                rtol=0, atol=1e-4 * np.abs(expected).max())
 
 
+def test_bench_cli_alternates_onnx_runtime_targets_as_the_plan_times_them(tiny_export, tmp_path, monkeypatch) -> None:
+    import qdeploy.workflows.bench as workflow
+    from qdeploy.onnx_io import STOP_SPINNING_ENTRY
+
+    timed, real_run = [], workflow.run_benchmark
+
+    def spy(targets, *args, **kwargs):
+        sessions = {t.label: t.load(1) for t in targets}
+        timed.append((kwargs["schedule"], {label: getattr(engine, "session", None) is not None
+                                           and engine.session.get_session_options()
+                                           .get_session_config_entry(STOP_SPINNING_ENTRY) for label, engine in
+                                           sessions.items()}))
+        return real_run(targets, *args, **kwargs)
+    monkeypatch.setattr(workflow, "run_benchmark", spy)
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(main, ["bench", str(tiny_export.onnx), str(tiny_export.folder), "--batch", "1",
+                                       "--threads", "1", "--warmup", "1", "--iterations", "4", "--schedule",
+                                       "alternate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    # ONNX Runtime targets alternate with spinning stopped after each run; PyTorch takes turns
+    assert timed == [("alternate", {"decomposed ort-cpu": "1", "fused ort-cpu": "1", "base ort-cpu": "1"}),
+                     ("turns", {"adapted torch": False, "base torch": False})]
+    report = {r["label"]: r for r in json.loads((out / "bench.json").read_text())["results"]}
+    assert report["decomposed ort-cpu"]["vs_base"] > 0 and report["adapted torch"]["vs_base"] > 0
+    assert all(r["iterations"] == 4 for r in report.values())
+    bad = CliRunner().invoke(main, ["bench", str(tiny_export.onnx), "--schedule", "blocks", "--out", str(out)])
+    assert bad.exit_code != 0 and "blocks" in bad.output
+
+
 def test_bench_cli_errors(tiny_export, tmp_path) -> None:
     runner = CliRunner()
     lone = tmp_path / "lone.onnx"  # without the export report that names its model

@@ -19,7 +19,7 @@ from qdeploy import atomic
 from qdeploy.errors import QDeployError
 from qdeploy.export.base_model import base_of, export_plain_onnx
 from qdeploy.runtime import BACKENDS, load_engine
-from qdeploy.runtime.benchmark import Measurement, Target, run_benchmark, write_results
+from qdeploy.runtime.benchmark import SCHEDULES, Measurement, Target, run_benchmark, write_results
 from qdeploy.runtime.profile import Profile, profile_onnx
 from qdeploy.runtime.torch_engine import TorchEngine
 from qdeploy.store import PLAN_SUFFIXES, load, locate
@@ -42,6 +42,10 @@ class BenchOptions:
     rounds: int = field(default=5, metadata={
         "help": "Interleave the targets: each of N rounds times every target (a share of the runs and of "
                 "--time-budget), so a load change hits all alike; 1: one target after another."})
+    schedule: str = field(default="turns", metadata={"choices": SCHEDULES, "help": (
+        "turns: every target in --rounds settled turns, sessions as deployed; alternate: ONNX Runtime targets in "
+        "alternating short blocks, sessions stopping their spinning after each run (how the latency plan and the "
+        "pipeline time; one round), the others in turns.")})
     base: bool = field(default=True, metadata={
         "help": "Also run the unadapted base model (needs the adapted model folder or an export report naming it)."})
     out: Path = field(default=Path("bench"), metadata={"help": "Folder for bench.json, bench.csv, bench.png (and "
@@ -65,8 +69,10 @@ def engine_factory(path: Path, backend: str, **options):
     return lambda threads: load_engine(path, backend, threads, **options)
 
 
-def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list[Target], Path | None, tuple[int, ...] | None]:
-    """Targets for the given paths; also the adapted model folder found (for --base) and the image size."""
+def expand_targets(paths: Sequence[Path], backends: Sequence[str],
+                   **ort_options) -> tuple[list[Target], Path | None, tuple[int, ...] | None]:
+    """Targets for the given paths (ONNX Runtime engines loaded with `ort_options`); also the adapted model
+    folder found (for --base) and the image size."""
     targets: list[Target] = []
     model_folder: Path | None = None
     size: tuple[int, ...] | None = None
@@ -81,8 +87,9 @@ def expand_targets(paths: Sequence[Path], backends: Sequence[str]) -> tuple[list
         size = size or stored.input_size
         for file in stored.files:
             for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
-                targets.append(Target(f"{file.stem} {backend}", engine_factory(file, backend), base=f"base {backend}",
-                                      onnx=file if backend == "ort-cpu" else None))
+                options = ort_options if backend in ORT_BACKENDS else {}
+                targets.append(Target(f"{file.stem} {backend}", engine_factory(file, backend, **options),
+                                      base=f"base {backend}", onnx=file if backend == "ort-cpu" else None))
     return targets, model_folder, size
 
 
@@ -104,6 +111,17 @@ def base_targets(model: nn.Module, targets: Sequence[Target], backends: Sequence
     return extra
 
 
+def run_alternated_and_in_turns(alternated: Sequence[Target], in_turns: Sequence[Target], batches: Sequence[int],
+                                threads: Sequence[int], warmup: int, iterations: int, time_budget_s: float | None,
+                                rounds: int, progress: Callable[[str], None] | None = None) -> list[Measurement]:
+    """`alternated` (ONNX Runtime engines that stop spinning after a run) in alternating blocks, then
+    `in_turns` (PyTorch, TensorRT: their threads spin on) in `rounds` settled turns; each group's ratios
+    are within it (a target's base must be in its group)."""
+    return [m for targets, schedule, count in ((alternated, "alternate", 1), (in_turns, "turns", rounds)) if targets
+            for m in run_benchmark(targets, batches, threads, warmup, iterations, time_budget_s, progress=progress,
+                                   rounds=count, schedule=schedule)]
+
+
 def machine() -> dict[str, object]:
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()}
 
@@ -113,15 +131,24 @@ def bench(models: Sequence[Path], options: BenchOptions = BenchOptions(),
     """Measure latency (p50/p90/p99/mean) and throughput of `models` side by side; writes to `options.out`."""
     backends, out, iterations, warmup, thread_counts = (options.backends, options.out, options.iterations,
                                                         options.warmup, options.threads)
-    targets, model_folder, size = expand_targets(models, backends)
+    if options.schedule not in SCHEDULES:
+        raise QDeployError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}")
+    quiet = {"spin_after_run": False} if options.schedule == "alternate" else {}
+    targets, model_folder, size = expand_targets(models, backends, **quiet)
     if options.base:
         if model_folder is None:
             raise QDeployError("--base needs the adapted model, and no export report beside the files names an existing one: "
                                "pass its folder too, or use --no-base")
         stored = load(model_folder)
-        targets += base_targets(stored.model, targets, backends, out, size or stored.input_size)
-    results = run_benchmark(targets, options.batches, thread_counts, warmup, iterations, options.time_budget,
-                            progress=progress, rounds=options.rounds)
+        targets += base_targets(stored.model, targets, backends, out, size or stored.input_size, **quiet)
+    if quiet:
+        alternated = [t for t in targets if t.label.rsplit(" ", 1)[-1] in ORT_BACKENDS]
+        results = run_alternated_and_in_turns(alternated, [t for t in targets if t not in alternated],
+                                              options.batches, thread_counts, warmup, iterations, options.time_budget,
+                                              options.rounds, progress)
+    else:
+        results = run_benchmark(targets, options.batches, thread_counts, warmup, iterations, options.time_budget,
+                                progress=progress, rounds=options.rounds)
     paths = write_results(results, out, {"machine": machine(), "models": [str(m) for m in models]})
     profiles: list[Profile] = []
     if options.profile:

@@ -172,10 +172,10 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     from qdeploy.export import ExportOptions, export_model
     from qdeploy.export.base_model import base_of
     from qdeploy.runtime import load_engine
-    from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark, write_results
+    from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, write_results
     from qdeploy.runtime.torch_engine import TorchEngine
     from qdeploy.store import load
-    from qdeploy.workflows.bench import BenchOptions, base_targets, engine_factory
+    from qdeploy.workflows.bench import BenchOptions, base_targets, engine_factory, run_alternated_and_in_turns
     from qdeploy.workflows.verify import VerifyOptions, run_verify
 
     for folder in ("train", "finetune"):
@@ -239,12 +239,9 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
     in_turns += base_targets(model, in_turns, (), options.out / "bench", (size, size))
     with console.status("benchmarking") as status:
         # --bench-seconds ends each measurement (a cap of 200 runs was 0.3 s at batch 1, 64 px: too few)
-        groups = ((quiet, "alternate", 1), (in_turns, "turns", BenchOptions.rounds))
-        results = [m for targets, schedule, rounds in groups
-                   for m in run_benchmark(targets, options.batches, (options.threads,), warmup=3,
-                                          iterations=UNTIL_TIME_BUDGET, time_budget_s=options.bench_seconds,
-                                          rounds=rounds, schedule=schedule,
-                                          progress=lambda text: status.update(f"benchmarking {text}"))]
+        results = run_alternated_and_in_turns(quiet, in_turns, options.batches, (options.threads,), 3,
+                                              UNTIL_TIME_BUDGET, options.bench_seconds, BenchOptions.rounds,
+                                              lambda text: status.update(f"benchmarking {text}"))
     write_results(results, options.out / "bench", {"pipeline": str(options.out)})
     stages["bench_s"] = time.perf_counter() - tick
     stages["total_s"] = time.perf_counter() - started
