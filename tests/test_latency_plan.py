@@ -559,12 +559,12 @@ def test_costs_split_the_timed_overhead_by_the_profiled_node_times(tmp_path, mon
 
 
 def test_timed_ratios_alternate_sessions_that_stop_spinning_after_a_run(tmp_path, monkeypatch) -> None:
-    import qdeploy.runtime as runtime
+    import qdeploy.workflows.bench as bench
     import qdeploy.workflows.latency_plan as latency_plan
     from qdeploy.runtime.benchmark import Measurement
 
     loaded, seen = [], {}
-    monkeypatch.setattr(runtime, "load_engine", lambda path, backend, threads, **kw: loaded.append((path.name, kw)))
+    monkeypatch.setattr(bench, "load_engine", lambda path, backend, threads, **kw: loaded.append((path.name, kw)))
 
     def run_benchmark(targets, batches, threads, **kwargs):
         seen.update(kwargs)

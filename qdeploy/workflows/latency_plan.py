@@ -260,11 +260,10 @@ def timed_ratios(adapted_onnx: Path, base_onnx: Path, options: PlanOptions) -> d
     """Adapted/base p50 per batch from one timing: both files loaded afresh, stopping their spinning
     when a run ends, and run in alternation for `check_seconds` each (timing.time_alternating:
     short blocks whose first runs are untimed; ratios paired block by block)."""
-    from qdeploy.runtime import load_engine
+    from qdeploy.workflows.bench import engine_factory
 
-    targets = [Target("adapted", lambda threads: load_engine(adapted_onnx, "ort-cpu", threads, spin_after_run=False),
-                      base="base"),
-               Target("base", lambda threads: load_engine(base_onnx, "ort-cpu", threads, spin_after_run=False))]
+    targets = [Target("adapted", engine_factory(adapted_onnx, "ort-cpu", spin_after_run=False), base="base"),
+               Target("base", engine_factory(base_onnx, "ort-cpu", spin_after_run=False))]
     return {str(m.batch): float(m.vs_base) for m in run_benchmark(
         targets, options.batches, (options.threads,), warmup=3, iterations=UNTIL_TIME_BUDGET,
         time_budget_s=options.check_seconds, schedule="alternate") if m.label == "adapted"}
