@@ -75,10 +75,8 @@ from qdeploy.models.sources import BUILTIN_DEFAULT, load_base_model  # noqa: E40
 from qdeploy.training import TrainConfig  # noqa: E402
 from qdeploy.training.data import build_data  # noqa: E402
 from qdeploy.training.model_setup import fit_head  # noqa: E402
-from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark  # noqa: E402
-from qdeploy.workflows.bench import engine_factory  # noqa: E402
 from qdeploy.workflows.latency_plan import (PLAN_PRECISIONS, PLAN_SCORINGS, PlanOptions, check_plan,  # noqa: E402
-                                            export_timing_file, in_precision, plan_model)
+                                            export_timing_file, in_precision, plan_model, timed_ratios)
 
 RESULTS = Path(__file__).parent / "results" / "budget_pareto.json"
 PRESETS = {BUILTIN_DATA: Preset(64, 32, 0.2, 20, 1, None), FASHION_MNIST: Preset(32, 32, 0.2, 25, 1, 2000)}
@@ -167,12 +165,8 @@ def deployed_ratios(model: torch.nn.Module, layers: list[str], options: PlanOpti
     (`qdeploy bench`'s schedule; `timing`: rounds, seconds): the plan's alternated timing checked another way."""
     with tempfile.TemporaryDirectory(prefix="budget-pareto-deployed-") as tmp:
         base = in_precision(export_plain_onnx(model, Path(tmp) / "base.onnx", (3, *size)), options.precision, size)
-        adapted = export_timing_file(model, layers, Path(tmp) / "adapted", size, options)
-        targets = [Target("adapted", engine_factory(adapted, "ort-cpu"), base="base"),
-                   Target("base", engine_factory(base, "ort-cpu"))]
-        results = run_benchmark(targets, options.batches, (options.threads,), warmup=3, iterations=UNTIL_TIME_BUDGET,
-                                time_budget_s=timing[1], rounds=timing[0])
-    return {str(m.batch): float(m.vs_base) for m in results if m.label == "adapted"}
+        return timed_ratios(export_timing_file(model, layers, Path(tmp) / "adapted", size, options), base, options,
+                            as_deployed=timing)
 
 
 def plan_budgets(model: torch.nn.Module, options: PlanOptions, budgets: list[float],

@@ -576,8 +576,13 @@ def test_timed_ratios_alternate_sessions_that_stop_spinning_after_a_run(tmp_path
     ratios = latency_plan.timed_ratios(tmp_path / "adapted.onnx", tmp_path / "base.onnx",
                                        PlanOptions(batches=(1, 32), check_seconds=0.5))
     assert ratios == {"1": 1.04, "32": 1.04}
-    assert seen["schedule"] == "alternate" and seen["time_budget_s"] == 0.5
+    assert seen["schedule"] == "alternate" and seen["time_budget_s"] == 0.5 and seen["rounds"] == 1
     assert loaded == [("adapted.onnx", {"spin_after_run": False}), ("base.onnx", {"spin_after_run": False})]
+    loaded.clear()  # as deployed: ONNX Runtime's default sessions (spinning on) in settled turns
+    latency_plan.timed_ratios(tmp_path / "adapted.onnx", tmp_path / "base.onnx", PlanOptions(batches=(1,)),
+                              as_deployed=(7, 2.0))
+    assert seen["schedule"] == "turns" and seen["rounds"] == 7 and seen["time_budget_s"] == 2.0
+    assert loaded == [("adapted.onnx", {}), ("base.onnx", {})]
 
 
 def _layers(costs: dict[str, float], scores: dict[str, float]) -> dict[str, dict]:

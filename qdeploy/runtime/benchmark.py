@@ -35,6 +35,7 @@ class Target:
     load: EngineFactory
     base: str | None = None  # label of the unadapted model's target on the same backend
     onnx: Path | None = None  # the ONNX file, when ONNX Runtime runs one (what --profile profiles)
+    backend: str | None = None  # load_engine's backend name, where known (bench alternates ONNX Runtime's)
 
 
 @dataclass

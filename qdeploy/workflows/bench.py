@@ -81,7 +81,7 @@ def expand_targets(paths: Sequence[Path], backends: Sequence[str],
         if stored.kind == "model":
             label = "adapted torch" if model_folder is None else f"{path.name} torch"
             model_folder = model_folder or stored.model_folder
-            targets.append(Target(label, engine_factory(path, "torch"), base="base torch"))
+            targets.append(Target(label, engine_factory(path, "torch"), base="base torch", backend="torch"))
             continue
         model_folder = model_folder or stored.model_folder  # named by the export report beside it
         size = size or stored.input_size
@@ -89,7 +89,8 @@ def expand_targets(paths: Sequence[Path], backends: Sequence[str],
             for backend in (("tensorrt",) if file.suffix in PLAN_SUFFIXES else backends):
                 options = ort_options if backend in ORT_BACKENDS else {}
                 targets.append(Target(f"{file.stem} {backend}", engine_factory(file, backend, **options),
-                                      base=f"base {backend}", onnx=file if backend == "ort-cpu" else None))
+                                      base=f"base {backend}", onnx=file if backend == "ort-cpu" else None,
+                                      backend=backend))
     return targets, model_folder, size
 
 
@@ -102,12 +103,13 @@ def base_targets(model: nn.Module, targets: Sequence[Target], backends: Sequence
     wanted = {t.base for t in targets}
     extra: list[Target] = []
     if "base torch" in wanted:
-        extra.append(Target("base torch", lambda threads: TorchEngine(base, threads=threads, input_size=input_size)))
+        extra.append(Target("base torch", lambda threads: TorchEngine(base, threads=threads, input_size=input_size),
+                            backend="torch"))
     onnx_backends = [b for b in backends if f"base {b}" in wanted]
     if onnx_backends:
         path = export_plain_onnx(base, out / "base.onnx", tuple(engine.inputs[0].shape[1:]))
-        extra += [Target(f"base {b}", engine_factory(path, b, **engine_options), onnx=path if b == "ort-cpu" else None)
-                  for b in onnx_backends]
+        extra += [Target(f"base {b}", engine_factory(path, b, **engine_options), onnx=path if b == "ort-cpu" else None,
+                         backend=b) for b in onnx_backends]
     return extra
 
 
@@ -142,7 +144,7 @@ def bench(models: Sequence[Path], options: BenchOptions = BenchOptions(),
         stored = load(model_folder)
         targets += base_targets(stored.model, targets, backends, out, size or stored.input_size, **quiet)
     if quiet:
-        alternated = [t for t in targets if t.label.rsplit(" ", 1)[-1] in ORT_BACKENDS]
+        alternated = [t for t in targets if t.backend in ORT_BACKENDS]
         results = run_alternated_and_in_turns(alternated, [t for t in targets if t not in alternated],
                                               options.batches, thread_counts, warmup, iterations, options.time_budget,
                                               options.rounds, progress)

@@ -256,17 +256,22 @@ def export_timing_file(model: nn.Module, layers: Sequence[str], folder: Path, si
     return _export(_adapted_copy(model, layers, options), folder, size, options.precision)
 
 
-def timed_ratios(adapted_onnx: Path, base_onnx: Path, options: PlanOptions) -> dict[str, float]:
+def timed_ratios(adapted_onnx: Path, base_onnx: Path, options: PlanOptions,
+                 as_deployed: tuple[int, float] | None = None) -> dict[str, float]:
     """Adapted/base p50 per batch from one timing: both files loaded afresh, stopping their spinning
     when a run ends, and run in alternation for `check_seconds` each (timing.time_alternating:
-    short blocks whose first runs are untimed; ratios paired block by block)."""
+    short blocks whose first runs are untimed; ratios paired block by block). `as_deployed`
+    (rounds, seconds): instead, sessions as deployed (ONNX Runtime's default spinning) in settled
+    turns, `qdeploy bench`'s default schedule: the plan's timing checked another way."""
     from qdeploy.workflows.bench import engine_factory
 
-    targets = [Target("adapted", engine_factory(adapted_onnx, "ort-cpu", spin_after_run=False), base="base"),
-               Target("base", engine_factory(base_onnx, "ort-cpu", spin_after_run=False))]
+    quiet = {} if as_deployed else {"spin_after_run": False}
+    targets = [Target("adapted", engine_factory(adapted_onnx, "ort-cpu", **quiet), base="base"),
+               Target("base", engine_factory(base_onnx, "ort-cpu", **quiet))]
+    rounds, seconds = as_deployed or (1, options.check_seconds)
     return {str(m.batch): float(m.vs_base) for m in run_benchmark(
-        targets, options.batches, (options.threads,), warmup=3, iterations=UNTIL_TIME_BUDGET,
-        time_budget_s=options.check_seconds, schedule="alternate") if m.label == "adapted"}
+        targets, options.batches, (options.threads,), warmup=3, iterations=UNTIL_TIME_BUDGET, time_budget_s=seconds,
+        rounds=rounds, schedule="turns" if as_deployed else "alternate") if m.label == "adapted"}
 
 
 def measure_costs(model: nn.Module, candidates: Sequence[str], base_onnx: Path, options: PlanOptions,
