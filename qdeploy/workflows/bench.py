@@ -135,7 +135,8 @@ def bench(models: Sequence[Path], options: BenchOptions = BenchOptions(),
                                                         options.warmup, options.threads)
     if options.schedule not in SCHEDULES:
         raise QDeployError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}")
-    quiet = {"spin_after_run": False} if options.schedule == "alternate" else {}
+    alternate = options.schedule == "alternate"
+    quiet = {"spin_after_run": False} if alternate else {}  # sessions timed in blocks stop spinning after a run
     targets, model_folder, size = expand_targets(models, backends, **quiet)
     if options.base:
         if model_folder is None:
@@ -143,7 +144,7 @@ def bench(models: Sequence[Path], options: BenchOptions = BenchOptions(),
                                "pass its folder too, or use --no-base")
         stored = load(model_folder)
         targets += base_targets(stored.model, targets, backends, out, size or stored.input_size, **quiet)
-    if quiet:
+    if alternate:
         alternated = [t for t in targets if t.backend in ORT_BACKENDS]
         results = run_alternated_and_in_turns(alternated, [t for t in targets if t not in alternated],
                                               options.batches, thread_counts, warmup, iterations, options.time_budget,
