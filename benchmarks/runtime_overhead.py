@@ -35,7 +35,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from qdeploy.commands.tables import print_table

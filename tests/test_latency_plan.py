@@ -20,7 +20,7 @@ from qdeploy.cli import main
 from qdeploy.errors import QDeployError
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import load_base_model
-from qdeploy.timing import median_interval
+from qdeploy.timing import median_interval, prediction_bound
 from qdeploy.workflows.latency_plan import PlanOptions
 from tests.train_helpers import TINY, tiny_checkpoint
 
@@ -220,15 +220,15 @@ def test_plan_measures_chooses_and_checks_within_budget(tmp_path, monkeypatch) -
     assert plan["chosen"] and set(plan["chosen"]) <= set(names)
     chosen_cost = sum(layer["cost_by_batch"]["1"] for layer in plan["layers"] if layer["name"] in plan["chosen"])
     assert plan["predicted"]["1"] == pytest.approx(1 + chosen_cost)
-    assert median_interval(plan["checks"][-1]["rounds"]["1"])[1] <= 1.5  # the check ends confidently within budget
     rounds = plan["checks"][-1]["rounds"]["1"]  # one ratio per pair of freshly loaded sessions
+    assert prediction_bound(rounds) <= 1.5  # the check ends with one more timing expected within budget
     options = PlanOptions()
     assert options.check_rounds <= len(rounds) <= options.check_max_rounds
     assert plan["measured"]["1"] == pytest.approx(float(np.median(rounds)))
-    if len(rounds) < options.check_max_rounds:  # it stopped early only with the budget outside the median's interval
-        low, high = median_interval(rounds)
-        assert not low <= 1.5 < high
+    if len(rounds) < options.check_max_rounds:  # it stopped early only with the budget outside low..bound
+        assert not median_interval(rounds)[0] <= 1.5 < prediction_bound(rounds)
     assert "latency plan: efficientnet_lite0 at 32x32 px" in result.output and "measured" in result.output
+    assert f"{prediction_bound(rounds):.3f}x" in result.output.split("80% bound")[1]
     again = _plan(tmp_path, "--latency-budget", "1.5", "--candidates", "blocks.5.*.conv_dw",
                   "--candidates", "blocks.6.*.conv_dw")
     assert "(cached)" in again.output and json.loads((tmp_path / "plan.json").read_text())["chosen"] == plan["chosen"]
@@ -530,11 +530,20 @@ def test_check_adds_rounds_only_while_the_budget_is_a_close_call(tmp_path, monke
     monkeypatch.setattr(latency_plan, "run_benchmark", scripted(clear))
     check = latency_plan.check_plan(None, ["x"], tmp_path / "base.onnx", options, tmp_path, (32, 32), 0)
     assert check["rounds"]["1"] == clear[:5] and check["ratio"]["1"] == pytest.approx(1.02)
+    slow_phase = [1.05, 1.14, 1.06, 1.07, 1.06, 1.05, 1.07, 1.06, 1.08] + [9.0] * 20
+    monkeypatch.setattr(latency_plan, "run_benchmark", scripted(slow_phase))
+    check = latency_plan.check_plan(None, ["x"], tmp_path / "base.onnx", options, tmp_path, (32, 32), 0)
+    # one slow round: its bound is the max (1.14) up to 8 rounds; at 9 it is the 8th (1.08): decided
+    assert check["rounds"]["1"] == slow_phase[:9] and check["ratio"]["1"] == pytest.approx(1.06)
+    over = [1.20, 1.22, 1.18, 1.25, 1.21] + [1.0] * 20  # the median's interval lies above 1.10: over, decided
+    monkeypatch.setattr(latency_plan, "run_benchmark", scripted(over))
+    check = latency_plan.check_plan(None, ["x"], tmp_path / "base.onnx", options, tmp_path, (32, 32), 0)
+    assert check["rounds"]["1"] == over[:5]
     close = [1.05, 1.12, 1.08, 1.15, 1.09, 1.07, 1.06, 1.08, 1.05, 1.11, 1.06] + [9.0] * 20
     monkeypatch.setattr(latency_plan, "run_benchmark", scripted(close))
     check = latency_plan.check_plan(None, ["x"], tmp_path / "base.onnx", options, tmp_path, (32, 32), 0)
-    # undecided at 5 (1.05..1.15 holds 1.10); at 9 rounds the interval is x(3)..x(7) = 1.06..1.09: decided
-    assert check["rounds"]["1"] == close[:9] and check["ratio"]["1"] == pytest.approx(1.08)
+    # the bound stays over 1.10 (the 10th of 11 is 1.12) and the median under: every round is taken
+    assert check["rounds"]["1"] == close[:11] and check["ratio"]["1"] == pytest.approx(1.08)
 
 
 def test_costs_split_the_timed_overhead_by_the_profiled_node_times(tmp_path, monkeypatch) -> None:
@@ -612,11 +621,16 @@ def test_a_failed_check_solves_the_knapsack_again_with_the_measured_costs() -> N
     assert chosen == [] and [c["chosen"] for c in checks] == [["a", "b"], ["b"]] and checks[-1]["dropped"] == "b"
 
 
-def test_a_median_just_under_the_budget_is_not_enough() -> None:
+def test_neither_a_median_nor_its_interval_under_the_budget_is_enough() -> None:
     from qdeploy.workflows.latency_plan import tighten
 
     layers = _layers({"a": 0.03, "b": 0.005}, {"a": 0.9, "b": 0.05})
     noisy = {"ratio": {"1": 1.09}, "rounds": {"1": [1.05, 1.08, 1.09, 1.12, 1.14]}}  # 5 rounds: min..max
     calm = {"ratio": {"1": 1.03}, "rounds": {"1": [1.02, 1.03, 1.03, 1.04, 1.05]}}
     chosen, checks = tighten(["a", "b"], layers, 1.10, lambda c: noisy if "a" in c else calm, lambda text: None)
+    assert chosen == ["b"] and [c["chosen"] for c in checks] == [["a", "b"], ["b"]]
+    # nor is the median's 80% interval (x(3)..x(7) = 1.04..1.08 of 9): two rounds in nine over the budget
+    # put the prediction bound (the 8th, 1.12) over it
+    wide = {"ratio": {"1": 1.06}, "rounds": {"1": [1.02, 1.03, 1.04, 1.05, 1.06, 1.07, 1.08, 1.12, 1.13]}}
+    chosen, checks = tighten(["a", "b"], layers, 1.10, lambda c: wide if "a" in c else calm, lambda text: None)
     assert chosen == ["b"] and [c["chosen"] for c in checks] == [["a", "b"], ["b"]]

@@ -73,6 +73,8 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path, monkeypatch) -> None
     plan = summary["plan"]  # the trained layers are the plan's, checked within budget at every bench batch
     assert plan["layers"] == json.loads((out / "train/model/adapter.json").read_text())["targets"]
     assert set(plan["measured"]) == {"1", "2"} and max(plan["measured"].values()) <= 2.0
+    assert set(plan["bound"]) == {"1", "2"} and max(plan["bound"].values()) <= 2.0  # what the budget holds
+    assert all(plan["bound"][b] >= plan["measured"][b] for b in plan["bound"])
     assert json.loads((out / "plan.json").read_text())["chosen"] == plan["layers"]
     assert "latency plan (budget 2.00x)" in result.output
 

@@ -22,7 +22,6 @@ import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from qdeploy.adaptation import adapt
 from qdeploy.serving import BackgroundServer, ServeOptions, create_app, load_models, serve_engines
 from qdeploy.serving.loadgen import batch_size_histogram, run_load
 from tests.serving_helpers import SHAPE, SlowDoubler, images, torch_logits

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qdeploy.adaptation import quadratic_layers
 from qdeploy.adaptation.targets import candidate_layers
 from qdeploy.layers import QuadConfig
 from qdeploy.models.sources import load_base_model

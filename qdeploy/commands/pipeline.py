@@ -44,7 +44,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         ratios = lambda key: ", ".join(f"b{b} {r:.2f}x" for b, r in plan[key].items())  # noqa: E731
         table.add_row(f"latency plan (budget {plan['latency_budget']:.2f}x)",
                       f"{len(plan['layers'])} of {plan['candidates']} layers; predicted {ratios('predicted')}; "
-                      f"measured {ratios('measured')} (plan.json)")
+                      f"measured {ratios('measured')}; 80% bound {ratios('bound')} (plan.json)")
     _int8_rows(summary.get("int8"), table)
     rows = {(m["label"], m["batch"]): m for m in summary["latency"]}
     for label in dict.fromkeys(m["label"] for m in summary["latency"] if not m["label"].startswith("base")):

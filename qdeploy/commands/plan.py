@@ -37,13 +37,14 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
     print_table(console, table)
     summary = Table(title=f"chosen: {len(plan.chosen)} of {len(plan.layers)} layers (score: {plan.score})")
     summary.add_column("batch", justify="right")
-    for column in ("base ms", "predicted", "measured"):
+    for column in ("base ms", "predicted", "measured", "80% bound"):
         summary.add_column(column, justify="right", no_wrap=True)
+    bound = plan.bound
     for batch in plan.batches:
         key = str(batch)
-        measured = plan.measured.get(key)
-        summary.add_row(key, f"{plan.base_ms[key]:.2f}", f"{plan.predicted[key]:.3f}x",
-                        "-" if measured is None else f"{measured:.3f}x")
+        measured = (f"{plan.measured[key]:.3f}x" if key in plan.measured else "-",
+                    f"{bound[key]:.3f}x" if key in bound else "-")
+        summary.add_row(key, f"{plan.base_ms[key]:.2f}", f"{plan.predicted[key]:.3f}x", *measured)
     print_table(console, summary)
     if plan.training:
         console.print(f"trained primary: a training step without terms takes {plan.training['base_step_ms']:.0f} ms "

@@ -35,7 +35,7 @@ from qdeploy.compare import PRESETS
 from qdeploy.export.parity import check_parity, sample_batch
 from qdeploy.export.report import files_bytes, node_counts, weights_sha256
 from qdeploy.export.validate import check_onnx_file
-from qdeploy.onnx_io import RANDOM_BATCHES, ort_session, random_batch, random_sets
+from qdeploy.onnx_io import RANDOM_BATCHES, random_batch, random_sets
 from qdeploy.model_io import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, model_input_size
 from qdeploy.store import EXPORT_MODES, ExportedFile, ExportReport, Stored, config_of, locate, write_report
 

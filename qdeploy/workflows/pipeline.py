@@ -263,7 +263,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> PipelineResult:
         "seconds": {k: round(v, 1) for k, v in stages.items()},
         "plan": None if plan is None else {"layers": plan.chosen, "candidates": len(plan.layers),
                                            "latency_budget": plan.latency_budget, "predicted": plan.predicted,
-                                           "measured": plan.measured},
+                                           "measured": plan.measured, "bound": plan.bound},
     }
     atomic.write_json(options.out / SUMMARY_FILE, summary)
     return PipelineResult(summary, parity, list(results), options.out / SUMMARY_FILE)

@@ -21,8 +21,9 @@ from qdeploy.export.forms import default_cache, machine_key
 from qdeploy.export.report import weights_sha256
 
 CACHE_NAME = "latency_plans.json"
-CACHE_FORMAT = "qdeploy-latency-plans/4"  # /2: plans pass on the bound of their median, not the median;
-# /3: costs and checks timed in alternation with spinning off; /4: in blocks whose first runs are untimed
+CACHE_FORMAT = "qdeploy-latency-plans/5"  # /2: plans pass on the bound of their median, not the median;
+# /3: costs and checks timed in alternation with spinning off; /4: in blocks whose first runs are untimed;
+# /5: on the prediction bound of their rounds (where one more timing lands), not the median's bound
 
 # Settings a layer's measured cost does not depend on: a plan at another budget or with other
 # scores re-uses the costs (the expensive part: an export and a profile per batch).
