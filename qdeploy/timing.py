@@ -41,6 +41,7 @@ SWITCH_WARMUP_S = 0.05  # untimed seconds after switching targets; 0.02 still le
 BLOCK_SETTLE_S = 0.004  # untimed seconds (one run at least) opening each block of an alternation: 3-4 runs at
 # 64 px, batch 1, where the ratio settled by the third run; one at batch 32, where it did not move (measured)
 BLOCK_TIMED_S = 0.004  # timed seconds (one run at least) closing it: short, so paired blocks stay close in time
+PREDICTION_CONFIDENCE = 0.8  # prediction_bound's: 5 rounds suffice (the largest of 5 holds 5/6); 0.9 needs 9
 
 
 def timed_turn(run: Callable[[], object], warmup: int, iterations: int, time_budget_s: float | None = None,
@@ -151,7 +152,7 @@ def median_interval(values: Sequence[float], confidence: float = 0.8) -> tuple[f
     return ordered[j], ordered[n - 1 - j]
 
 
-def prediction_bound(values: Sequence[float], confidence: float = 0.8) -> float:
+def prediction_bound(values: Sequence[float], confidence: float = PREDICTION_CONFIDENCE) -> float:
     """An upper bound that one more draw of what `values` sample stays under with probability at least
     `confidence`: the order statistic x(k), k = ceil(confidence (n + 1)), since a new draw is equally
     likely to fall in each of the n + 1 gaps the sorted values leave (exchangeability; no normal

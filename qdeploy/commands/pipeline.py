@@ -12,6 +12,7 @@ from qdeploy.commands.bench import print_results
 from qdeploy.commands.parsing import dataclass_options, parse_dataclass_options
 from qdeploy.commands.tables import print_table
 from qdeploy.commands.verify import print_report
+from qdeploy.timing import PREDICTION_CONFIDENCE
 from qdeploy.workflows.pipeline import PipelineOptions, run_pipeline
 
 
@@ -44,7 +45,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         ratios = lambda key: ", ".join(f"b{b} {r:.2f}x" for b, r in plan[key].items())  # noqa: E731
         table.add_row(f"latency plan (budget {plan['latency_budget']:.2f}x)",
                       f"{len(plan['layers'])} of {plan['candidates']} layers; predicted {ratios('predicted')}; "
-                      f"measured {ratios('measured')}; 80% bound {ratios('bound')} (plan.json)")
+                      f"measured {ratios('measured')}; {PREDICTION_CONFIDENCE:.0%} bound {ratios('bound')} (plan.json)")
     _int8_rows(summary.get("int8"), table)
     rows = {(m["label"], m["batch"]): m for m in summary["latency"]}
     for label in dict.fromkeys(m["label"] for m in summary["latency"] if not m["label"].startswith("base")):

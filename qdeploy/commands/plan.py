@@ -11,6 +11,7 @@ from rich.table import Table
 from qdeploy.commands.parsing import parse_ints
 from qdeploy.commands.tables import print_table
 from qdeploy.errors import QDeployError
+from qdeploy.timing import PREDICTION_CONFIDENCE
 from qdeploy.workflows.latency_plan import PLAN_FILE, PLAN_PRECISIONS, PLAN_SCORINGS, LatencyPlan, PlanOptions
 
 DEFAULT = PlanOptions()
@@ -37,7 +38,7 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
     print_table(console, table)
     summary = Table(title=f"chosen: {len(plan.chosen)} of {len(plan.layers)} layers (score: {plan.score})")
     summary.add_column("batch", justify="right")
-    for column in ("base ms", "predicted", "measured", "80% bound"):
+    for column in ("base ms", "predicted", "measured", f"{PREDICTION_CONFIDENCE:.0%} bound"):
         summary.add_column(column, justify="right", no_wrap=True)
     bound = plan.bound
     for batch in plan.batches:

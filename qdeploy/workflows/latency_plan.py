@@ -57,7 +57,7 @@ from qdeploy.export.onnx_export import run_reference
 from qdeploy.layers import QuadConfig
 from qdeploy.runtime.benchmark import UNTIL_TIME_BUDGET, Target, run_benchmark
 from qdeploy.runtime.profile import profile_onnx
-from qdeploy.timing import median_interval, prediction_bound
+from qdeploy.timing import PREDICTION_CONFIDENCE, median_interval, prediction_bound
 from qdeploy.training.ablation_scores import ablation_scorer
 from qdeploy.training.layer_scores import data_scorer
 from qdeploy.training.set_trials import Ranking, set_trials
@@ -500,8 +500,9 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
             last = checks[-1]
             bound = max(prediction_bound(rounds) for rounds in last["rounds"].values())
             raise QDeployError(f"latency budget {options.latency_budget:.2f}x is unreachable: {last['dropped']}, the "
-                               f"last layer left, measured {max(last['measured'].values()):.3f}x end to end (80% "
-                               f"prediction bound {bound:.3f}x); raise --latency-budget or pick other --candidates")
+                               f"last layer left, measured {max(last['measured'].values()):.3f}x end to end "
+                               f"({PREDICTION_CONFIDENCE:.0%} prediction bound {bound:.3f}x); raise --latency-budget "
+                               "or pick other --candidates")
         plan = LatencyPlan(name, options.backend, size, options.batches, options.threads, options.latency_budget,
                            score_kind, base_ms, list(layers.values()), chosen,
                            {b: 1.0 + sum(layers[n]["cost_by_batch"][b] for n in chosen) for b in base_ms},
