@@ -43,9 +43,8 @@ def print_plan(plan: LatencyPlan, console: Console) -> None:
     bound = plan.bound
     for batch in plan.batches:
         key = str(batch)
-        measured = (f"{plan.measured[key]:.3f}x" if key in plan.measured else "-",
-                    f"{bound[key]:.3f}x" if key in bound else "-")
-        summary.add_row(key, f"{plan.base_ms[key]:.2f}", f"{plan.predicted[key]:.3f}x", *measured)
+        timed = [f"{ratios[key]:.3f}x" if key in ratios else "-" for ratios in (plan.measured, bound)]
+        summary.add_row(key, f"{plan.base_ms[key]:.2f}", f"{plan.predicted[key]:.3f}x", *timed)
     print_table(console, summary)
     if plan.training:
         console.print(f"trained primary: a training step without terms takes {plan.training['base_step_ms']:.0f} ms "

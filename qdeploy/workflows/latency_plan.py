@@ -146,8 +146,7 @@ class LatencyPlan:
     def bound(self) -> dict[str, float]:
         """batch -> the passing check's 80% prediction bound (timing.prediction_bound): what one more
         timing of the chosen set should stay under, the figure the plan holds to the budget."""
-        rounds = self.checks[-1].get("rounds", {}) if self.checks else {}
-        return {batch: prediction_bound(values) for batch, values in rounds.items() if values}
+        return round_bounds(self.checks[-1].get("rounds", {})) if self.checks else {}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LatencyPlan":
@@ -162,6 +161,11 @@ class LatencyPlan:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(path, self.to_dict())
         return path
+
+
+def round_bounds(rounds: dict[str, list[float]]) -> dict[str, float]:
+    """batch -> the prediction bound of a check's rounds at that batch: what `tighten` holds to the budget."""
+    return {batch: prediction_bound(values) for batch, values in rounds.items() if values}
 
 
 def check_backend(backend: str) -> None:
@@ -387,7 +391,7 @@ def tighten(chosen: list[str], layers: dict[str, dict[str, Any]], budget: float,
         result = check(chosen)
         entry = {"layers": len(chosen), "chosen": list(chosen), "measured": result["ratio"], "rounds": result["rounds"]}
         checks.append(entry)
-        bounds = {b: prediction_bound(rounds) for b, rounds in result["rounds"].items()}
+        bounds = round_bounds(result["rounds"])
         if all(bound <= budget for bound in bounds.values()):
             return chosen, checks
         predicted = {b: sum(layers[n]["cost_by_batch"][b] for n in chosen) for b in bounds}
@@ -498,7 +502,7 @@ def make_plan(model: nn.Module, options: PlanOptions, size: tuple[int, int], nam
             lambda subset: check_plan(model, subset, base_onnx, options, work, size, next(attempts)), say, chooser)
         if not chosen and checks:
             last = checks[-1]
-            bound = max(prediction_bound(rounds) for rounds in last["rounds"].values())
+            bound = max(round_bounds(last["rounds"]).values())
             raise QDeployError(f"latency budget {options.latency_budget:.2f}x is unreachable: {last['dropped']}, the "
                                f"last layer left, measured {max(last['measured'].values()):.3f}x end to end "
                                f"({PREDICTION_CONFIDENCE:.0%} prediction bound {bound:.3f}x); raise --latency-budget "
