@@ -83,6 +83,10 @@ def test_random_subsets_are_distinct_and_differ_from_the_budgets_choice() -> Non
     assert layer_sets({1.1: plan}, names, names, 1.1, randoms=1, seed=0)["trials' best"] == ["l1", "l2"]
     plan.trials["ranking"] = [0, 1]  # the plan is the trials' best: no extra row
     assert "trials' best" not in layer_sets({1.1: plan}, names, names, 1.1, randoms=1, seed=0)
+    plan.trials = None
+    # filled to the plan's own cost (0.04): only the other 0.04 layer is a distinct set of that cost
+    same_cost = layer_sets({1.1: plan}, names, names, 1.1, randoms=5, seed=0, fill_to="plan")
+    assert [v for k, v in same_cost.items() if k.startswith("random")] == [["l1"]] and same_cost["last-k"] == ["l1"]
 
 
 def test_random_sets_fill_the_slack_at_the_costs_the_plans_checks_measured() -> None:
