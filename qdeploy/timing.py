@@ -41,6 +41,7 @@ SWITCH_WARMUP_S = 0.05  # untimed seconds after switching targets; 0.02 still le
 BLOCK_SETTLE_S = 0.004  # untimed seconds (one run at least) opening each block of an alternation: 3-4 runs at
 # 64 px, batch 1, where the ratio settled by the third run; one at batch 32, where it did not move (measured)
 BLOCK_TIMED_S = 0.004  # timed seconds (one run at least) closing it: short, so paired blocks stay close in time
+SETTLED_RUN_S = 0.05  # a key whose runs last this long opens its blocks with no untimed run (see time_alternating)
 PREDICTION_CONFIDENCE = 0.8  # prediction_bound's: 5 rounds suffice (the largest of 5 holds 5/6); 0.9 needs 9
 
 
@@ -83,11 +84,16 @@ def time_turns(runs: Mapping[Key, Callable[[], object]], rounds: int, iterations
 
 
 def time_alternating(runs: Mapping[Key, Callable[[], object]], iterations: int, time_budget_s: float | None = None,
-                     warmup: int = 1, settle_s: float = BLOCK_SETTLE_S,
-                     block_s: float = BLOCK_TIMED_S) -> dict[Key, list[list[float]]]:
+                     warmup: int = 1, settle_s: float = BLOCK_SETTLE_S, block_s: float = BLOCK_TIMED_S,
+                     settled_run_s: float = SETTLED_RUN_S) -> dict[Key, list[list[float]]]:
     """Seconds of each run in cycles of one block per key (untimed runs for `settle_s`, then timed
     runs for `block_s`, at least one of each; the cycle's other blocks time as many runs as its
     first), as one turn per block for `paired_ratio`.
+
+    A key whose last block's runs all lasted `settled_run_s` or more opens its next block with no
+    untimed run: the first-run effect is the other model's data leaving the caches, milliseconds
+    at most, and a run that long (224 px, batch 32: ~100 ms) would spend half the cycle's time
+    untimed, so a second of blocks paired only two or three cycles and the rounds spread.
 
     The order reverses every other cycle (a b, b a, a b, ...) so neither key always runs first
     after the other. At most `iterations` timed runs per key; `time_budget_s` is per key (the
@@ -102,12 +108,20 @@ def time_alternating(runs: Mapping[Key, Callable[[], object]], iterations: int, 
     cycles: dict[Key, list[list[float]]] = {key: [] for key in keys}
     deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s * len(keys)
     done = 0
+
+    def opening(key: Key) -> tuple[int, float]:
+        """(untimed runs, untimed seconds) opening the key's next block."""
+        settled = bool(cycles[key]) and min(cycles[key][-1]) >= settled_run_s
+        return (0, 0.0) if settled else (1, settle_s)
+
     while done < iterations and (deadline is None or time.perf_counter() < deadline or not done):
         first, *rest = keys if len(cycles[keys[0]]) % 2 == 0 else keys[::-1]
-        cycles[first].append(timed_turn(runs[first], 1, iterations - done, block_s, settle_s))
+        untimed, seconds = opening(first)
+        cycles[first].append(timed_turn(runs[first], untimed, iterations - done, block_s, seconds))
         share = len(cycles[first][-1])  # the cycle's other blocks time as many runs as its first
         for key in rest:
-            cycles[key].append(timed_turn(runs[key], 1, share, None, settle_s))
+            untimed, seconds = opening(key)
+            cycles[key].append(timed_turn(runs[key], untimed, share, None, seconds))
         done += share
     return cycles
 

@@ -89,6 +89,27 @@ def test_every_block_of_an_alternation_settles_first(monkeypatch) -> None:
     assert calls == [(1, 0.003)] * 8  # 4 cycles x 2 keys, every block: an untimed run and the settling time
 
 
+def test_a_key_whose_runs_outlast_the_settling_opens_its_later_blocks_timed(monkeypatch) -> None:
+    import qdeploy.timing as timing
+
+    calls: list[tuple[str, int, float]] = []
+    real = timing.timed_turn
+    monkeypatch.setattr(timing, "timed_turn", lambda run, warmup, iterations, budget=None, settle=0.0: (
+        calls.append((run.__name__, warmup, settle)) or real(run, warmup, iterations, budget, settle)))
+
+    def slow() -> None:
+        time.sleep(0.02)
+
+    def fast() -> None:
+        pass
+
+    time_alternating({"slow": slow, "fast": fast}, iterations=3, warmup=0, settle_s=0.003, block_s=0.0,
+                     settled_run_s=0.015)
+    # slow's first block settles (nothing timed yet), its later ones open timed; fast's always settle
+    assert [call for call in calls if call[0] == "slow"] == [("slow", 1, 0.003)] + [("slow", 0, 0.0)] * 2
+    assert [call for call in calls if call[0] == "fast"] == [("fast", 1, 0.003)] * 3
+
+
 def test_paired_ratio_is_the_median_of_each_turns_ratio() -> None:
     # A slow phase hit b's second and third turns and a's third: pooled medians would give
     # 1.1 / 2.0 = 0.55; turn by turn the ratios are 1.1, 0.55 and 2.5, median 1.1.
