@@ -9,6 +9,7 @@ to float restores them; the ranking must find it by measurement.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qdeploy.errors import QDeployError
-from qdeploy.export.int8_accuracy_control import (ACTIVATION_SUFFIX, AccuracyControl, EvalSplit, activation_groups,
-                                                  check_calibration_images, layer_groups, logit_error,
+from qdeploy.export.int8_accuracy_control import (ACTIVATION_SUFFIX, TIMING_ROUNDS, AccuracyControl, EvalSplit,
+                                                  activation_groups, check_calibration_images, layer_groups, logit_error,
                                                   quantize_with_accuracy_control, quantized_groups, returnable, run_logits,
                                                   with_float_nodes)
 from qdeploy.export.int8 import narrowed_ranges, quantize_qdq
@@ -124,7 +125,10 @@ def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_wors
     assert last["passed"] and last["float_groups"] == ["q/quad"] and last["top1_agreement"] >= 0.99
     # judged on the images that neither calibrated nor ranked
     assert report["images"] == len(labels) - report["ranking_images"] and report["ranking_images"] == len(labels) // 2
-    assert all(step["latency"]["batches"]["1"]["fp32_ms"] > 0 for step in report["steps"])
+    for step in report["steps"]:  # every step timed in rounds; the median of them is its ratio
+        timed = step["latency"]["batches"]["1"]
+        assert timed["fp32_ms"] > 0 and len(timed["rounds"]) == TIMING_ROUNDS
+        assert timed["ratio"] == pytest.approx(statistics.median(timed["rounds"]))
     shipped = onnx.load(str(tmp_path / "int8.onnx"))
     ops = {n.op_type for n in shipped.graph.node}
     if report["shipped"] == "int8":  # the file and its report agree: q/quad's nodes read float tensors
