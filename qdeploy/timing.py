@@ -19,7 +19,9 @@ were noise. Two schedules follow from that:
   against 1.25-1.30x from the third on (7 of 16 Lite0 layers, 64 px, 2 threads), which is what
   a deployed model serving one request after another sees and what spinning sessions in turns
   read too (1.26-1.38x). One run per cycle had passed sets that deployed above the budget.
-  Batch 32 showed no such effect (1.16-1.24x at every position). This is how ratios are
+  Batch 32 showed no such effect (1.16-1.24x at every position), nor did 224 px, batch 32,
+  where a run lasts ~110 ms and the untimed run only halved the cycles paired (rounds' sd 0.043
+  with it, 0.023 without: benchmarks/block_settle.py), so long runs skip it. This is how ratios are
   measured where a budget depends on them (the latency plan, the pipeline's bench).
 
 The pooled timed runs are what the caller takes percentiles of; ratios pair the turns (or
