@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -47,8 +46,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import write_report  # noqa: E402
 from qdeploy.commands.tables import print_table  # noqa: E402
-from qdeploy import atomic  # noqa: E402
 from qdeploy.data import BUILTIN_DATA  # noqa: E402
 from qdeploy.errors import exit_on_user_error  # noqa: E402
 from qdeploy.training import TrainConfig, train  # noqa: E402
@@ -134,15 +133,9 @@ def main() -> None:
                f"{100 * rows[1]['fraction_of_scratch_steps']:.2f}% of its steps (bar <= 10%, aim < 2%)")
     console.print(verdict)
 
-    report = {
-        "benchmark": "adapt_vs_scratch", "data": args.data, "model": summaries["scratch"]["model"],
-        "scratch_best_val_acc": target, "adapt_over_scratch_time": adapt, "rows": rows,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {"device": summaries["scratch"]["device"], "platform": platform.platform(),
-                    "torch": torch.__version__, "threads": args.threads},
-    }
-    atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_report(args.json, args, console, {"device": summaries["scratch"]["device"], "threads": args.threads},
+                 benchmark="adapt_vs_scratch", data=args.data, model=summaries["scratch"]["model"],
+                 scratch_best_val_acc=target, adapt_over_scratch_time=adapt, rows=rows)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -51,6 +50,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import write_report  # noqa: E402
 from qdeploy.commands import tables  # noqa: E402
 from qdeploy import atomic  # noqa: E402
 from qdeploy.data import BUILTIN_DATA  # noqa: E402
@@ -209,12 +209,8 @@ def main() -> None:
         result["plot"] = str(png)
         results.append(result)
 
-    report = {"benchmark": "adapter_comparison", "model": "efficientnet_lite0", "results": results,
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "machine": {"device": args.device, "platform": platform.platform(), "torch": torch.__version__,
-                          "cpus": torch.get_num_threads()}}
-    atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_report(args.json, args, console, {"device": args.device, "cpus": torch.get_num_threads()},
+                 benchmark="adapter_comparison", model="efficientnet_lite0", results=results)
 
 
 if __name__ == "__main__":

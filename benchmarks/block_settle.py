@@ -23,9 +23,7 @@ Run alone on the machine:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,13 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qdeploy import atomic  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 from qdeploy.commands import tables  # noqa: E402
 from qdeploy.errors import exit_on_user_error  # noqa: E402
 from qdeploy.export.base_model import export_plain_onnx  # noqa: E402
@@ -140,11 +137,7 @@ def main() -> None:
         table.add_row(str(row["size"]), str(row["batch"]), f"{pos['ms']['base']:.1f}", f"{pos['ms']['adapted']:.1f}",
                       str(pos["cycles"]), *[f"{r:.3f}x" for r in pos["ratio_by_position"]], *stats)
     tables.print_table(console, table)
-    report = {"benchmark": "block_settle", "model": BUILTIN_DEFAULT, "rows": rows,
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "machine": {"platform": platform.platform(), "torch": torch.__version__}}
-    atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_report(args.json, args, console, benchmark="block_settle", model=BUILTIN_DEFAULT, rows=rows)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import random
 import statistics
 import sys
@@ -63,6 +61,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import write_report  # noqa: E402
 from benchmarks.adapter_comparison import Preset, run_mode  # noqa: E402
 from qdeploy.training.metrics import read_metrics  # noqa: E402
 from qdeploy import atomic  # noqa: E402
@@ -551,11 +550,8 @@ def main() -> None:
     if args.goals:
         if args.quick:
             args.sizes, args.goal_threads = [32], [1]
-        report = {"benchmark": "budget_pareto --goals", "model": BUILTIN_DEFAULT, "goals": latency_goals(args, console),
-                  "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "machine": {"platform": platform.platform(), "torch": torch.__version__}}
-        atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
-        console.print(f"wrote {args.json}")
+        write_report(args.json, args, console, benchmark="budget_pareto --goals", model=BUILTIN_DEFAULT,
+                     goals=latency_goals(args, console))
         return
     results = []
     for data in args.data:
@@ -568,11 +564,7 @@ def main() -> None:
         plot(result, png)
         result["plot"] = str(png)
         results.append(result)
-    report = {"benchmark": "budget_pareto", "model": BUILTIN_DEFAULT, "results": results,
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "machine": {"platform": platform.platform(), "torch": torch.__version__}}
-    atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_report(args.json, args, console, benchmark="budget_pareto", model=BUILTIN_DEFAULT, results=results)
 
 
 if __name__ == "__main__":
