@@ -140,6 +140,32 @@ def test_plain_int8_misses_the_rule_and_the_loop_fixes_it_with_the_measured_wors
         assert "QuantizeLinear" not in ops and "fp32 file" in report["reason"]
 
 
+def test_the_ship_decision_times_the_file_as_it_would_ship_not_the_step_graph(tmp_path, monkeypatch) -> None:
+    import qdeploy.export.int8_accuracy_control as control
+
+    fp32 = outlier_graph(tmp_path / "fp32.onnx")
+    images, labels = confident_images(fp32)
+    timed: list[str] = []
+
+    def step_graphs_at(step_ratio: float, file_ratio: float):
+        def time_against_fp32(path, *args):  # a step's graph at one ratio, the file as it would ship at another
+            timed.append(path.name)
+            ratio = step_ratio if path.name.startswith(("step", "all_int8")) else file_ratio
+            return {"batches": {"1": {"fp32_ms": 1.0, "int8_ms": ratio, "ratio": ratio}}, "threads": 1,
+                    "ratio_vs_fp32": ratio}
+        monkeypatch.setattr(control, "time_against_fp32", time_against_fp32)
+
+    step_graphs_at(1.2, 0.5)  # slower as a step, faster as shipped: ships, on the shipped file's timing
+    report = quantize_with_accuracy_control(fp32, tmp_path / "int8.onnx", images, labels, "ort-cpu", FAST)
+    chosen = report["steps"][report["chosen_step"]]
+    assert report["shipped"] == "int8" and chosen["float_nodes"] and chosen["latency"]["ratio_vs_fp32"] == 1.2
+    assert report["latency"]["ratio_vs_fp32"] == 0.5 and "at 0.50x the fp32 file's latency" in report["reason"]
+    assert timed[-1] == "candidate.onnx" and report["passed"]
+    step_graphs_at(0.5, 1.2)  # the other way round: the fp32 file ships
+    report = quantize_with_accuracy_control(fp32, tmp_path / "int8.onnx", images, labels, "ort-cpu", FAST)
+    assert report["shipped"] == "fp32" and "runs at 1.20x the fp32 file; shipping the fp32 file" in report["reason"]
+
+
 def clipped_sum_graph(path: Path) -> Path:
     """input -> sum of two convs spanning +-50 -> identity depthwise 1x1 conv -> Clip(0, 6) -> pooled logits:
     the `blocked` form of a quadratic layer's sum and its ReLU6."""
