@@ -401,7 +401,7 @@ def quantize_with_accuracy_control(fp32_path: Path, out_path: Path, images: np.n
         if fastest is not None:
             # Timed as it would ship: quantized again with the step's nodes excluded. The step's graph
             # (float nodes reverted inside the all-int8 one) gives the same logits but not the same
-            # speed: 11 float nodes read 1.15x the fp32 file at batch 32 as a step, 0.68x as shipped.
+            # speed: 11 float nodes read 1.44x the fp32 file at batch 32 as a step, 0.67x as shipped.
             candidate = all_int8 if not fastest["float_nodes"] else work / "candidate.onnx"
             if fastest["float_nodes"]:
                 progress(f"int8: quantizing step {fastest['step']}'s file as it would ship, and timing it")
