@@ -102,8 +102,9 @@ def _boundary(fold: FoldedNorm, graph: onnx.GraphProto) -> tuple[list[str], str]
     return inputs, end
 
 
-def _session_and_feeds(path: Path, batch: int, threads: int):
-    session = ort_session(path, threads)
+def session_and_feeds(path: Path, batch: int, threads: int, spin_after_run: bool = True):
+    """A session of `path` and random inputs at `batch`, run once (spin_after_run: onnx_io.ort_session's)."""
+    session = ort_session(path, threads, spin_after_run=spin_after_run)
     feeds = random_feeds(session, batch)
     session.run(None, feeds)  # warm-up: first runs allocate
     return session, feeds
@@ -113,7 +114,7 @@ def time_forms(pieces: dict[str, Path], batch: int, threads: int, repeats: int,
                time_budget_s: float | None = None) -> dict[str, float]:
     """Median ms of each piece over `repeats` runs (or `time_budget_s` seconds), in TIMING_ROUNDS
     interleaved turns (qdeploy/timing.py) so load changes hit all alike."""
-    runs = {form: _session_and_feeds(path, batch, threads) for form, path in pieces.items()}
+    runs = {form: session_and_feeds(path, batch, threads) for form, path in pieces.items()}
     times = time_in_turns({form: (lambda s=session, f=feeds: s.run(None, f)) for form, (session, feeds) in runs.items()},
                           TIMING_ROUNDS, repeats, time_budget_s)
     return {form: 1e3 * float(np.median(values)) for form, values in times.items()}

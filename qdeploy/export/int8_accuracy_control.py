@@ -55,7 +55,8 @@ import onnx
 from qdeploy.errors import QDeployError
 from qdeploy.export import int8
 from qdeploy.export.int8 import INT8_MAX_ACCURACY_DROP, int8_parity, quantize_qdq
-from qdeploy.onnx_io import SEPARATOR, layer_of, ort_session, part_of, random_feeds
+from qdeploy.export.forms import session_and_feeds
+from qdeploy.onnx_io import SEPARATOR, layer_of, part_of
 from qdeploy.timing import paired_ratio, time_alternating
 
 MIN_CALIBRATION_IMAGES = 32  # fewer: min-max ranges and a 99% agreement on them mean little
@@ -309,8 +310,7 @@ def sensitivity_by_part(ranking: list[dict[str, Any]]) -> dict[str, dict[str, An
 
 def _quiet_run(path: Path, batch: int, threads: int) -> Callable[[], object]:
     """One run of `path` on random inputs, in a session that stops spinning when a run ends (alternation)."""
-    session = ort_session(path, threads, spin_after_run=False)
-    feeds = random_feeds(session, batch)
+    session, feeds = session_and_feeds(path, batch, threads, spin_after_run=False)
     return lambda: session.run(None, feeds)
 
 
@@ -402,8 +402,9 @@ def quantize_with_accuracy_control(fp32_path: Path, out_path: Path, images: np.n
             # Timed as it would ship: quantized again with the step's nodes excluded. The step's graph
             # (float nodes reverted inside the all-int8 one) gives the same logits but not the same
             # speed: 11 float nodes read 1.44x the fp32 file at batch 32 as a step, 0.67x as shipped.
-            candidate = all_int8 if not fastest["float_nodes"] else work / "candidate.onnx"
+            candidate = all_int8  # step 0: the file as it ships
             if fastest["float_nodes"]:
+                candidate = work / "candidate.onnx"
                 progress(f"int8: quantizing step {fastest['step']}'s file as it would ship, and timing it")
                 quantize_qdq(fp32_path, candidate, images[split.calibration], target,
                              nodes_to_exclude=fastest["float_nodes"], calibration_cache=cache)
